@@ -1,0 +1,187 @@
+"""Input validation shared by every model front.
+
+Each check raises :class:`InputError` (a ``ValueError``) whose message says what is
+wrong, where (which matrix / column) and how to fix it. Checks never modify the
+AnnData they inspect: fronts validate first and write results last.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+from anndata import AnnData
+
+from .data import to_csr32
+
+
+class InputError(ValueError):
+    """Bad input to a scgen_ae function; the message says what, where and how to fix it."""
+
+
+def _where(layer: str | None) -> str:
+    return f"adata.layers[{layer!r}]" if layer is not None else "adata.X"
+
+
+def _available_bytes() -> int:
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - non-POSIX
+        return 8 << 30
+
+
+def get_matrix(adata: AnnData, layer: str | None) -> sp.csr_matrix:
+    """Return ``X`` or ``layers[layer]`` as CSR float32, checked for NaN/Inf and size."""
+    if not isinstance(adata, AnnData):
+        raise InputError(f"Expected an AnnData object, got {type(adata).__name__}.")
+    if adata.n_obs == 0 or adata.n_vars == 0:
+        raise InputError(f"The AnnData is empty ({adata.n_obs} cells x {adata.n_vars} genes).")
+    if layer is not None and layer not in adata.layers:
+        raise InputError(
+            f"layer={layer!r} is not in adata.layers (available: {list(adata.layers.keys()) or 'none'}). "
+            "Pass layer=None to use adata.X, or store the raw counts first: adata.layers['counts'] = adata.X.copy()."
+        )
+    X = adata.layers[layer] if layer is not None else adata.X
+    if X is None:
+        raise InputError("adata.X is None; pass layer= naming the layer that holds the counts.")
+    if adata.isbacked and layer is None:
+        X = X[:]  # backed: read into memory (out-of-core training is a separate path)
+    if not sp.issparse(X):
+        X = np.asarray(X)
+        if not np.issubdtype(X.dtype, np.number):
+            raise InputError(f"{_where(layer)} has dtype {X.dtype}; a numeric matrix is required.")
+        nnz = int(np.count_nonzero(X))
+        need = nnz * 12 + X.shape[0] * 8
+        if need > 0.8 * _available_bytes():
+            raise InputError(
+                f"{_where(layer)} is a dense {X.shape[0]} x {X.shape[1]} matrix; converting it to sparse needs "
+                f"about {need / 2**30:.1f} GiB, more than the memory available. Store it as a "
+                "scipy.sparse CSR matrix (it is read that way from .h5ad files written sparse)."
+            )
+    data = X.data if sp.issparse(X) else X
+    if np.issubdtype(data.dtype, np.floating) and not np.all(np.isfinite(data)):
+        n_bad = int(np.size(data) - np.count_nonzero(np.isfinite(data)))
+        raise InputError(
+            f"{_where(layer)} contains {n_bad} NaN/Inf values. Find them with "
+            "np.argwhere(~np.isfinite(...)), then fix or drop those cells/genes (a bad merge or a "
+            "division by a zero size factor are the usual causes)."
+        )
+    return to_csr32(X)
+
+
+def check_counts(X: sp.csr_matrix, layer: str | None, likelihood: str) -> None:
+    """Count likelihoods need non-negative integers; say so precisely when they are not."""
+    data = X.data
+    if data.size and data.min() < 0:
+        raise InputError(
+            f"{_where(layer)} has {int((data < 0).sum())} negative values, but likelihood={likelihood!r} "
+            "models raw counts. Was the data scaled (sc.pp.scale)? Pass the raw counts via layer=, "
+            "or use likelihood='gaussian' for log-normalised data."
+        )
+    frac = np.abs(data - np.round(data))
+    n_frac = int((frac > 1e-3).sum())
+    if n_frac:
+        looks_log = data.size and float(data.max()) < 30
+        raise InputError(
+            f"{_where(layer)} has {n_frac} non-integer values (e.g. {float(data[frac > 1e-3][0]):.4g}), but "
+            f"likelihood={likelihood!r} models raw counts."
+            + (" The values look log-normalised (all below 30)." if looks_log else "")
+            + " Pass the raw counts, e.g. layer='counts' (keep them with adata.layers['counts'] = "
+            "adata.X.copy() before sc.pp.normalize_total/log1p), or use likelihood='gaussian'."
+        )
+
+
+def check_not_empty(X: sp.csr_matrix, layer: str | None) -> None:
+    """Refuse cells or genes without a single count: they carry no signal to train on."""
+    cell_zero = int((np.diff(X.indptr) == 0).sum()) if X.nnz else X.shape[0]
+    gene_zero = X.shape[1] - int(np.unique(X.indices).size)
+    if cell_zero or gene_zero:
+        raise InputError(
+            f"{_where(layer)} has {cell_zero} cells and {gene_zero} genes with no counts at all. Drop them "
+            "first with sa.pp.drop_empty(adata) (or sc.pp.filter_cells(adata, min_counts=1) and "
+            "sc.pp.filter_genes(adata, min_counts=1))."
+        )
+
+
+def batch_codes(
+    adata: AnnData,
+    batch_key: str | None,
+    categories: Sequence[str] | None = None,
+    min_cells: int = 3,
+) -> tuple[np.ndarray, list[str]]:
+    """Integer codes of ``obs[batch_key]`` and the category list.
+
+    With ``categories`` (a trained model's), codes follow that order and unseen
+    categories are refused. Without, the categories are learnt here and must be at
+    least two, each with ``min_cells`` cells.
+    """
+    if batch_key is None:
+        if categories is not None and len(categories) > 1:
+            raise InputError(
+                f"The model was trained with {len(categories)} batches; pass batch_key= naming the obs column "
+                "with the batch of each cell."
+            )
+        return np.zeros(adata.n_obs, dtype=np.int64), list(categories or ["all"])
+    if batch_key not in adata.obs:
+        cols = ", ".join(map(repr, adata.obs.columns[:20])) or "none"
+        raise InputError(f"batch_key={batch_key!r} is not a column of adata.obs (columns: {cols}).")
+    col = adata.obs[batch_key]
+    if col.isna().any():
+        raise InputError(
+            f"adata.obs[{batch_key!r}] has {int(col.isna().sum())} missing values; assign those cells a "
+            "batch or drop them."
+        )
+    values = col.astype(str).to_numpy()
+    if categories is None:
+        cats = list(col.cat.categories.astype(str)) if isinstance(col.dtype, pd.CategoricalDtype) else sorted(set(values))
+        cats = [c for c in cats if c in set(values)]
+        if len(cats) < 2:
+            raise InputError(
+                f"adata.obs[{batch_key!r}] has a single category ({cats[0]!r}); there is no batch effect to "
+                "correct. Pass batch_key=None to train without batch correction."
+            )
+        counts = pd.Series(values).value_counts()
+        small = counts[counts < min_cells]
+        if len(small):
+            raise InputError(
+                f"adata.obs[{batch_key!r}] has categories with fewer than {min_cells} cells: "
+                f"{dict(small)}. Merge them into a larger batch or drop those cells."
+            )
+    else:
+        cats = list(categories)
+        unseen = sorted(set(values) - set(cats))
+        if unseen:
+            raise InputError(
+                f"adata.obs[{batch_key!r}] has categories the model was not trained on: {unseen[:10]} "
+                f"(known: {cats}). Map them onto a known batch (e.g. adata.obs[{batch_key!r}] = ...), or "
+                "retrain including those cells."
+            )
+    lookup = {c: i for i, c in enumerate(cats)}
+    return np.fromiter((lookup[v] for v in values), dtype=np.int64, count=len(values)), cats
+
+
+def align_genes(adata: AnnData, var_names: Sequence[str], pad_missing: bool = False) -> tuple[np.ndarray, list[str]]:
+    """Column index of each trained gene in ``adata`` (-1 where missing, when padding).
+
+    Returns (index, missing_genes). Extra genes in ``adata`` are ignored.
+    """
+    pos = pd.Index(adata.var_names).get_indexer(pd.Index(var_names))
+    missing = [g for g, p in zip(var_names, pos) if p < 0]
+    if missing and not pad_missing:
+        raise InputError(
+            f"{len(missing)} of the model's {len(var_names)} genes are not in adata.var_names "
+            f"(e.g. {missing[:5]}). Subset/reorder is automatic for present genes; for missing ones pass "
+            "pad_missing=True to fill them with zero counts (results degrade with many missing genes)."
+        )
+    return pos, missing
+
+
+def aligned_matrix(X: sp.csr_matrix, pos: np.ndarray) -> sp.csr_matrix:
+    """Columns ``pos`` of ``X``, with all-zero columns where ``pos`` is -1."""
+    if (pos >= 0).all():
+        return X[:, pos].tocsr() if not np.array_equal(pos, np.arange(X.shape[1])) else X
+    present = np.flatnonzero(pos >= 0)
+    sel = sp.csr_matrix((np.ones(len(present), np.float32), (pos[present], present)), shape=(X.shape[1], len(pos)))
+    return (X @ sel).tocsr().astype(np.float32)

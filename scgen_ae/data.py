@@ -1,0 +1,87 @@
+"""AnnData -> tensors. The matrix stays sparse (CSR) in memory; each minibatch is
+densified on its own, so memory is O(cells x nnz) for the data and O(batch x genes)
+for the working set. No AnnData indexing happens inside the training loop.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+from scipy.special import gammaln
+
+from .likelihoods import Minibatch
+
+
+@dataclass
+class CellData:
+    """The cells a model trains on or is applied to, already validated.
+
+    X : (n_cells, n_genes) CSR float32 matrix
+    batch : (n_cells,) int64 codes into the model's batch categories
+    library : (n_cells,) observed library size (row sums of the counts)
+    """
+
+    X: sp.csr_matrix
+    batch: np.ndarray
+    library: np.ndarray
+
+    @property
+    def n_cells(self) -> int:
+        return self.X.shape[0]
+
+    def minibatch(self, idx: np.ndarray) -> Minibatch:
+        """Densify the rows ``idx`` into a :class:`Minibatch`."""
+        sub = self.X[idx]
+        x = torch.from_numpy(sub.toarray())
+        counts_per_row = np.diff(sub.indptr)
+        nz_row = np.repeat(np.arange(len(idx)), counts_per_row)
+        log_fact = np.add.reduceat(gammaln(sub.data + 1.0), sub.indptr[:-1]) if sub.nnz else np.zeros(len(idx))
+        log_fact[counts_per_row == 0] = 0.0  # reduceat repeats the next value on empty rows
+        return Minibatch(
+            x=x,
+            batch=torch.from_numpy(self.batch[idx]),
+            log_library=torch.from_numpy(np.log(np.maximum(self.library[idx], 1.0))).float()[:, None],
+            nz_row=torch.from_numpy(nz_row),
+            nz_col=torch.from_numpy(sub.indices.astype(np.int64)),
+            nz_val=torch.from_numpy(sub.data),
+            log_x_factorial=torch.from_numpy(log_fact.astype(np.float32)),
+        )
+
+    def iterate(self, idx: np.ndarray, batch_size: int, rng: np.random.Generator | None = None,
+                drop_last_if_tiny: bool = True) -> Iterator[Minibatch]:
+        """Yield minibatches over ``idx``, shuffled when ``rng`` is given.
+
+        A final minibatch of fewer than 3 cells is merged away when training, because
+        batch normalisation cannot use it (scvi-tools fails on it instead).
+        """
+        if rng is not None:
+            idx = rng.permutation(idx)
+        starts = list(range(0, len(idx), batch_size))
+        if drop_last_if_tiny and len(starts) > 1 and len(idx) - starts[-1] < 3:
+            starts.pop()
+        for i, s in enumerate(starts):
+            end = starts[i + 1] if i + 1 < len(starts) else len(idx)
+            yield self.minibatch(idx[s:end])
+
+
+def to_csr32(X) -> sp.csr_matrix:
+    """Any in-memory matrix -> CSR float32 without copying when it already is one."""
+    if sp.issparse(X):
+        X = X.tocsr()
+        if X.dtype != np.float32:
+            X = X.astype(np.float32)
+        if not X.has_sorted_indices:
+            X = X.sorted_indices()
+        return X
+    return sp.csr_matrix(np.asarray(X, dtype=np.float32))
+
+
+def train_validation_split(n: int, validation_fraction: float, rng: np.random.Generator):
+    """Random split of ``range(n)``; returns (train_idx, validation_idx or empty)."""
+    perm = rng.permutation(n)
+    n_val = int(round(n * validation_fraction)) if validation_fraction > 0 else 0
+    n_val = min(n_val, n - 3) if n > 3 else 0
+    return np.sort(perm[n_val:]), np.sort(perm[:n_val])

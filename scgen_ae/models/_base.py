@@ -1,0 +1,118 @@
+"""What every trained model object shares: data preparation for new cells, safe
+save/load, device handling. Models differ only in their torch module and config."""
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+import torch
+from anndata import AnnData
+
+from .. import _validate as v
+from ..data import CellData
+from ..io import ModelFileError, read_model_file, write_model_file
+from ..likelihoods import COUNT_LIKELIHOODS
+from ..train import History
+
+
+class BaseModel:
+    """A trained model: a torch ``module`` plus what is needed to apply it to AnnData.
+
+    Attributes
+    ----------
+    module : torch.nn.Module
+    config : frozen dataclass with the architecture
+    var_names : list[str], the genes the model was trained on, in order
+    batch_key : str | None, the ``obs`` column of the training batches
+    batch_categories : list[str]
+    layer : str | None, the layer the model was trained on (default for new data)
+    history : dict of per-epoch losses (see :class:`scgen_ae.train.History`)
+    """
+
+    module_class: ClassVar[type]
+    config_class: ClassVar[type]
+    registry: ClassVar[dict[str, type]] = {}
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        BaseModel.registry[cls.__name__] = cls
+
+    def __init__(self, config, var_names, batch_key, batch_categories, layer=None, history=None, module=None):
+        self.config = config
+        self.var_names = [str(g) for g in var_names]
+        self.batch_key = batch_key
+        self.batch_categories = [str(c) for c in batch_categories]
+        self.layer = layer
+        self.history = history if history is not None else History().as_dict()
+        self.module = module if module is not None else self.module_class(config)
+        self.module.eval()
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{k}={v!r}" for k, v in dataclasses.asdict(self.config).items())
+        return f"{type(self).__name__}({fields}; {len(self.var_names)} genes, batches={self.batch_categories})"
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.module.parameters()).device
+
+    # ------------------------------------------------------------ data in
+    def _cell_data(self, adata: AnnData, layer="model", batch_key="model", pad_missing=False) -> CellData:
+        """Validate ``adata`` against the trained genes and batches and wrap it."""
+        layer = self.layer if layer == "model" else layer
+        batch_key = self.batch_key if batch_key == "model" else batch_key
+        X = v.get_matrix(adata, layer)
+        pos, _ = v.align_genes(adata, self.var_names, pad_missing)
+        X = v.aligned_matrix(X, pos)
+        if getattr(self.config, "likelihood", None) in COUNT_LIKELIHOODS:
+            v.check_counts(X, layer, self.config.likelihood)
+        codes, _ = v.batch_codes(adata, batch_key, self.batch_categories)
+        return CellData(X, codes, np.asarray(X.sum(1)).ravel())
+
+    def _batch_index(self, transform_batch: str | None) -> int | None:
+        if transform_batch is None:
+            return None
+        if str(transform_batch) not in self.batch_categories:
+            raise v.InputError(f"transform_batch={transform_batch!r} is not one of the model's batches {self.batch_categories}.")
+        return self.batch_categories.index(str(transform_batch))
+
+    # ------------------------------------------------------------ files
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the model to ``path`` (``.npz``), atomically; returns the path written."""
+        header = {
+            "model": type(self).__name__,
+            "config": dataclasses.asdict(self.config),
+            "var_names": self.var_names,
+            "batch_key": self.batch_key,
+            "batch_categories": self.batch_categories,
+            "layer": self.layer,
+            "history": {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in self.history.items()},
+        }
+        arrays = {f"w/{k}": t.detach().cpu().numpy() for k, t in self.module.state_dict().items()}
+        return write_model_file(path, header, arrays)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, adata: AnnData | None = None, device: str = "cpu") -> "BaseModel":
+        """Load a model written by :meth:`save`. Nothing is unpickled.
+
+        With ``adata``, also checks that it holds every trained gene.
+        """
+        header, arrays = read_model_file(path)
+        model_cls = BaseModel.registry.get(header.get("model"))
+        if model_cls is None or not issubclass(model_cls, cls):
+            raise ModelFileError(f"{str(path)!r} holds a {header.get('model')!r} model, not a {cls.__name__}.")
+        config = model_cls.config_class(**header["config"])
+        history = {k: (np.asarray(v) if isinstance(v, list) else v) for k, v in header["history"].items()}
+        model = model_cls(config, header["var_names"], header["batch_key"], header["batch_categories"],
+                          header["layer"], history)
+        state = {k[2:]: torch.from_numpy(np.array(a)) for k, a in arrays.items() if k.startswith("w/")}
+        try:
+            model.module.load_state_dict(state)
+        except RuntimeError as err:
+            raise ModelFileError(f"The weights in {str(path)!r} do not fit the saved config: {err}") from err
+        model.module.to(device).eval()
+        if adata is not None:
+            v.align_genes(adata, model.var_names)
+        return model

@@ -1,0 +1,155 @@
+"""The (conditional) VAE: module (inference -> generative -> loss) and user object."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from anndata import AnnData
+from torch import nn
+
+from ..likelihoods import COUNT_LIKELIHOODS, LIKELIHOODS, Minibatch, cell_log_prob
+from ..nn import CountDecoder, GaussianEncoder
+from ._base import BaseModel
+
+
+@dataclass(frozen=True)
+class VAEConfig:
+    """Architecture of a :class:`VAE`.
+
+    dispersion : "gene" (one theta per gene) or "gene-batch" (per gene and batch)
+    encode_batch : inject the batch into the encoder as well as the decoder
+    batch_gene_offsets : let the decoder add a per-batch, per-gene shift to its output
+    """
+
+    n_genes: int
+    n_batches: int = 1
+    likelihood: str = "zinb"
+    n_latent: int = 10
+    n_hidden: int = 128
+    n_layers: int = 1
+    dropout_rate: float = 0.1
+    dispersion: str = "gene"
+    beta: float = 1.0
+    encode_batch: bool = True
+    batch_gene_offsets: bool = True
+    norm: str | None = "batch"
+
+    def __post_init__(self):
+        if self.likelihood not in LIKELIHOODS:
+            raise ValueError(f"likelihood={self.likelihood!r}; choose one of {LIKELIHOODS}.")
+        if self.dispersion not in ("gene", "gene-batch"):
+            raise ValueError(f"dispersion={self.dispersion!r}; choose 'gene' or 'gene-batch'.")
+        for name in ("n_genes", "n_latent", "n_hidden", "n_layers", "n_batches"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}.")
+        if not 0 <= self.dropout_rate < 1:
+            raise ValueError(f"dropout_rate must be in [0, 1), got {self.dropout_rate!r}.")
+
+
+class VAEModule(nn.Module):
+    def __init__(self, cfg: VAEConfig):
+        super().__init__()
+        self.cfg = cfg
+        cats = (cfg.n_batches,) if cfg.n_batches > 1 else ()
+        self.encoder = GaussianEncoder(cfg.n_genes, cfg.n_latent, cfg.n_hidden, cfg.n_layers,
+                                       cats if cfg.encode_batch else (), cfg.dropout_rate, cfg.norm)
+        n_extra = 1 if cfg.likelihood == "zinb" else 0
+        self.decoder = CountDecoder(cfg.n_latent, cfg.n_genes, cfg.n_hidden, cfg.n_layers, cats, 0.0,
+                                    cfg.norm, n_extra, cfg.batch_gene_offsets)
+        n_disp = cfg.n_batches if cfg.dispersion == "gene-batch" else 1
+        # log theta for nb/zinb, log variance for gaussian; unused by poisson
+        self.log_dispersion = nn.Parameter(torch.zeros(n_disp, cfg.n_genes))
+
+    def _cats(self, batch: torch.Tensor):
+        return (batch,) if self.cfg.n_batches > 1 else ()
+
+    def inference(self, x: torch.Tensor, batch: torch.Tensor):
+        h = torch.log1p(x) if self.cfg.likelihood in COUNT_LIKELIHOODS else x
+        return self.encoder(h, self._cats(batch) if self.cfg.encode_batch else ())
+
+    def generative(self, z: torch.Tensor, batch: torch.Tensor, log_library: torch.Tensor) -> dict:
+        heads = self.decoder(z, self._cats(batch))
+        disp = self.log_dispersion[batch] if self.cfg.dispersion == "gene-batch" else self.log_dispersion[0]
+        if self.cfg.likelihood == "gaussian":
+            return {"mean": heads[0], "log_var": disp}
+        out = {"log_scale": F.log_softmax(heads[0], dim=-1)}
+        out["log_mu"] = out["log_scale"] + log_library
+        if self.cfg.likelihood in ("nb", "zinb"):
+            out["log_theta"] = disp
+        if self.cfg.likelihood == "zinb":
+            out["zi_logits"] = heads[1]
+        return out
+
+    def loss(self, mb: Minibatch, kl_weight: float = 1.0):
+        mean, log_var = self.inference(mb.x, mb.batch)
+        z = mean + torch.randn_like(mean) * (0.5 * log_var).exp() if self.training else mean
+        out = self.generative(z, mb.batch, mb.log_library)
+        reconstruction = -cell_log_prob(self.cfg.likelihood, mb, out)
+        kl = 0.5 * (log_var.exp() + mean**2 - 1.0 - log_var).sum(-1)
+        return (reconstruction + self.cfg.beta * kl_weight * kl).mean()
+
+
+class VAE(BaseModel):
+    """A trained VAE (see :func:`scgen_ae.tl.vae` to train one)."""
+
+    module_class = VAEModule
+    config_class = VAEConfig
+
+    @torch.no_grad()
+    def _apply(self, adata, layer, batch_key, batch_size, pad_missing, fn) -> list:
+        data = self._cell_data(adata, layer, batch_key, pad_missing)
+        self.module.eval()
+        device = self.device
+        out = []
+        for mb in data.iterate(np.arange(data.n_cells), batch_size, drop_last_if_tiny=False):
+            out.append(fn(mb.to(device)))
+        return out
+
+    def get_latent(self, adata: AnnData, *, layer="model", batch_key="model", give_mean: bool = True,
+                   batch_size: int = 1024, pad_missing: bool = False, seed: int = 0) -> np.ndarray:
+        """Latent representation ``(n_cells, n_latent)``: the posterior mean, or one sample.
+
+        ``layer`` / ``batch_key`` default to those used in training.
+        """
+        gen = torch.Generator().manual_seed(seed)
+
+        def fn(mb):
+            mean, log_var = self.module.inference(mb.x, mb.batch)
+            if give_mean:
+                return mean.cpu()
+            noise = torch.randn(mean.shape, generator=gen).to(mean.device)
+            return (mean + noise * (0.5 * log_var).exp()).cpu()
+
+        return torch.cat(self._apply(adata, layer, batch_key, batch_size, pad_missing, fn)).numpy()
+
+    def get_normalized_expression(self, adata: AnnData, *, transform_batch: str | None = None,
+                                  library_size: float | str = 1e4, genes=None, layer="model",
+                                  batch_key="model", batch_size: int = 1024,
+                                  pad_missing: bool = False) -> np.ndarray:
+        """Decoded expression ``(n_cells, n_genes)`` from the posterior mean.
+
+        transform_batch : decode every cell as if it came from this batch (batch
+            correction); None decodes each cell in its own batch.
+        library_size : a number (counts per cell, default 1e4), or "observed" for the
+            expected counts at each cell's own library size. Ignored for gaussian.
+        genes : optional subset of gene names to return (saves memory).
+        """
+        b = self._batch_index(transform_batch)
+        cols = None if genes is None else torch.as_tensor(
+            [self.var_names.index(g) for g in genes], dtype=torch.long)
+
+        def fn(mb):
+            mean, _ = self.module.inference(mb.x, mb.batch)
+            batch = mb.batch if b is None else torch.full_like(mb.batch, b)
+            out = self.module.generative(mean, batch, mb.log_library)
+            if self.config.likelihood == "gaussian":
+                res = out["mean"]
+            elif library_size == "observed":
+                res = out["log_mu"].exp()
+            else:
+                res = out["log_scale"].exp() * float(library_size)
+            return (res if cols is None else res[:, cols.to(res.device)]).cpu()
+
+        return torch.cat(self._apply(adata, layer, batch_key, batch_size, pad_missing, fn)).numpy()

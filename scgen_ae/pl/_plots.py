@@ -1,0 +1,103 @@
+"""Figures. Models know nothing of plotting; these read AnnData only."""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+from anndata import AnnData
+
+from ._embedding import cached_embedding
+
+
+def _finish(fig, save, show):
+    if save:
+        fig.savefig(save, dpi=150, bbox_inches="tight")
+    if show:
+        plt.show()
+    return fig
+
+
+def _color_values(adata: AnnData, key: str):
+    if key in adata.obs:
+        return adata.obs[key]
+    if key in adata.var_names:
+        col = adata[:, key].X
+        col = col.toarray().ravel() if sp.issparse(col) else np.asarray(col).ravel()
+        return pd.Series(np.log1p(col), index=adata.obs_names, name=f"log1p {key}")
+    raise KeyError(f"color={key!r} is neither an obs column nor a gene in var_names.")
+
+
+def _scatter(ax, xy, values, title, point_size, adata):
+    ax.set_title(title)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if isinstance(values.dtype, pd.CategoricalDtype) or values.dtype == object or values.dtype == bool:
+        cats = pd.Categorical(values)
+        colors = adata.uns.get(f"{values.name}_colors")
+        if colors is None or len(colors) < len(cats.categories):
+            cmap = plt.get_cmap("tab10" if len(cats.categories) <= 10 else "tab20")
+            colors = [cmap(i % cmap.N) for i in range(len(cats.categories))]
+        order = np.random.default_rng(0).permutation(len(xy))  # no batch drawn on top of another
+        codes = cats.codes[order]
+        ax.scatter(xy[order, 0], xy[order, 1], s=point_size, c=[colors[c] for c in codes], linewidths=0)
+        handles = [plt.Line2D([], [], marker="o", ls="", color=colors[i], label=str(c))
+                   for i, c in enumerate(cats.categories)]
+        ax.legend(handles=handles, loc="center left", bbox_to_anchor=(1, 0.5), frameon=False, fontsize=8)
+    else:
+        sc = ax.scatter(xy[:, 0], xy[:, 1], s=point_size, c=np.asarray(values, float), cmap="viridis", linewidths=0)
+        plt.colorbar(sc, ax=ax, fraction=0.046)
+
+
+def latent(adata: AnnData, *, basis: str = "X_vae", color: str | Sequence[str] | None = None,
+           method: str = "umap", recompute: bool = False, seed: int = 0, n_neighbors: int = 15,
+           min_dist: float = 0.3, perplexity: float = 30.0, ncols: int = 3, point_size: float | None = None,
+           save: str | None = None, show: bool = False):
+    """Scatter the 2-D UMAP / t-SNE of ``obsm[basis]``, one panel per ``color``.
+
+    The 2-D coordinates are cached in ``obsm[f"{basis}_{method}"]`` (with their
+    parameters in ``uns["embeddings"]``) and reused by later calls.
+    ``color`` takes ``obs`` columns or gene names. Returns the matplotlib figure.
+    """
+    params = dict(n_neighbors=n_neighbors, min_dist=min_dist) if method == "umap" else dict(perplexity=perplexity)
+    xy = cached_embedding(adata, basis, method, recompute, seed=seed, **params)
+    keys = [None] if color is None else [color] if isinstance(color, str) else list(color)
+    ncols = min(ncols, len(keys))
+    nrows = math.ceil(len(keys) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.6 * ncols, 4 * nrows), squeeze=False)
+    size = point_size or max(2.0, 120000 / max(adata.n_obs, 1) ** 1.2)
+    for ax, key in zip(axes.flat, keys):
+        values = pd.Series(np.zeros(adata.n_obs), name="") if key is None else _color_values(adata, key)
+        _scatter(ax, xy, values, f"{basis} {method.upper()}" + (f": {key}" if key else ""), size, adata)
+    for ax in list(axes.flat)[len(keys):]:
+        ax.axis("off")
+    fig.tight_layout()
+    return _finish(fig, save, show)
+
+
+def history(adata_or_model, *, key: str = "vae", save: str | None = None, show: bool = False):
+    """Training and validation loss per epoch from ``uns[key]["history"]`` (or a model)."""
+    hist = adata_or_model.uns[key]["history"] if isinstance(adata_or_model, AnnData) else adata_or_model.history
+    train = np.asarray(hist["train_loss"])
+    val = np.asarray(hist["validation_loss"])
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    epochs = np.arange(1, len(train) + 1)
+    ax.plot(epochs, train, label="train")
+    if len(val):
+        ax.plot(epochs[: len(val)], val, label="validation")
+    best = int(hist.get("best_epoch", -1))
+    if best >= 0:
+        ax.axvline(best + 1, color="grey", ls=":", label=f"best epoch {best + 1}")
+    tail = np.concatenate([train[len(train) // 5:], val[len(val) // 5:]]) if len(train) > 5 else train
+    if len(tail):
+        lo, hi = np.nanmin(tail), np.nanmax(tail)
+        ax.set_ylim(lo - 0.05 * (hi - lo + 1e-9), hi + 0.3 * (hi - lo + 1e-9))
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("loss per cell (negative ELBO)")
+    ax.set_title(f"{key}: training curves")
+    ax.legend(frameon=False)
+    fig.tight_layout()
+    return _finish(fig, save, show)

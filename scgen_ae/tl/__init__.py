@@ -1,0 +1,4 @@
+"""Tools: train models on AnnData and store their outputs (scanpy's ``tl``)."""
+from ._vae import vae
+
+__all__ = ["vae"]

@@ -1,0 +1,198 @@
+"""The one training loop every model uses.
+
+A model's torch module only has to provide ``loss(minibatch, kl_weight) -> loss``,
+the mean per-cell objective as a scalar tensor.
+Everything else -- epochs, minibatches, validation, early stopping, KL warm-up,
+gradient clipping, divergence detection, Ctrl-C, progress bar -- lives here.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .data import CellData, train_validation_split
+
+
+class TrainingDivergedError(RuntimeError):
+    """The loss became NaN or infinite; the module holds the last good weights."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How to train; every model front forwards these keyword arguments."""
+
+    max_epochs: int | None = None  # None: scvi-tools' heuristic, min(400, 400 * 20000 / n_cells)
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 1e-6
+    validation_fraction: float = 0.1
+    early_stopping: bool = True
+    patience: int = 30
+    min_delta: float = 0.0
+    kl_warmup_epochs: int | None = None  # None: a third of max_epochs, capped at 400
+    grad_clip: float = 50.0
+    seed: int = 0
+    device: str = "auto"
+    n_threads: int | None = None
+    progress: bool = True
+
+    def epochs_for(self, n_cells: int) -> int:
+        if self.max_epochs is not None:
+            return int(self.max_epochs)
+        return int(min(400, round(400 * 20000 / max(n_cells, 1))))
+
+
+@dataclass
+class History:
+    """Per-epoch mean losses. Serialisable to ``uns`` via :meth:`as_dict`."""
+
+    train_loss: list = field(default_factory=list)
+    validation_loss: list = field(default_factory=list)
+    kl_weight: list = field(default_factory=list)
+    best_epoch: int = -1
+    stopped_early: bool = False
+    interrupted: bool = False
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict:
+        return {
+            "train_loss": np.asarray(self.train_loss, dtype=np.float64),
+            "validation_loss": np.asarray(self.validation_loss, dtype=np.float64),
+            "kl_weight": np.asarray(self.kl_weight, dtype=np.float64),
+            "best_epoch": int(self.best_epoch),
+            "stopped_early": bool(self.stopped_early),
+            "interrupted": bool(self.interrupted),
+            "seconds": float(self.seconds),
+        }
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device='cuda' was requested but torch.cuda.is_available() is False; use device='cpu'.")
+    return dev
+
+
+@contextmanager
+def seeded_threads(seed: int, n_threads: int | None):
+    """Seed torch inside a forked RNG state and optionally cap threads; restore both after."""
+    old_threads = torch.get_num_threads()
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        if n_threads is not None:
+            torch.set_num_threads(int(n_threads))
+        try:
+            yield
+        finally:
+            torch.set_num_threads(old_threads)
+
+
+def _mean_loss(module, data: CellData, idx, batch_size, kl_weight, device) -> float:
+    module.eval()
+    total, n = 0.0, 0
+    with torch.no_grad():
+        for mb in data.iterate(idx, max(batch_size, 1024), drop_last_if_tiny=False):
+            loss = module.loss(mb.to(device), kl_weight)
+            total += float(loss) * mb.x.shape[0]
+            n += mb.x.shape[0]
+    return total / max(n, 1)
+
+
+def _divergence_message(epoch: int, lr: float, likelihood: str | None) -> str:
+    hint = (
+        "Count likelihoods need raw integer counts: if X holds log-normalised values pass "
+        "layer='counts' (or likelihood='gaussian'). "
+        if likelihood in ("zinb", "nb", "poisson") else ""
+    )
+    return (
+        f"The training loss became NaN/Inf in epoch {epoch}. The model was restored to the last "
+        f"weights with a finite loss. Likely causes: {hint}a learning rate too high for this data "
+        f"(lr={lr:g}; try lr={lr / 10:g}); extreme outlier cells (check library sizes)."
+    )
+
+
+def fit(module: torch.nn.Module, data: CellData, config: TrainConfig, likelihood: str | None = None) -> History:
+    """Train ``module`` on ``data`` in place and return its :class:`History`.
+
+    The module ends on the weights of the best validation epoch (or the last epoch
+    without validation). Raises :class:`TrainingDivergedError` on a NaN/Inf loss.
+    """
+    import time
+
+    device = resolve_device(config.device)
+    module.to(device)
+    rng = np.random.default_rng(config.seed)
+    train_idx, val_idx = train_validation_split(data.n_cells, config.validation_fraction, rng)
+    n_epochs = config.epochs_for(data.n_cells)
+    warmup = config.kl_warmup_epochs if config.kl_warmup_epochs is not None else min(400, max(1, n_epochs // 3))
+    history = History()
+    optimizer = torch.optim.Adam(module.parameters(), lr=config.lr, weight_decay=config.weight_decay, eps=0.01)
+    best_loss, best_state, since_best = math.inf, None, 0
+    good_state = copy.deepcopy(module.state_dict())
+    start = time.perf_counter()
+    bar = tqdm(range(n_epochs), desc="training", unit="epoch", disable=not config.progress, leave=False)
+    try:
+        for epoch in bar:
+            kl_weight = min(1.0, (epoch + 1) / warmup) if warmup > 0 else 1.0
+            module.train()
+            total, n = 0.0, 0
+            for mb in data.iterate(train_idx, config.batch_size, rng):
+                loss = module.loss(mb.to(device), kl_weight)
+                if not torch.isfinite(loss):
+                    module.load_state_dict(good_state)
+                    raise TrainingDivergedError(_divergence_message(epoch, config.lr, likelihood))
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(module.parameters(), config.grad_clip)
+                optimizer.step()
+                total += float(loss.detach()) * mb.x.shape[0]
+                n += mb.x.shape[0]
+            good_state = {k: v.detach().clone() for k, v in module.state_dict().items()}
+            history.train_loss.append(total / max(n, 1))
+            history.kl_weight.append(kl_weight)
+            monitored = history.train_loss[-1]
+            if len(val_idx):
+                monitored = _mean_loss(module, data, val_idx, config.batch_size, kl_weight, device)
+                history.validation_loss.append(monitored)
+            bar.set_postfix(loss=f"{history.train_loss[-1]:.1f}",
+                            val=f"{monitored:.1f}" if len(val_idx) else "-")
+            # only compare losses once the KL weight is fixed: earlier ones are not comparable
+            if kl_weight >= 1.0 and monitored < best_loss - config.min_delta:
+                best_loss, best_state, since_best = monitored, good_state, 0
+                history.best_epoch = epoch
+            elif kl_weight >= 1.0:
+                since_best += 1
+                if config.early_stopping and since_best >= config.patience:
+                    history.stopped_early = True
+                    break
+    except KeyboardInterrupt:
+        history.interrupted = True
+        warnings.warn(
+            f"Training interrupted after {len(history.train_loss)} epochs; keeping the best weights so "
+            "far. The model is usable as is (get_latent, save); call it again to train longer.",
+            stacklevel=2,
+        )
+    finally:
+        bar.close()
+    if best_state is not None:
+        module.load_state_dict(best_state)
+    else:
+        module.load_state_dict(good_state)
+        history.best_epoch = len(history.train_loss) - 1
+    module.eval()
+    history.seconds = time.perf_counter() - start
+    return history
