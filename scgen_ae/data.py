@@ -27,6 +27,7 @@ class CellData:
     X: sp.csr_matrix
     batch: np.ndarray
     library: np.ndarray
+    log1p_input: bool = True  # Minibatch.x = log1p(counts), computed on the non-zeros only
 
     @property
     def n_cells(self) -> int:
@@ -35,7 +36,8 @@ class CellData:
     def minibatch(self, idx: np.ndarray) -> Minibatch:
         """Densify the rows ``idx`` into a :class:`Minibatch`."""
         sub = self.X[idx]
-        x = torch.from_numpy(sub.toarray())
+        dense = sp.csr_matrix((np.log1p(sub.data), sub.indices, sub.indptr), shape=sub.shape) if self.log1p_input else sub
+        x = torch.from_numpy(dense.toarray())
         counts_per_row = np.diff(sub.indptr)
         nz_row = np.repeat(np.arange(len(idx)), counts_per_row)
         log_fact = np.add.reduceat(gammaln(sub.data + 1.0), sub.indptr[:-1]) if sub.nnz else np.zeros(len(idx))

@@ -79,9 +79,9 @@ class CountDecoder(nn.Module):
                  norm="batch", n_extra_heads=0, gene_offsets=True):
         super().__init__()
         self.body = MLP(n_latent, n_hidden, n_layers, n_cats, dropout_rate, norm)
-        head_cats = n_cats if gene_offsets else ()
-        self.heads = nn.ModuleList(CovariateLinear(n_hidden, n_out, head_cats) for _ in range(1 + n_extra_heads))
+        self.n_heads = 1 + n_extra_heads
+        # all heads in one matmul: one (n_hidden x heads*n_out) GEMM beats several small ones
+        self.heads = CovariateLinear(n_hidden, self.n_heads * n_out, n_cats if gene_offsets else ())
 
     def forward(self, z, cats=()):
-        h = self.body(z, cats)
-        return [head(h, cats) for head in self.heads]
+        return self.heads(self.body(z, cats), cats).chunk(self.n_heads, dim=-1)

@@ -40,6 +40,7 @@ class TrainConfig:
     grad_clip: float = 50.0
     seed: int = 0
     device: str = "auto"
+    precision: str = "fp32"  # "bf16": matmuls in bfloat16 autocast (losses stay fp32)
     n_threads: int | None = None
     progress: bool = True
 
@@ -101,10 +102,17 @@ def seeded_threads(seed: int, n_threads: int | None):
             torch.set_num_threads(old_threads)
 
 
-def _mean_loss(module, data: CellData, idx, batch_size, kl_weight, device) -> float:
+def _autocast(config: TrainConfig, device: torch.device):
+    if config.precision not in ("fp32", "bf16"):
+        raise ValueError(f"precision={config.precision!r}; choose 'fp32' or 'bf16'.")
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16")
+
+
+def _mean_loss(module, data: CellData, idx, config, kl_weight, device) -> float:
     module.eval()
     total, n = 0.0, 0
-    with torch.no_grad():
+    batch_size = config.batch_size
+    with torch.no_grad(), _autocast(config, device):
         for mb in data.iterate(idx, max(batch_size, 1024), drop_last_if_tiny=False):
             loss = module.loss(mb.to(device), kl_weight)
             total += float(loss) * mb.x.shape[0]
@@ -140,7 +148,8 @@ def fit(module: torch.nn.Module, data: CellData, config: TrainConfig, likelihood
     n_epochs = config.epochs_for(data.n_cells)
     warmup = config.kl_warmup_epochs if config.kl_warmup_epochs is not None else min(400, max(1, n_epochs // 3))
     history = History()
-    optimizer = torch.optim.Adam(module.parameters(), lr=config.lr, weight_decay=config.weight_decay, eps=0.01)
+    optimizer = torch.optim.Adam(module.parameters(), lr=config.lr, weight_decay=config.weight_decay, eps=0.01,
+                                 fused=device.type in ("cpu", "cuda"))
     best_loss, best_state, since_best = math.inf, None, 0
     good_state = copy.deepcopy(module.state_dict())
     start = time.perf_counter()
@@ -151,7 +160,8 @@ def fit(module: torch.nn.Module, data: CellData, config: TrainConfig, likelihood
             module.train()
             total, n = 0.0, 0
             for mb in data.iterate(train_idx, config.batch_size, rng):
-                loss = module.loss(mb.to(device), kl_weight)
+                with _autocast(config, device):
+                    loss = module.loss(mb.to(device), kl_weight)
                 if not torch.isfinite(loss):
                     module.load_state_dict(good_state)
                     raise TrainingDivergedError(_divergence_message(epoch, config.lr, likelihood))
@@ -166,7 +176,7 @@ def fit(module: torch.nn.Module, data: CellData, config: TrainConfig, likelihood
             history.kl_weight.append(kl_weight)
             monitored = history.train_loss[-1]
             if len(val_idx):
-                monitored = _mean_loss(module, data, val_idx, config.batch_size, kl_weight, device)
+                monitored = _mean_loss(module, data, val_idx, config, kl_weight, device)
                 history.validation_loss.append(monitored)
             bar.set_postfix(loss=f"{history.train_loss[-1]:.1f}",
                             val=f"{monitored:.1f}" if len(val_idx) else "-")

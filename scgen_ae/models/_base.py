@@ -66,10 +66,11 @@ class BaseModel:
         X = v.get_matrix(adata, layer)
         pos, _ = v.align_genes(adata, self.var_names, pad_missing)
         X = v.aligned_matrix(X, pos)
-        if getattr(self.config, "likelihood", None) in COUNT_LIKELIHOODS:
-            v.check_counts(X, layer, self.config.likelihood)
+        counts = getattr(self.config, "likelihood", "counts") in COUNT_LIKELIHOODS + ("counts",)
+        if counts:
+            v.check_counts(X, layer, getattr(self.config, "likelihood", "counts"))
         codes, _ = v.batch_codes(adata, batch_key, self.batch_categories)
-        return CellData(X, codes, np.asarray(X.sum(1)).ravel())
+        return CellData(X, codes, np.asarray(X.sum(1)).ravel(), log1p_input=counts)
 
     def _batch_index(self, transform_batch: str | None) -> int | None:
         if transform_batch is None:

@@ -21,6 +21,9 @@ class VAEConfig:
     dispersion : "gene" (one theta per gene) or "gene-batch" (per gene and batch)
     encode_batch : inject the batch into the encoder as well as the decoder
     batch_gene_offsets : let the decoder add a per-batch, per-gene shift to its output
+    mmd_weight : weight of a maximum-mean-discrepancy penalty between the batches'
+        latent distributions (0 = off); pushes what the decoder's batch terms did not
+        absorb out of ``z``
     """
 
     n_genes: int
@@ -35,6 +38,7 @@ class VAEConfig:
     encode_batch: bool = True
     batch_gene_offsets: bool = True
     norm: str | None = "batch"
+    mmd_weight: float = 0.0
 
     def __post_init__(self):
         if self.likelihood not in LIKELIHOODS:
@@ -46,6 +50,23 @@ class VAEConfig:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}.")
         if not 0 <= self.dropout_rate < 1:
             raise ValueError(f"dropout_rate must be in [0, 1), got {self.dropout_rate!r}.")
+
+
+def _rbf_mean(a: torch.Tensor, b: torch.Tensor, scales=(0.1, 1.0, 10.0)) -> torch.Tensor:
+    d2 = torch.cdist(a, b).pow(2)
+    return sum(torch.exp(-d2 / (2 * s * a.shape[1])) for s in scales).mean()
+
+
+def batch_mmd(z: torch.Tensor, batch: torch.Tensor) -> torch.Tensor:
+    """Sum over batches of the multi-scale RBF MMD^2 between that batch's and all cells' z."""
+    total = z.new_zeros(())
+    k_all = _rbf_mean(z, z)
+    for b in torch.unique(batch):
+        zb = z[batch == b]
+        if len(zb) < 2:
+            continue
+        total = total + _rbf_mean(zb, zb) + k_all - 2 * _rbf_mean(zb, z)
+    return total
 
 
 class VAEModule(nn.Module):
@@ -66,29 +87,34 @@ class VAEModule(nn.Module):
         return (batch,) if self.cfg.n_batches > 1 else ()
 
     def inference(self, x: torch.Tensor, batch: torch.Tensor):
-        h = torch.log1p(x) if self.cfg.likelihood in COUNT_LIKELIHOODS else x
-        return self.encoder(h, self._cats(batch) if self.cfg.encode_batch else ())
+        """``x`` is the encoder input: log1p(counts), or log-normalised values for gaussian."""
+        return self.encoder(x, self._cats(batch) if self.cfg.encode_batch else ())
 
     def generative(self, z: torch.Tensor, batch: torch.Tensor, log_library: torch.Tensor) -> dict:
-        heads = self.decoder(z, self._cats(batch))
-        disp = self.log_dispersion[batch] if self.cfg.dispersion == "gene-batch" else self.log_dispersion[0]
+        heads = [h.float() for h in self.decoder(z, self._cats(batch))]  # fp32 even under bf16 autocast
         if self.cfg.likelihood == "gaussian":
+            disp = self.log_dispersion[batch] if self.cfg.dispersion == "gene-batch" else self.log_dispersion[0]
             return {"mean": heads[0], "log_var": disp}
         out = {"log_scale": F.log_softmax(heads[0], dim=-1)}
         out["log_mu"] = out["log_scale"] + log_library
         if self.cfg.likelihood in ("nb", "zinb"):
-            out["log_theta"] = disp
+            # the (1 or n_batches, g) table and each cell's row in it (the likelihood gathers)
+            out["log_theta"] = self.log_dispersion
+            out["theta_row"] = batch if self.cfg.dispersion == "gene-batch" else torch.zeros_like(batch)
         if self.cfg.likelihood == "zinb":
             out["zi_logits"] = heads[1]
         return out
 
     def loss(self, mb: Minibatch, kl_weight: float = 1.0):
-        mean, log_var = self.inference(mb.x, mb.batch)
+        mean, log_var = (t.float() for t in self.inference(mb.x, mb.batch))
         z = mean + torch.randn_like(mean) * (0.5 * log_var).exp() if self.training else mean
         out = self.generative(z, mb.batch, mb.log_library)
         reconstruction = -cell_log_prob(self.cfg.likelihood, mb, out)
         kl = 0.5 * (log_var.exp() + mean**2 - 1.0 - log_var).sum(-1)
-        return (reconstruction + self.cfg.beta * kl_weight * kl).mean()
+        loss = (reconstruction + self.cfg.beta * kl_weight * kl).mean()
+        if self.cfg.mmd_weight > 0 and self.cfg.n_batches > 1:
+            loss = loss + self.cfg.mmd_weight * kl_weight * batch_mmd(z, mb.batch) * mb.x.shape[1]
+        return loss
 
 
 class VAE(BaseModel):

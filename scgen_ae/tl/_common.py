@@ -18,11 +18,12 @@ TRAIN_FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
 def training_data(adata: AnnData, layer: str | None, batch_key: str | None, likelihood: str | None):
     """Validate ``adata`` for training; return (CellData, batch categories)."""
     X = v.get_matrix(adata, layer)
-    if likelihood in COUNT_LIKELIHOODS or likelihood is None:
+    counts = likelihood in COUNT_LIKELIHOODS or likelihood is None
+    if counts:
         v.check_counts(X, layer, likelihood or "counts")
     v.check_not_empty(X, layer)
     codes, cats = v.batch_codes(adata, batch_key)
-    return CellData(X, codes, np.asarray(X.sum(1)).ravel()), cats
+    return CellData(X, codes, np.asarray(X.sum(1)).ravel(), log1p_input=counts), cats
 
 
 def split_kwargs(kwargs: dict) -> tuple[TrainConfig, dict]:

@@ -23,6 +23,7 @@ def vae(
     beta: float = 1.0,
     encode_batch: bool = True,
     batch_gene_offsets: bool = True,
+    mmd_weight: float = 0.0,
     key_added: str = "X_vae",
     uns_key: str = "vae",
     copy: bool = False,
@@ -83,6 +84,7 @@ def vae(
         n_genes=adata.n_vars, n_batches=len(cats), likelihood=likelihood, n_latent=n_latent,
         n_hidden=n_hidden, n_layers=n_layers, dropout_rate=dropout_rate, dispersion=dispersion,
         beta=beta, encode_batch=encode_batch, batch_gene_offsets=batch_gene_offsets,
+        mmd_weight=mmd_weight,
     )
     with seeded_threads(train_cfg.seed, train_cfg.n_threads):
         module = VAEModule(config)
