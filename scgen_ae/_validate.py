@@ -7,6 +7,7 @@ AnnData they inspect: fronts validate first and write results last.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -175,6 +176,9 @@ def align_genes(adata: AnnData, var_names: Sequence[str], pad_missing: bool = Fa
             f"(e.g. {missing[:5]}). Subset/reorder is automatic for present genes; for missing ones pass "
             "pad_missing=True to fill them with zero counts (results degrade with many missing genes)."
         )
+    if missing:
+        warnings.warn(f"{len(missing)} of the model's {len(var_names)} genes are not in adata.var_names (e.g. "
+                      f"{missing[:5]}); pad_missing=True fills them with zero counts.", UserWarning, stacklevel=6)
     return pos, missing
 
 

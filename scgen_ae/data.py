@@ -19,7 +19,7 @@ from .likelihoods import Minibatch
 class CellData:
     """The cells a model trains on or is applied to, already validated.
 
-    X : (n_cells, n_genes) CSR float32 matrix
+    X : (n_cells, n_genes) CSR float32 matrix without stored zeros
     batch : (n_cells,) int64 codes into the model's batch categories
     library : (n_cells,) observed library size (row sums of the counts)
     """
@@ -28,6 +28,9 @@ class CellData:
     batch: np.ndarray
     library: np.ndarray
     log1p_input: bool = True  # Minibatch.x = log1p(counts), computed on the non-zeros only
+
+    def __post_init__(self):
+        self.X = to_csr32(self.X)  # no copy unless it has stored zeros or another format
 
     @property
     def n_cells(self) -> int:
@@ -40,8 +43,7 @@ class CellData:
         x = torch.from_numpy(dense.toarray())
         counts_per_row = np.diff(sub.indptr)
         nz_row = np.repeat(np.arange(len(idx)), counts_per_row)
-        log_fact = np.add.reduceat(gammaln(sub.data + 1.0), sub.indptr[:-1]) if sub.nnz else np.zeros(len(idx))
-        log_fact[counts_per_row == 0] = 0.0  # reduceat repeats the next value on empty rows
+        log_fact = np.bincount(nz_row, weights=gammaln(sub.data + 1.0), minlength=len(idx))
         return Minibatch(
             x=x,
             batch=torch.from_numpy(self.batch[idx]),
@@ -70,11 +72,18 @@ class CellData:
 
 
 def to_csr32(X) -> sp.csr_matrix:
-    """Any in-memory matrix -> CSR float32 without copying when it already is one."""
+    """Any in-memory matrix -> CSR float32 with sorted indices and no stored zeros.
+
+    Returns the input itself when it already is one (never modifies it): the sparse
+    likelihoods treat every stored entry as a non-zero count.
+    """
     if sp.issparse(X):
         X = X.tocsr()
         if X.dtype != np.float32:
             X = X.astype(np.float32)
+        if X.nnz and not np.all(X.data):
+            X = X.copy()  # tocsr() may hand back the caller's matrix
+            X.eliminate_zeros()
         if not X.has_sorted_indices:
             X = X.sorted_indices()
         return X
