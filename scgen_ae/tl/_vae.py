@@ -23,7 +23,7 @@ def vae(
     beta: float = 1.0,
     encode_batch: bool = True,
     batch_gene_offsets: bool = True,
-    mmd_weight: float = 0.0,
+    mmd_weight: float = 1.0,
     key_added: str = "X_vae",
     uns_key: str = "vae",
     copy: bool = False,
@@ -54,6 +54,10 @@ def vae(
     encode_batch, batch_gene_offsets
         Where batch enters the network: the encoder, and a per-batch, per-gene shift
         of the decoder output (both on by default; see BENCHMARKS.md for why).
+    mmd_weight
+        Weight of an MMD penalty between the batches' latent distributions (default 1;
+        0 turns it off). It assumes the batches share cell types: lower it when their
+        compositions differ strongly. Without ``batch_key`` it has no effect.
     key_added
         ``obsm`` key of the latent space.
     uns_key
