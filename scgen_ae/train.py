@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import math
-import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -191,11 +190,6 @@ def fit(module: torch.nn.Module, data: CellData, config: TrainConfig, likelihood
                     break
     except KeyboardInterrupt:
         history.interrupted = True
-        warnings.warn(
-            f"Training interrupted after {len(history.train_loss)} epochs; keeping the best weights so "
-            "far. The model is usable as is (get_latent, save); call it again to train longer.",
-            stacklevel=2,
-        )
     finally:
         bar.close()
     if best_state is not None:

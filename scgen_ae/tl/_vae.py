@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import dataclasses
+import warnings
 
 from anndata import AnnData
 
@@ -73,6 +74,8 @@ def vae(
     Returns
     -------
     The trained :class:`~scgen_ae.models.VAE` (or ``(adata, model)`` with ``copy=True``).
+    On Ctrl-C the model with the best weights so far is returned and ``adata`` is not
+    modified. Errors (bad input, diverging loss) leave ``adata`` unchanged too.
     Sets
 
     - ``adata.obsm[key_added]``: (n_cells, n_latent) posterior means.
@@ -94,6 +97,13 @@ def vae(
         module = VAEModule(config)
         history = fit(module, data, train_cfg, likelihood)
         model = VAE(config, adata.var_names, batch_key, cats, layer, history.as_dict(), module)
+        if history.interrupted:
+            warnings.warn(
+                "Training was interrupted (Ctrl-C): adata was left unchanged. The returned model holds the "
+                "best weights so far; use model.get_latent(adata) or model.save(path), or train again.",
+                stacklevel=2,
+            )
+            return model
         latent = model.get_latent(adata)
     target = adata.copy() if copy else adata
     params = params_record(batch_key=batch_key, layer=layer, **dataclasses.asdict(config),
