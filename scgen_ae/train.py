@@ -175,7 +175,8 @@ def fit(module: torch.nn.Module, data: CellData, config: TrainConfig, likelihood
             history.kl_weight.append(kl_weight)
             monitored = history.train_loss[-1]
             if len(val_idx):
-                monitored = _mean_loss(module, data, val_idx, config, kl_weight, device)
+                # validation: the negative ELBO at full KL weight, z at the posterior mean
+                monitored = _mean_loss(module, data, val_idx, config, 1.0, device)
                 history.validation_loss.append(monitored)
             bar.set_postfix(loss=f"{history.train_loss[-1]:.1f}",
                             val=f"{monitored:.1f}" if len(val_idx) else "-")

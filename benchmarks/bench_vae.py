@@ -1,0 +1,466 @@
+#!/usr/bin/env python
+"""By-hand benchmark: ``sa.tl.vae`` against scvi-tools' ``SCVI`` on the shared real data sets.
+
+Not a test: run it on an otherwise idle machine (the CPU timings are meaningless under load).
+
+For every data set (2,000 seurat_v3 HVGs with ``batch_key="batch"``; a data set with
+at most 2,000 genes keeps all of them), every tool and every thread count, one fit
+runs in a fresh Python subprocess, so that its peak RSS (``ru_maxrss``) belongs to that
+fit alone and thread settings (``torch.set_num_threads`` plus OMP/MKL/OpenBLAS env
+vars) are set before anything is imported. Both tools get the same architecture
+(n_hidden 128, n_latent 10, n_layers 1, ZINB, gene dispersion, batch size 128, Adam
+lr 1e-3) and, by default, the same number of epochs without early stopping, and they
+validate on *the same* 10 % of cells (scvi gets our split via ``external_indexing``;
+``--scvi-split own`` uses its own ``train_size=0.9`` split instead).
+
+Recorded per fit: seconds per epoch (training-loop time / epochs run; the loop
+includes the per-epoch validation pass for both tools), cells per second
+(n_train * epochs / loop time), peak RSS, the validation loss each tool reports, a
+common validation loss computed the same way for both (see below), and the scIB
+scores (``sa.tl.score_integration``) of the latent space; the uncorrected PCA is
+scored once per data set.
+
+Validation losses -- read this before comparing them:
+
+- ``val_loss_reported`` is each tool's own number at the last epoch. scvi: the last
+  ``history["elbo_validation"]``, the per-cell mean of reconstruction loss + KL (KL
+  unweighted, z sampled once). scgen_ae: the last ``history["validation_loss"]``,
+  per-cell mean of reconstruction + kl_weight * KL evaluated at the posterior *mean*
+  z (no sampling), which is lower (better) than a sampled ELBO.
+- ``val_elbo`` is the same estimator for both, on the same validation cells and on
+  the weights each tool ends with: the per-cell mean negative ELBO with one sampled
+  z per cell and KL weight 1, averaged over ``--elbo-repeats`` draws (scvi:
+  minus ``model.get_elbo(indices=val_idx)``: get_elbo returns the ELBO itself, a negative
+  number, while ``elbo_validation`` in its history is reconstruction + KL, a positive
+  one). Both include the lgamma(x + 1) constant of the count likelihood.
+- scgen_ae ends on the weights of its best validation epoch (even with early stopping
+  off), scvi on the last epoch.
+
+Usage (timings: idle machine only)::
+
+    python benchmarks/bench_vae.py                       # all data sets, 100 epochs, 1 and 2 threads
+    python benchmarks/bench_vae.py --datasets cellbench_3cl --epochs 2 --threads 1   # smoke test
+    python benchmarks/bench_vae.py --default --threads 2  # both tools with default settings (quality)
+
+Writes ``<out>.csv`` and ``<out>.md`` (``--out``, default ``bench_out/bench_vae_<mode>``)
+and prints the markdown tables.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+DATASETS = ["cellbench_3cl", "cellbench_3cl_3protocols_800genes", "kang_ifnb_pbmc_subset", "pbmc_10x_chemistries"]
+DATA_DIR = Path(os.environ.get("SCGEN_AE_DATA", "/work/shared/data"))
+LABEL_KEY = "cell_type"
+BATCH_KEY = "batch"
+ARCH = {"n_hidden": 128, "n_latent": 10, "n_layers": 1}
+BATCH_SIZE = 128
+VALIDATION_FRACTION = 0.1
+PATIENCE = 30  # ours; scvi is given the same when --early-stopping is on
+THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS",
+              "VECLIB_MAXIMUM_THREADS", "NUMBA_NUM_THREADS")
+QUIET_ENV = {
+    "JAX_PLATFORMS": "cpu", "TF_CPP_MIN_LOG_LEVEL": "3", "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1",
+    "WANDB_MODE": "disabled", "PYTHONWARNINGS": "ignore", "TQDM_DISABLE": "1",
+}
+
+
+# --------------------------------------------------------------------------- worker (one fit per process)
+
+def _block_network() -> list:
+    """Refuse (and count) every outgoing connection: nothing in a fit should need the network."""
+    import socket
+
+    attempts = []
+
+    def refuse(*args, **kwargs):
+        attempts.append(repr(args[:2]))
+        raise OSError("network access is disabled in bench_vae workers")
+
+    socket.socket.connect = refuse
+    socket.socket.connect_ex = refuse
+    socket.getaddrinfo = refuse
+    socket.create_connection = refuse
+    return attempts
+
+
+def _peak_rss_mb() -> float:
+    import resource
+
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / 1024.0 if sys.platform != "darwin" else rss / 2**20  # KiB on Linux, bytes on macOS
+
+
+def _worker(spec_path: str) -> None:
+    spec = json.loads(Path(spec_path).read_text())
+    attempts = _block_network()
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    import numpy as np
+    import torch
+
+    n = int(spec["threads"])
+    torch.set_num_threads(n)
+    try:
+        torch.set_num_interop_threads(n)
+    except RuntimeError:  # already set
+        pass
+    import torch._dynamo  # noqa: F401  torch imports it lazily on the first optimizer (~2-3 s, once per
+    # process); scvi pays that when lightning is imported, so import it here, outside the timings, for both
+    import anndata as ad
+
+    adata = ad.read_h5ad(spec["data"])
+    split = np.load(spec["split"])
+    train_idx, val_idx = split["train"], split["validation"]
+    fit = _fit_ours if spec["tool"] == "scgen_ae" else _fit_scvi
+    result = fit(adata, spec, train_idx, val_idx)
+    result.update(peak_rss_mb=_peak_rss_mb(), network_attempts=len(attempts), torch_threads=torch.get_num_threads())
+    np.save(spec["embedding"], result.pop("latent"))
+    Path(spec["result"]).write_text(json.dumps(result))
+
+
+def _fit_ours(adata, spec, train_idx, val_idx) -> dict:
+    import numpy as np
+    import torch
+
+    import scgen_ae as sa
+    from scgen_ae.tl._common import training_data
+
+    kwargs = dict(batch_key=BATCH_KEY, n_threads=int(spec["threads"]), progress=False, seed=int(spec["seed"]))
+    if spec.get("ours_like_scvi"):
+        kwargs.update(encode_batch=False, batch_gene_offsets=False)
+    if not spec["default"]:
+        kwargs.update(likelihood="zinb", **ARCH, max_epochs=int(spec["epochs"]), batch_size=BATCH_SIZE,
+                      validation_fraction=VALIDATION_FRACTION, early_stopping=bool(spec["early_stopping"]),
+                      patience=PATIENCE)
+    rss_before = _peak_rss_mb()
+    start = time.perf_counter()
+    model = sa.tl.vae(adata, **kwargs)
+    wall = time.perf_counter() - start
+    h = adata.uns["vae"]["history"]
+    epochs = len(h["train_loss"])
+    vl = np.asarray(h["validation_loss"], dtype=float)
+    best = int(h["best_epoch"])
+
+    # common estimator: one sampled z per cell, KL weight 1; norm/dropout layers in eval mode
+    module = model.module
+    module.train()
+    for m in module.modules():
+        if isinstance(m, (torch.nn.modules.batchnorm._BatchNorm, torch.nn.Dropout, torch.nn.LayerNorm)):
+            m.eval()
+    data, _ = training_data(adata, None, BATCH_KEY, "zinb")
+    torch.manual_seed(int(spec["seed"]))
+    draws = []
+    with torch.no_grad():
+        for _ in range(int(spec["elbo_repeats"])):
+            total = 0.0
+            for mb in data.iterate(val_idx, 1024, drop_last_if_tiny=False):
+                total += float(module.loss(mb.to(model.device), 1.0)) * mb.x.shape[0]
+            draws.append(total / len(val_idx))
+    module.eval()
+    return {
+        "epochs_run": epochs, "fit_seconds": float(h["seconds"]), "wall_seconds": wall,
+        "rss_before_fit_mb": rss_before, "n_train": len(train_idx), "n_validation": len(val_idx),
+        "val_loss_reported": float(vl[-1]) if len(vl) else math.nan,
+        "val_loss_reported_best": float(vl[best]) if len(vl) and 0 <= best < len(vl) else math.nan,
+        "best_epoch": best, "val_elbo": float(np.mean(draws)), "validates_each_epoch": True,
+        "latent": np.asarray(adata.obsm["X_vae"], dtype=np.float32),
+    }
+
+
+def _fit_scvi(adata, spec, train_idx, val_idx) -> dict:
+    import logging
+
+    import numpy as np
+
+    import scvi
+    from lightning.pytorch.callbacks import Callback
+
+    # after the imports: lightning sets its own logger levels when it is imported
+    for name in ("scvi", "lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning",
+                 "lightning_utilities", "jax", "absl"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    scvi.settings.verbosity = logging.ERROR
+    scvi.settings.dl_num_workers = 0
+    scvi.settings.logging_dir = spec["tmp"]
+    scvi.settings.seed = int(spec["seed"])
+    import torch
+
+    torch.set_num_threads(int(spec["threads"]))  # again: imports above must not have changed it
+
+    class LoopTimer(Callback):
+        start = end = None
+
+        def on_train_start(self, trainer, pl_module):
+            self.start = time.perf_counter()
+
+        def on_train_end(self, trainer, pl_module):
+            self.end = time.perf_counter()
+
+    timer = LoopTimer()
+    rss_before = _peak_rss_mb()
+    start = time.perf_counter()  # wall: setup_anndata .. get_latent_representation, like one sa.tl.vae call
+    scvi.model.SCVI.setup_anndata(adata, batch_key=BATCH_KEY)
+    if spec["default"]:
+        model = scvi.model.SCVI(adata)  # its defaults: 128 hidden, 10 latent, 1 layer, zinb, gene dispersion
+        train = {}
+    else:
+        model = scvi.model.SCVI(adata, **ARCH, gene_likelihood="zinb", dispersion="gene")
+        warmup = spec["kl_warmup"]
+        train = dict(max_epochs=int(spec["epochs"]), batch_size=BATCH_SIZE, check_val_every_n_epoch=1,
+                     early_stopping=bool(spec["early_stopping"]), plan_kwargs={"lr": 1e-3})
+        if warmup is not None:
+            train["plan_kwargs"]["n_epochs_kl_warmup"] = int(warmup)
+        if spec["early_stopping"]:
+            train.update(early_stopping_patience=PATIENCE, early_stopping_warmup_epochs=int(warmup or 0))
+    if spec["scvi_split"] == "same":
+        train["datasplitter_kwargs"] = {"external_indexing": [np.asarray(train_idx), np.asarray(val_idx),
+                                                              np.array([], dtype=int)]}
+    else:
+        train["train_size"] = 1 - VALIDATION_FRACTION
+    model.train(accelerator="cpu", devices=1, enable_progress_bar=False, callbacks=[timer], **train)
+    latent = np.asarray(model.get_latent_representation(), dtype=np.float32)
+    wall = time.perf_counter() - start
+    hist = model.history
+    epochs = len(hist["elbo_train"]) if "elbo_train" in hist else int(model.trainer.current_epoch) if hasattr(
+        model, "trainer") else math.nan
+    reported = float(hist["elbo_validation"].iloc[-1, 0]) if "elbo_validation" in hist else math.nan
+    used_val = np.asarray(model.validation_indices)
+    if spec["scvi_split"] == "same" and not np.array_equal(np.sort(used_val), np.sort(val_idx)):
+        raise RuntimeError("scvi did not use the validation cells it was given")
+    torch.manual_seed(int(spec["seed"]))
+    # get_elbo returns the ELBO (-(reconstruction + KL)); negate to the loss scale of everything else
+    draws = [-float(model.get_elbo(indices=used_val, batch_size=1024)) for _ in range(int(spec["elbo_repeats"]))]
+    loop = (timer.end - timer.start) if timer.start is not None and timer.end is not None else wall
+    return {
+        "epochs_run": epochs, "fit_seconds": loop, "wall_seconds": wall, "rss_before_fit_mb": rss_before,
+        "n_train": len(model.train_indices), "n_validation": len(used_val),
+        "val_loss_reported": reported, "val_loss_reported_best": math.nan, "best_epoch": -1,
+        "validates_each_epoch": "elbo_validation" in hist,
+        "val_elbo": float(np.mean(draws)),
+        "latent": latent,
+    }
+
+
+# --------------------------------------------------------------------------- driver
+
+def _prepare(name: str, workdir: Path, seed: int):
+    """HVG subset written to disk (both tools read the same file) and the shared split."""
+    import anndata as ad
+    import numpy as np
+
+    import scgen_ae as sa
+    from scgen_ae.data import train_validation_split
+
+    adata = ad.read_h5ad(DATA_DIR / f"{name}.h5ad")
+    n_genes_raw = adata.n_vars
+    if adata.n_vars > 2000:
+        sa.pp.highly_variable(adata, n_top_genes=2000, batch_key=BATCH_KEY)
+    keep = [c for c in (BATCH_KEY, LABEL_KEY) if c in adata.obs]
+    small = ad.AnnData(adata.X.copy(), obs=adata.obs[keep].copy(), var=adata.var[[]].copy())
+    path = workdir / f"{name}.h5ad"
+    small.write_h5ad(path)
+    # the split sa.tl.vae draws (train.fit: first use of default_rng(seed)); scvi gets the same cells
+    train_idx, val_idx = train_validation_split(small.n_obs, VALIDATION_FRACTION, np.random.default_rng(seed))
+    split = workdir / f"{name}_split.npz"
+    np.savez(split, train=train_idx, validation=val_idx)
+    return small, path, split, n_genes_raw
+
+
+def _run_fit(spec: dict, workdir: Path, timeout: float) -> dict:
+    tag = f"{spec['dataset']}_{spec['tool']}_t{spec['threads']}"
+    spec = dict(spec, result=str(workdir / f"{tag}.json"), embedding=str(workdir / f"{tag}.npy"),
+                tmp=str(workdir / f"{tag}_scvi_logs"))
+    spec_path = workdir / f"{tag}_spec.json"
+    spec_path.write_text(json.dumps(spec))
+    env = dict(os.environ, **QUIET_ENV, **{k: str(spec["threads"]) for k in THREAD_ENV})
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--_worker", str(spec_path)], env=env,
+                          capture_output=True, text=True, timeout=timeout)
+    elapsed = time.perf_counter() - start
+    if proc.returncode != 0:
+        tail = (proc.stdout + proc.stderr)[-3000:]
+        print(f"[bench_vae] {tag} FAILED (rc {proc.returncode}):\n{tail}", file=sys.stderr, flush=True)
+        return {"status": f"failed rc={proc.returncode}", "process_seconds": elapsed}
+    res = json.loads(Path(spec["result"]).read_text())
+    res.update(status="ok", process_seconds=elapsed, embedding=spec["embedding"])
+    return res
+
+
+def _fmt(x, nd=2):
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "–"
+    if isinstance(x, float):
+        return f"{x:,.{nd}f}"
+    return str(x)
+
+
+def _markdown(df, mode: str) -> str:
+    import pandas as pd
+
+    lines = [f"## bench_vae ({mode})", ""]
+    fits = df[df["tool"] != "uncorrected"]
+    # speed table: ours vs scvi side by side
+    lines += ["### Speed and memory (ratios are scgen_ae / scvi)", "",
+              "| dataset | cells × genes | threads | epochs (ours/scvi) | s/epoch ours | s/epoch scvi | cells/s ours "
+              "| cells/s scvi | throughput ratio | peak RSS MB ours | peak RSS MB scvi | RSS ratio |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for (ds, thr), g in fits.groupby(["dataset", "threads"], sort=False):
+        o = g[g["tool"] == "scgen_ae"]
+        s = g[g["tool"] == "scvi"]
+        get = lambda frame, col: float(frame[col].iloc[0]) if len(frame) and col in frame else math.nan  # noqa: E731
+        tp = get(o, "cells_per_s") / get(s, "cells_per_s") if len(o) and len(s) else math.nan
+        rss = get(o, "peak_rss_mb") / get(s, "peak_rss_mb") if len(o) and len(s) else math.nan
+        shape = f"{int(g['n_cells'].iloc[0])} × {int(g['n_genes'].iloc[0])}"
+        ep = f"{_fmt(get(o, 'epochs_run'), 0)}/{_fmt(get(s, 'epochs_run'), 0)}"
+        lines.append(f"| {ds} | {shape} | {int(thr)} | {ep} | {_fmt(get(o, 'sec_per_epoch'), 3)} | "
+                     f"{_fmt(get(s, 'sec_per_epoch'), 3)} | {_fmt(get(o, 'cells_per_s'), 0)} | "
+                     f"{_fmt(get(s, 'cells_per_s'), 0)} | {_fmt(tp)} | {_fmt(get(o, 'peak_rss_mb'), 0)} | "
+                     f"{_fmt(get(s, 'peak_rss_mb'), 0)} | {_fmt(rss)} |")
+    lines += ["", "### Quality (val −ELBO: per-cell mean on the same validation cells, lower is better; "
+              "scIB: unscaled, Total = 0.6 Bio + 0.4 Batch; no labels → batch metrics only, Total = Batch)", "",
+              "| dataset | method | threads | epochs | val −ELBO (common) | val loss (own) "
+              "| scIB Total | Bio | Batch |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for _, r in df.iterrows():
+        thr = "–" if r["tool"] == "uncorrected" else str(int(r["threads"]))
+        lines.append(f"| {r['dataset']} | {r['tool']} | {thr}"
+                     f" | {_fmt(r.get('epochs_run'), 0)} | {_fmt(r.get('val_elbo'), 1)} | "
+                     f"{_fmt(r.get('val_loss_reported'), 1)} | {_fmt(r.get('scib_total'), 3)} | "
+                     f"{_fmt(r.get('scib_bio'), 3)} | {_fmt(r.get('scib_batch'), 3)} |")
+    notes = sorted({str(n) for n in df.get("scib_note", pd.Series(dtype=str)).dropna() if str(n)})
+    if notes:
+        lines += ["", *[f"Note: {n}" for n in notes]]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--datasets", nargs="+", default=DATASETS, choices=DATASETS, metavar="NAME",
+                   help=f"data sets in {DATA_DIR} (default: all): {', '.join(DATASETS)}")
+    p.add_argument("--epochs", type=int, default=100, help="epochs for both tools (default 100)")
+    p.add_argument("--threads", nargs="+", type=int, default=[1, 2], help="torch thread counts (default: 1 2)")
+    p.add_argument("--tools", nargs="+", default=["scgen_ae", "scvi"], choices=["scgen_ae", "scvi"])
+    p.add_argument("--default", action="store_true",
+                   help="both tools with their default training settings instead: sa.tl.vae(max_epochs=None, "
+                        "early stopping on) vs SCVI().train() (400 epochs here, no early stopping, 400-epoch KL "
+                        "warm-up); same validation cells unless --scvi-split own")
+    p.add_argument("--early-stopping", action="store_true",
+                   help="fixed-epoch mode: turn early stopping on for both (patience 30 after KL warm-up); "
+                        "default off, so both run exactly --epochs")
+    p.add_argument("--scvi-kl-warmup", choices=["match", "scvi"], default="match",
+                   help="fixed-epoch mode: 'match' gives scvi our KL warm-up (epochs // 3, the default of "
+                        "sa.tl.vae); 'scvi' keeps its 400-epoch warm-up (KL weight < 1 at the end if epochs < 400)")
+    p.add_argument("--scvi-split", choices=["same", "own"], default="same",
+                   help="'same': scvi validates on our validation cells (external_indexing); 'own': train_size=0.9")
+    p.add_argument("--ours-like-scvi", action="store_true",
+                   help="train sa.tl.vae with encode_batch=False, batch_gene_offsets=False (scvi's layout: batch "
+                        "only in the decoder) instead of its defaults")
+    p.add_argument("--elbo-repeats", type=int, default=5, help="sampled-ELBO draws averaged for val_elbo")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-score", action="store_true", help="skip the scIB scoring")
+    p.add_argument("--score-jobs", type=int, default=1, help="n_jobs for the scIB neighbour search")
+    p.add_argument("--timeout", type=float, default=4 * 3600, help="seconds allowed per fit")
+    p.add_argument("--out", default=None, help="output prefix (default bench_out/bench_vae_<mode>)")
+    p.add_argument("--keep", action="store_true", help="keep the work directory (subsets, embeddings, logs)")
+    p.add_argument("--_worker", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args._worker:
+        _worker(args._worker)
+        return 0
+
+    import warnings
+
+    import numpy as np
+    import pandas as pd
+
+    warnings.filterwarnings("ignore", message="PCR comparison score is negative")
+    mode = "default" if args.default else f"{args.epochs}ep" + ("_es" if args.early_stopping else "")
+    if args.ours_like_scvi:
+        mode += "_scvi-layout"
+    out = Path(args.out or f"bench_out/bench_vae_{mode}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    workdir = Path(tempfile.mkdtemp(prefix="bench_vae_"))
+    kl_warmup = None if args.scvi_kl_warmup == "scvi" else min(400, max(1, args.epochs // 3))
+    print(f"[bench_vae] mode={mode} datasets={args.datasets} threads={args.threads} tools={args.tools} "
+          f"workdir={workdir}", flush=True)
+    t_all = time.perf_counter()
+    rows = []
+    for name in args.datasets:
+        small, path, split, n_genes_raw = _prepare(name, workdir, args.seed)
+        has_labels = LABEL_KEY in small.obs
+        ds_rows = []
+        for threads in args.threads:
+            for tool in args.tools:
+                spec = {"dataset": name, "tool": tool, "threads": threads, "data": str(path), "split": str(split),
+                        "epochs": args.epochs, "default": args.default, "early_stopping": args.early_stopping,
+                        "kl_warmup": kl_warmup, "scvi_split": args.scvi_split, "seed": args.seed,
+                        "elbo_repeats": args.elbo_repeats, "ours_like_scvi": args.ours_like_scvi}
+                res = _run_fit(spec, workdir, args.timeout)
+                row = {"dataset": name, "n_cells": small.n_obs, "n_genes": small.n_vars, "n_genes_raw": n_genes_raw,
+                       "tool": tool, "mode": mode, "threads": threads,
+                       "epochs_requested": "default" if args.default else args.epochs, **res}
+                if res.get("status") == "ok":
+                    row["sec_per_epoch"] = row["fit_seconds"] / max(row["epochs_run"], 1)
+                    row["cells_per_s"] = row["n_train"] * row["epochs_run"] / row["fit_seconds"]
+                ds_rows.append(row)
+                print(f"[bench_vae] {name} {tool} threads={threads}: {res.get('status')} "
+                      f"epochs={row.get('epochs_run')} s/epoch={_fmt(row.get('sec_per_epoch'), 3)} "
+                      f"peakRSS={_fmt(row.get('peak_rss_mb'), 0)}MB val_elbo={_fmt(row.get('val_elbo'), 1)} "
+                      f"({_fmt(res.get('process_seconds'), 1)} s)", flush=True)
+        ds_rows.append({"dataset": name, "n_cells": small.n_obs, "n_genes": small.n_vars, "n_genes_raw": n_genes_raw,
+                        "tool": "uncorrected", "mode": mode, "status": "ok", "basis": "X_pca"})
+        if not args.no_score:
+            import scgen_ae as sa
+
+            bases = []
+            for r in ds_rows:
+                if r["tool"] == "uncorrected":
+                    continue
+                if r.get("status") == "ok":
+                    key = f"{r['tool']}_t{r['threads']}"
+                    small.obsm[key] = np.load(r["embedding"])
+                    r["basis"] = key
+                    bases.append(key)
+            start = time.perf_counter()
+            scores = sa.tl.score_integration(small, bases=bases + ["X_pca"], batch_key=BATCH_KEY,
+                                             label_key=LABEL_KEY if has_labels else None, n_jobs=args.score_jobs)
+            score_s = time.perf_counter() - start
+            print(f"[bench_vae] {name}: scIB scoring of {len(bases) + 1} embeddings took {score_s:.1f} s", flush=True)
+            for r in ds_rows:
+                if r.get("basis") in scores.index:
+                    s = scores.loc[r["basis"]]
+                    r.update(scib_total=s["Total"], scib_bio=s["Bio conservation"], scib_batch=s["Batch correction"],
+                             scib_note=scores.attrs.get("note", ""), scib_seconds=score_s,
+                             **{f"scib_{c}": s[c] for c in scores.columns
+                                if c not in ("Total", "Bio conservation", "Batch correction")})
+        rows += ds_rows
+        pd.DataFrame(rows).drop(columns=["embedding"], errors="ignore").to_csv(out.with_suffix(".csv"), index=False)
+
+    df = pd.DataFrame(rows).drop(columns=["embedding"], errors="ignore")
+    df.to_csv(out.with_suffix(".csv"), index=False)
+    md = _markdown(df, mode)
+    out.with_suffix(".md").write_text(md)
+    print(md)
+    print(f"[bench_vae] wrote {out.with_suffix('.csv')} and {out.with_suffix('.md')} "
+          f"in {time.perf_counter() - t_all:.0f} s", flush=True)
+    if args.keep:
+        print(f"[bench_vae] work directory kept: {workdir}")
+    else:
+        import shutil
+
+        shutil.rmtree(workdir, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
