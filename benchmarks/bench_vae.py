@@ -137,7 +137,8 @@ def _fit_ours(adata, spec, train_idx, val_idx) -> dict:
 
     kwargs = dict(batch_key=BATCH_KEY, n_threads=int(spec["threads"]), progress=False, seed=int(spec["seed"]))
     if spec.get("ours_like_scvi"):
-        kwargs.update(encode_batch=False, batch_gene_offsets=False)
+        kwargs.update(encode_batch=False, batch_gene_offsets=False, mmd_weight=0.0)
+    kwargs.update(json.loads(spec.get("ours_kwargs") or "{}"))
     if not spec["default"]:
         kwargs.update(likelihood="zinb", **ARCH, max_epochs=int(spec["epochs"]), batch_size=BATCH_SIZE,
                       validation_fraction=VALIDATION_FRACTION, early_stopping=bool(spec["early_stopping"]),
@@ -363,8 +364,10 @@ def main(argv=None) -> int:
     p.add_argument("--scvi-split", choices=["same", "own"], default="same",
                    help="'same': scvi validates on our validation cells (external_indexing); 'own': train_size=0.9")
     p.add_argument("--ours-like-scvi", action="store_true",
-                   help="train sa.tl.vae with encode_batch=False, batch_gene_offsets=False (scvi's layout: batch "
+                   help="train sa.tl.vae with encode_batch=False, batch_gene_offsets=False, mmd_weight=0 (scvi's layout: batch "
                         "only in the decoder) instead of its defaults")
+    p.add_argument("--ours-kwargs", default=None,
+                   help='JSON of extra sa.tl.vae arguments, e.g. \'{"precision": "bf16"}\'')
     p.add_argument("--elbo-repeats", type=int, default=5, help="sampled-ELBO draws averaged for val_elbo")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-score", action="store_true", help="skip the scIB scoring")
@@ -387,6 +390,8 @@ def main(argv=None) -> int:
     mode = "default" if args.default else f"{args.epochs}ep" + ("_es" if args.early_stopping else "")
     if args.ours_like_scvi:
         mode += "_scvi-layout"
+    if args.ours_kwargs:
+        mode += "_" + "".join(c for c in args.ours_kwargs if c.isalnum() or c in "._-")
     out = Path(args.out or f"bench_out/bench_vae_{mode}")
     out.parent.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix="bench_vae_"))
@@ -404,7 +409,8 @@ def main(argv=None) -> int:
                 spec = {"dataset": name, "tool": tool, "threads": threads, "data": str(path), "split": str(split),
                         "epochs": args.epochs, "default": args.default, "early_stopping": args.early_stopping,
                         "kl_warmup": kl_warmup, "scvi_split": args.scvi_split, "seed": args.seed,
-                        "elbo_repeats": args.elbo_repeats, "ours_like_scvi": args.ours_like_scvi}
+                        "elbo_repeats": args.elbo_repeats, "ours_like_scvi": args.ours_like_scvi,
+                        "ours_kwargs": args.ours_kwargs}
                 res = _run_fit(spec, workdir, args.timeout)
                 row = {"dataset": name, "n_cells": small.n_obs, "n_genes": small.n_vars, "n_genes_raw": n_genes_raw,
                        "tool": tool, "mode": mode, "threads": threads,
