@@ -118,6 +118,12 @@ def cell_log_prob(likelihood: str, mb: Minibatch, out: dict[str, torch.Tensor]) 
     return _NBCellLogProb.apply(log_mu, log_theta, theta_row, zi, r, c, v) - mb.log_x_factorial
 
 
+def _put(dense: torch.Tensor, lin: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """``dense`` (contiguous, owned) with the flat positions ``lin`` set to ``values``."""
+    dense.view(-1).index_copy_(0, lin, values)
+    return dense
+
+
 class _NBCellLogProb(torch.autograd.Function):
     """Per-cell sum of the (ZI)NB log-pmf without lgamma(x+1), with a hand-written backward.
 
@@ -134,6 +140,8 @@ class _NBCellLogProb(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, log_mu, log_theta, theta_row, zi, r, c, v):
+        g = log_mu.shape[1]
+        lin = r * g + c  # flat positions of the non-zeros: take() is cheaper than x[r, c]
         t_tab = log_theta.exp()  # (B, g)
         single = log_theta.shape[0] == 1
         t = t_tab if single else t_tab[theta_row]
@@ -142,10 +150,10 @@ class _NBCellLogProb(torch.autograd.Function):
         log_t_m = torch.log(t + m)
         q = t / (t + m)
         zt = t * (lt - log_t_m)
-        nz_row = theta_row[r]
-        t_nz = t_tab[nz_row, c]
-        lgamma_t_nz = torch.lgamma(t_tab)[nz_row, c]
-        extra = torch.lgamma(v + t_nz) - lgamma_t_nz + v * (log_mu[r, c] - log_t_m[r, c])
+        tab_lin = theta_row[r] * g + c
+        t_nz = t_tab.take(tab_lin)
+        lgamma_t_nz = torch.lgamma(t_tab).take(tab_lin)
+        extra = torch.lgamma(v + t_nz) - lgamma_t_nz + v * (log_mu.take(lin) - log_t_m.take(lin))
         if zi is None:
             dense = zt.sum(-1)
             nz_value = extra
@@ -153,35 +161,35 @@ class _NBCellLogProb(torch.autograd.Function):
             softplus = F.softplus(zi)
             log_zero = torch.logaddexp(zi, zt) - softplus
             dense = log_zero.sum(-1)
-            nz_value = zt[r, c] - softplus[r, c] + extra - log_zero[r, c]
+            nz_value = zt.take(lin) - softplus.take(lin) + extra - log_zero.take(lin)
         ctx.table_shape = log_theta.shape
-        ctx.save_for_backward(t, m, q, zt, zi, r, c, v, t_tab, theta_row, nz_row)
+        ctx.save_for_backward(t, m, q, zt, zi, r, v, t_tab, theta_row, lin, tab_lin)
         return dense.index_add(0, r, nz_value)
 
     @staticmethod
     def backward(ctx, grad_out):
-        t, m, q, zt, zi, r, c, v, t_tab, theta_row, nz_row = ctx.saved_tensors
+        t, m, q, zt, zi, r, v, t_tab, theta_row, lin, tab_lin = ctx.saved_tensors
         tp = t * (1.0 - q)  # t m / (t + m)
         d_mu = -tp  # d zt / d log mu
         d_theta = zt + tp  # d zt / d log theta
         # gradients on the support (count x > 0), where the zero-count formula does not apply
-        q_nz, m_nz = q[r, c], m[r, c]
-        t_nz = t_tab[nz_row, c]
+        q_nz, m_nz = q.take(lin), m.take(lin)
+        t_nz = t_tab.take(tab_lin)
         nz_mu = q_nz * (v - m_nz)
-        digamma_t_nz = torch.digamma(t_tab)[nz_row, c]
-        nz_theta = zt[r, c] + tp[r, c] + t_nz * (torch.digamma(v + t_nz) - digamma_t_nz) - v * q_nz
+        digamma_t_nz = torch.digamma(t_tab).take(tab_lin)
+        nz_theta = zt.take(lin) + tp.take(lin) + t_nz * (torch.digamma(v + t_nz) - digamma_t_nz) - v * q_nz
         d_zi = None
         if zi is not None:
             w = torch.sigmoid(zt - zi)  # d log_zero / d zt
             sig_zi = torch.sigmoid(zi)
-            d_zi = ((1.0 - w) - sig_zi).index_put_((r, c), -sig_zi[r, c])
+            d_zi = _put(((1.0 - w) - sig_zi), lin, -sig_zi.take(lin))
             d_mu = w * d_mu
             d_theta = w * d_theta
         else:
             d_theta = d_theta.expand_as(m).clone()
         g = grad_out[:, None]
-        d_mu = d_mu.index_put_((r, c), nz_mu) * g
-        d_theta = d_theta.index_put_((r, c), nz_theta) * g
+        d_mu = _put(d_mu, lin, nz_mu) * g
+        d_theta = _put(d_theta, lin, nz_theta) * g
         d_table = torch.zeros(ctx.table_shape, dtype=d_theta.dtype, device=d_theta.device)
         d_table.index_add_(0, theta_row, d_theta)
         return d_mu, d_table, None, (d_zi * g if d_zi is not None else None), None, None, None

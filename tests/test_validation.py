@@ -374,3 +374,29 @@ def test_diverged_fit_restores_finite_weights(sim_session):
     with pytest.raises(sa.TrainingDivergedError):
         fit(module, data, TrainConfig(max_epochs=20, lr=1e6, progress=False, n_threads=1), "zinb")
     assert all(torch.isfinite(p).all() for p in module.parameters())
+
+
+def test_dense_matrix_too_large_for_memory(sim, snapshot, monkeypatch):
+    from scgen_ae import _validate
+
+    sim.X = sim.X.toarray()
+    snap = snapshot(sim)
+    monkeypatch.setattr(_validate, "_available_bytes", lambda: 1000)
+    with pytest.raises(sa.InputError, match=r"dense .* matrix.*GiB.*scipy.sparse"):
+        sa.tl.vae(sim, batch_key="batch", max_epochs=1, **FAST)
+    snap.assert_unchanged(sim)
+
+
+def test_unknown_keyword_argument(sim, snapshot):
+    snap = snapshot(sim)
+    with pytest.raises(TypeError, match="max_epoch"):
+        sa.tl.vae(sim, batch_key="batch", max_epoch=3, **FAST)
+    snap.assert_unchanged(sim)
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_requested_without_cuda(sim, snapshot):
+    snap = snapshot(sim)
+    with pytest.raises(ValueError, match="cuda"):
+        sa.tl.vae(sim, batch_key="batch", max_epochs=1, device="cuda", **FAST)
+    snap.assert_unchanged(sim)
