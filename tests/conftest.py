@@ -109,22 +109,23 @@ def cellbench_raw():
     return load_shared("cellbench_3cl")
 
 
+def _hvg_subset(raw, n_top_genes: int):
+    adata = raw.copy()
+    sa.pp.highly_variable(adata, n_top_genes=n_top_genes, batch_key="batch")
+    sa.pp.drop_empty(adata)
+    return adata
+
+
 @pytest.fixture(scope="session")
 def cellbench_hvg(cellbench_raw):
     """cellbench_3cl restricted to 1000 HVGs (seurat_v3 on counts). Do not modify."""
-    adata = cellbench_raw.copy()
-    sa.pp.highly_variable(adata, n_top_genes=1000, batch_key="batch")
-    sa.pp.drop_empty(adata)
-    return adata
+    return _hvg_subset(cellbench_raw, 1000)
 
 
 @pytest.fixture(scope="session")
 def cellbench_hvg2000(cellbench_raw):
     """cellbench_3cl restricted to 2000 HVGs. Do not modify."""
-    adata = cellbench_raw.copy()
-    sa.pp.highly_variable(adata, n_top_genes=2000, batch_key="batch")
-    sa.pp.drop_empty(adata)
-    return adata
+    return _hvg_subset(cellbench_raw, 2000)
 
 
 @pytest.fixture(scope="session")
