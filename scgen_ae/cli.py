@@ -12,6 +12,13 @@ def _integrate(adata, args, out_h5ad: Path | None, plots: Path | None) -> None:
 
     import scgen_ae as sa
 
+    from ._validate import batch_codes
+
+    batch_codes(adata, args.batch_key)  # a clear error before any work
+    sa.pp.drop_empty(adata, layer=args.layer)
+    dropped = adata.uns.pop("drop_empty")
+    if dropped["cells_dropped"] or dropped["genes_dropped"]:
+        print(f"dropped {dropped['cells_dropped']} cells and {dropped['genes_dropped']} genes without counts")
     if args.n_top_genes and adata.n_vars > args.n_top_genes:
         sa.pp.highly_variable(adata, n_top_genes=args.n_top_genes, batch_key=args.batch_key, layer=args.layer)
         print(f"selected {adata.n_vars} highly variable genes")
