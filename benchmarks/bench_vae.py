@@ -93,8 +93,16 @@ def _block_network() -> list:
 
 
 def _peak_rss_mb() -> float:
+    """Peak RSS of this process. On Linux VmHWM, because ru_maxrss survives execve and so
+    reports the parent's size when the parent (which holds jax after scoring) is larger."""
     import resource
 
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return rss / 1024.0 if sys.platform != "darwin" else rss / 2**20  # KiB on Linux, bytes on macOS
 
@@ -121,7 +129,7 @@ def _worker(spec_path: str) -> None:
     adata = ad.read_h5ad(spec["data"])
     split = np.load(spec["split"])
     train_idx, val_idx = split["train"], split["validation"]
-    fit = _fit_ours if spec["tool"] == "scgen_ae" else _fit_scvi
+    fit = {"scgen_ae": _fit_ours, "scvi": _fit_scvi, "harmony": _fit_harmony}[spec["tool"]]
     result = fit(adata, spec, train_idx, val_idx)
     result.update(peak_rss_mb=_peak_rss_mb(), network_attempts=len(attempts), torch_threads=torch.get_num_threads())
     np.save(spec["embedding"], result.pop("latent"))
@@ -176,6 +184,28 @@ def _fit_ours(adata, spec, train_idx, val_idx) -> dict:
         "best_epoch": best, "val_elbo": float(np.mean(draws)), "validates_each_epoch": True,
         "latent": np.asarray(adata.obsm["X_vae"], dtype=np.float32),
     }
+
+
+def _fit_harmony(adata, spec, train_idx, val_idx) -> dict:
+    """scanpy's usual Harmony path: normalise, log1p, 50-component PCA, harmonypy on it."""
+    import harmonypy
+    import numpy as np
+    import scanpy as sc
+
+    rss_before = _peak_rss_mb()
+    start = time.perf_counter()
+    sc.pp.normalize_total(adata, target_sum=1e4)
+    sc.pp.log1p(adata)
+    sc.pp.pca(adata, n_comps=min(50, min(adata.shape) - 1), random_state=int(spec["seed"]))
+    ho = harmonypy.run_harmony(adata.obsm["X_pca"], adata.obs, [BATCH_KEY], random_state=int(spec["seed"]),
+                               verbose=False)
+    z = np.asarray(ho.Z_corr)
+    latent = np.ascontiguousarray(z.T if z.shape[0] != adata.n_obs else z, dtype=np.float32)
+    wall = time.perf_counter() - start
+    return {"epochs_run": math.nan, "fit_seconds": wall, "wall_seconds": wall, "rss_before_fit_mb": rss_before,
+            "n_train": adata.n_obs, "n_validation": 0, "val_loss_reported": math.nan,
+            "val_loss_reported_best": math.nan, "best_epoch": -1, "validates_each_epoch": False,
+            "val_elbo": math.nan, "latent": latent}
 
 
 def _fit_scvi(adata, spec, train_idx, val_idx) -> dict:
@@ -329,13 +359,14 @@ def _markdown(df, mode: str) -> str:
                      f"{_fmt(get(s, 'peak_rss_mb'), 0)} | {_fmt(rss)} |")
     lines += ["", "### Quality (val −ELBO: per-cell mean on the same validation cells, lower is better; "
               "scIB: unscaled, Total = 0.6 Bio + 0.4 Batch; no labels → batch metrics only, Total = Batch)", "",
-              "| dataset | method | threads | epochs | val −ELBO (common) | val loss (own) "
+              "| dataset | method | threads | epochs | fit s | peak RSS MB | val −ELBO (common) | val loss (own) "
               "| scIB Total | Bio | Batch |",
-              "|---|---|---|---|---|---|---|---|---|"]
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for _, r in df.iterrows():
         thr = "–" if r["tool"] == "uncorrected" else str(int(r["threads"]))
         lines.append(f"| {r['dataset']} | {r['tool']} | {thr}"
-                     f" | {_fmt(r.get('epochs_run'), 0)} | {_fmt(r.get('val_elbo'), 1)} | "
+                     f" | {_fmt(r.get('epochs_run'), 0)} | {_fmt(r.get('fit_seconds'), 1)} | "
+                     f"{_fmt(r.get('peak_rss_mb'), 0)} | {_fmt(r.get('val_elbo'), 1)} | "
                      f"{_fmt(r.get('val_loss_reported'), 1)} | {_fmt(r.get('scib_total'), 3)} | "
                      f"{_fmt(r.get('scib_bio'), 3)} | {_fmt(r.get('scib_batch'), 3)} |")
     notes = sorted({str(n) for n in df.get("scib_note", pd.Series(dtype=str)).dropna() if str(n)})
@@ -350,7 +381,7 @@ def main(argv=None) -> int:
                    help=f"data sets in {DATA_DIR} (default: all): {', '.join(DATASETS)}")
     p.add_argument("--epochs", type=int, default=100, help="epochs for both tools (default 100)")
     p.add_argument("--threads", nargs="+", type=int, default=[1, 2], help="torch thread counts (default: 1 2)")
-    p.add_argument("--tools", nargs="+", default=["scgen_ae", "scvi"], choices=["scgen_ae", "scvi"])
+    p.add_argument("--tools", nargs="+", default=["scgen_ae", "scvi"], choices=["scgen_ae", "scvi", "harmony"])
     p.add_argument("--default", action="store_true",
                    help="both tools with their default training settings instead: sa.tl.vae(max_epochs=None, "
                         "early stopping on) vs SCVI().train() (400 epochs here, no early stopping, 400-epoch KL "
