@@ -47,3 +47,6 @@ def highly_variable(adata: AnnData, *, n_top_genes: int = 2000, batch_key: str |
         sub = target[:, target.var["highly_variable"].to_numpy()].copy()
         target._init_as_actual(sub)
     return target if copy else None
+
+
+from ._markers import PBMC_MARKERS, annotate_markers, marker_scores  # noqa: E402,F401
