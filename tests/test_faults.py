@@ -69,15 +69,22 @@ def test_sigint_to_training_process_then_save(tmp_path):
     path = tmp_path / "interrupted.npz"
     proc = _python("""
         import sys, scgen_ae as sa
+        from scgen_ae.models.vae import VAEModule
         adata = sa.datasets.simulate(n_cells=600, n_genes=300)
-        print("training", flush=True)
+        original, steps = VAEModule.loss, [0]
+        def loss(self, mb, kl_weight):  # announce once training is really under way
+            steps[0] += 1
+            if steps[0] == 20:
+                print("training", flush=True)
+            return original(self, mb, kl_weight)
+        VAEModule.loss = loss
         model = sa.tl.vae(adata, batch_key="batch", max_epochs=100000, early_stopping=False, progress=False)
         assert "X_vae" not in adata.obsm, "adata was modified"
         model.save(sys.argv[1])
         print("saved", len(model.history["train_loss"]), model.history["interrupted"], flush=True)
     """, str(path))
     _wait_for_line(proc, "training")
-    time.sleep(6)  # several epochs in
+    time.sleep(1)  # some more steps in (20 steps are done): the signal must land inside training
     proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 0, out
