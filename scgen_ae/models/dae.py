@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from anndata import AnnData
 from torch import nn
 
-from ..likelihoods import COUNT_LIKELIHOODS, Minibatch, cell_log_prob
+from ..likelihoods import COUNT_LIKELIHOODS, Minibatch, cell_log_prob, nb_log_prob, poisson_log_prob, zinb_log_prob
 from ..nn import MLP, CountDecoder
 from ._base import BaseModel
 
@@ -53,6 +53,7 @@ class DAEConfig:
     batch_gene_offsets: bool = True
     norm: str | None = "batch"
     input_scale: float = 1e4
+    hidden_loss_weight: float = 0.0
 
     def __post_init__(self):
         if self.likelihood not in COUNT_LIKELIHOODS:
@@ -141,6 +142,21 @@ class DAEModule(nn.Module):
                 out["theta_row"] = batch if cfg.dispersion == "gene-batch" else torch.zeros_like(batch)
         return out
 
+    def hidden_log_prob(self, mb: Minibatch, out: dict, hide: torch.Tensor) -> torch.Tensor:
+        """Per-cell log-likelihood of the entries flagged in ``hide`` (flat bool, zeros
+        included), divided by the rate: an estimate of the whole cell's."""
+        n, g = mb.x.shape
+        lin = torch.nonzero(hide)[:, 0]
+        x = torch.zeros(n * g, device=lin.device).index_copy_(0, mb.nz_row * g + mb.nz_col, mb.nz_val).take(lin)
+        log_mu = out["log_mu"].reshape(-1).take(lin)
+        if self.cfg.likelihood == "poisson":
+            lp = poisson_log_prob(x, log_mu)
+        else:
+            log_theta = out["log_theta"][out["theta_row"]].reshape(-1).take(lin)
+            lp = (nb_log_prob(x, log_mu, log_theta) if self.cfg.likelihood == "nb" else
+                  zinb_log_prob(x, log_mu, log_theta, out["zi_logits"].reshape(-1).take(lin)))
+        return torch.zeros(n, device=lp.device).index_add_(0, lin // g, lp) / self.cfg.corruption_rate
+
     def loss(self, mb: Minibatch, kl_weight: float = 1.0):
         """Mean negative log-likelihood of the clean counts given the corrupted input.
 
@@ -150,9 +166,18 @@ class DAEModule(nn.Module):
         gen = None
         if not self.training:
             gen = torch.Generator(device=mb.x.device).manual_seed(len(mb.nz_val))
-        z = self.encode(self.corrupted_input(mb, gen), mb.batch)
-        out = self.decode(z, mb.batch, mb.log_library)
-        return -cell_log_prob(self.cfg.likelihood, mb, out).mean()
+        w = self.cfg.hidden_loss_weight
+        if w > 0 and self.cfg.corruption == "mask":
+            n, g = mb.x.shape
+            hide = torch.rand(n * g, generator=gen, device=mb.x.device) < self.cfg.corruption_rate
+            x = self.encoder_input(mb, keep=~hide[mb.nz_row * g + mb.nz_col])
+        else:
+            x = self.corrupted_input(mb, gen)
+        out = self.decode(self.encode(x, mb.batch), mb.batch, mb.log_library)
+        log_prob = cell_log_prob(self.cfg.likelihood, mb, out)
+        if w > 0 and self.cfg.corruption == "mask":
+            log_prob = (1 - w) * log_prob + w * self.hidden_log_prob(mb, out, hide)
+        return -log_prob.mean()
 
 
 class DAE(BaseModel):
