@@ -54,6 +54,7 @@ class DAEConfig:
     norm: str | None = "batch"
     input_scale: float = 1e4
     hidden_loss_weight: float = 0.0
+    mean_link: str = "softmax"
 
     def __post_init__(self):
         if self.likelihood not in COUNT_LIKELIHOODS:
@@ -128,7 +129,11 @@ class DAEModule(nn.Module):
         """Decoder output in the form :func:`cell_log_prob` reads (log scale, log mean, ...)."""
         cfg = self.cfg
         heads = [h.float() for h in self.decoder(z, self._cats(batch))]  # fp32 under bf16 autocast
-        log_scale = F.log_softmax(heads.pop(0), dim=-1)
+        head = heads.pop(0)
+        if cfg.mean_link == "softmax":
+            log_scale = F.log_softmax(head, dim=-1)
+        else:  # DCA: exp(head) x size factor, free to sum above the library where zeros are dropouts
+            log_scale = head - float(np.log(cfg.n_genes))
         out = {"log_scale": log_scale, "log_mu": log_scale + log_library}
         if cfg.likelihood == "zinb":
             out["zi_logits"] = heads.pop(0)
