@@ -125,7 +125,8 @@ def test_method_vae_trains_inside_without_touching_other_keys(sim, snapshot):
 @pytest.mark.parametrize("opts", [dict(corruption="none"), dict(corruption="thinning"),
                                   dict(corruption="gaussian", corruption_rate=0.5), dict(likelihood="nb"),
                                   dict(likelihood="poisson"), dict(dispersion="gene-cell"),
-                                  dict(dispersion="gene-batch"), dict(hidden_loss_weight=0.5)], ids=str)
+                                  dict(dispersion="gene-batch"), dict(hidden_loss_weight=0.5),
+                                  dict(mean_link="exp")], ids=str)
 def test_options_train(sim_session, opts):
     adata, model = sa.tl.denoise(sim_session, copy=True, **TINY, **opts)
     assert np.isfinite(adata.layers["denoised"]).all()

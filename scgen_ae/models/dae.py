@@ -23,6 +23,7 @@ from ._base import BaseModel
 
 CORRUPTIONS = ("mask", "thinning", "gaussian", "none")
 DISPERSIONS = ("gene", "gene-batch", "gene-cell")
+VALIDATION_HIDDEN = 0.1  # share of entries hidden from the encoder when computing the validation loss
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,11 @@ class DAEConfig:
         or "none" (a plain autoencoder)
     input_scale : counts per cell the encoder input is normalised to (median library
         of the training data)
+    hidden_loss_weight : with ``corruption="mask"``, the share of the loss computed only
+        on a random ``corruption_rate`` of all entries hidden from the encoder (noise2self);
+        0 (default): the whole cell, DCA's reconstruction loss
+    mean_link : "softmax" (expression shares x library: the means sum to the library) or
+        "exp" (DCA: exp(output) x library / n_genes, unconstrained)
     """
 
     n_genes: int
@@ -57,6 +63,10 @@ class DAEConfig:
     mean_link: str = "softmax"
 
     def __post_init__(self):
+        if self.mean_link not in ("softmax", "exp"):
+            raise ValueError(f"mean_link={self.mean_link!r}; choose 'softmax' or 'exp'.")
+        if not 0 <= self.hidden_loss_weight <= 1:
+            raise ValueError(f"hidden_loss_weight must be in [0, 1], got {self.hidden_loss_weight!r}.")
         if self.likelihood not in COUNT_LIKELIHOODS:
             raise ValueError(f"likelihood={self.likelihood!r}; choose one of {COUNT_LIKELIHOODS}.")
         if self.dispersion not in DISPERSIONS:
@@ -147,7 +157,7 @@ class DAEModule(nn.Module):
                 out["theta_row"] = batch if cfg.dispersion == "gene-batch" else torch.zeros_like(batch)
         return out
 
-    def hidden_log_prob(self, mb: Minibatch, out: dict, hide: torch.Tensor) -> torch.Tensor:
+    def hidden_log_prob(self, mb: Minibatch, out: dict, hide: torch.Tensor, rate: float) -> torch.Tensor:
         """Per-cell log-likelihood of the entries flagged in ``hide`` (flat bool, zeros
         included), divided by the rate: an estimate of the whole cell's."""
         n, g = mb.x.shape
@@ -160,28 +170,36 @@ class DAEModule(nn.Module):
             log_theta = out["log_theta"][out["theta_row"]].reshape(-1).take(lin)
             lp = (nb_log_prob(x, log_mu, log_theta) if self.cfg.likelihood == "nb" else
                   zinb_log_prob(x, log_mu, log_theta, out["zi_logits"].reshape(-1).take(lin)))
-        return torch.zeros(n, device=lp.device).index_add_(0, lin // g, lp) / self.cfg.corruption_rate
+        return torch.zeros(n, device=lp.device).index_add_(0, lin // g, lp) / rate
 
     def loss(self, mb: Minibatch, kl_weight: float = 1.0):
-        """Mean negative log-likelihood of the clean counts given the corrupted input.
+        """Training: mean negative log-likelihood of the clean counts given the corrupted
+        input (with ``hidden_loss_weight``, partly or only on the hidden entries).
 
-        Validation (eval mode) corrupts too, with a fixed generator: its loss is then a
-        held-out denoising error, comparable from epoch to epoch. ``kl_weight`` is unused.
+        Evaluation (the validation loss): the negative log-likelihood of a fixed random
+        ``VALIDATION_HIDDEN`` of the entries, zeros included, hidden from the encoder --
+        a held-out prediction error, what early stopping should watch (the full
+        reconstruction keeps improving while predictions of unseen counts get worse).
+        ``kl_weight`` is unused.
         """
-        gen = None
+        n, g = mb.x.shape
+        w = self.cfg.hidden_loss_weight
         if not self.training:
             gen = torch.Generator(device=mb.x.device).manual_seed(len(mb.nz_val))
-        w = self.cfg.hidden_loss_weight
-        if w > 0 and self.cfg.corruption == "mask":
-            n, g = mb.x.shape
-            hide = torch.rand(n * g, generator=gen, device=mb.x.device) < self.cfg.corruption_rate
+            hide = torch.rand(n * g, generator=gen, device=mb.x.device) < VALIDATION_HIDDEN
+            x = self.encoder_input(mb, keep=~hide[mb.nz_row * g + mb.nz_col])
+            out = self.decode(self.encode(x, mb.batch), mb.batch, mb.log_library)
+            return -self.hidden_log_prob(mb, out, hide, VALIDATION_HIDDEN).mean()
+        hidden = w > 0 and self.cfg.corruption == "mask"
+        if hidden:
+            hide = torch.rand(n * g, device=mb.x.device) < self.cfg.corruption_rate
             x = self.encoder_input(mb, keep=~hide[mb.nz_row * g + mb.nz_col])
         else:
-            x = self.corrupted_input(mb, gen)
+            x = self.corrupted_input(mb)
         out = self.decode(self.encode(x, mb.batch), mb.batch, mb.log_library)
         log_prob = cell_log_prob(self.cfg.likelihood, mb, out)
-        if w > 0 and self.cfg.corruption == "mask":
-            log_prob = (1 - w) * log_prob + w * self.hidden_log_prob(mb, out, hide)
+        if hidden:
+            log_prob = (1 - w) * log_prob + w * self.hidden_log_prob(mb, out, hide, self.cfg.corruption_rate)
         return -log_prob.mean()
 
 

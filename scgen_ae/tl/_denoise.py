@@ -193,9 +193,10 @@ def denoise(
       ``layers[layer_added + "_dispersion"]`` (theta), same shapes (``obsm`` with ``genes=``).
     - ``adata.obsm[key_added]``: (n_cells, n_latent) bottleneck / latent means.
     - ``adata.uns[uns_key]``: ``params`` (the arguments), ``history`` (per-epoch
-      ``train_loss`` and ``validation_loss``: mean negative log-likelihood per cell of the
-      clean counts from the corrupted input, ``best_epoch``, ``seconds``), ``method``,
-      ``layer_added``, ``key_added``.
+      ``train_loss``: the training objective per cell; ``validation_loss``: negative
+      log-likelihood per cell of 10 % of the entries of the validation cells, hidden from
+      the encoder, i.e. a held-out prediction error, which early stopping watches;
+      ``best_epoch``, ``seconds``), ``method``, ``layer_added``, ``key_added``.
     """
     if model is not None and not isinstance(model, (DAE, VAE)):
         raise TypeError(f"model= must be a trained sa.models.DAE or sa.VAE, got {type(model).__name__}.")
