@@ -62,13 +62,11 @@ def _denoise(adata, args) -> None:
 
     if args.batch_key is not None:
         batch_codes(adata, args.batch_key)  # a clear error before any work
-    sa.pp.drop_empty(adata, layer=args.layer)
-    dropped = adata.uns.pop("drop_empty")
-    if dropped["cells_dropped"] or dropped["genes_dropped"]:
-        print(f"dropped {dropped['cells_dropped']} cells and {dropped['genes_dropped']} genes without counts")
-    if args.n_top_genes and adata.n_vars > args.n_top_genes:
-        sa.pp.highly_variable(adata, n_top_genes=args.n_top_genes, batch_key=args.batch_key, layer=args.layer)
-        print(f"selected {adata.n_vars} highly variable genes")
+    shape = adata.shape
+    adata = sa.pp.drop_empty(adata, layer=args.layer, copy=True)  # tl.denoise refuses empty cells/genes
+    del adata.uns["drop_empty"]
+    if adata.shape != shape:
+        print(f"dropped {shape[0] - adata.n_obs} cells and {shape[1] - adata.n_vars} genes without counts")
     print(f"denoising {adata.n_obs} cells x {adata.n_vars} genes with method={args.method!r}")
     train = dict(max_epochs=args.max_epochs) if args.max_epochs is not None else {}
     model = sa.tl.denoise(adata, method=args.method, batch_key=args.batch_key, layer=args.layer,
@@ -95,7 +93,6 @@ def _add_denoise_parser(sub) -> None:
     p.add_argument("--layer", default=None, help="layer with raw counts (default: X)")
     p.add_argument("--layer-added", default="denoised", help="layer for the denoised values")
     p.add_argument("--likelihood", default="zinb", choices=["zinb", "nb", "poisson"])
-    p.add_argument("--n-top-genes", type=int, default=0, help="HVGs to keep first (default 0: all genes)")
     p.add_argument("--max-epochs", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None)

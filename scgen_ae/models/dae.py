@@ -47,59 +47,57 @@ class DAEConfig:
 
     n_genes: int
     n_batches: int = 1
+    # the objective
     likelihood: str = "zinb"
+    dispersion: str = "gene"
+    corruption: str = "mask"
+    corruption_rate: float = 0.1
+    hidden_loss_weight: float = 0.0
+    # the network
     n_latent: int = 32
     n_hidden: int = 128
     n_layers: int = 1
     dropout_rate: float = 0.0
-    dispersion: str = "gene"
-    corruption: str = "mask"
-    corruption_rate: float = 0.1
+    norm: str | None = "batch"
     encode_batch: bool = True
     batch_gene_offsets: bool = True
-    norm: str | None = "batch"
-    input_scale: float = 1e4
-    hidden_loss_weight: float = 0.0
     mean_link: str = "softmax"
+    input_scale: float = 1e4
 
     def __post_init__(self):
-        if self.mean_link not in ("softmax", "exp"):
-            raise ValueError(f"mean_link={self.mean_link!r}; choose 'softmax' or 'exp'.")
-        if not 0 <= self.hidden_loss_weight <= 1:
-            raise ValueError(f"hidden_loss_weight must be in [0, 1], got {self.hidden_loss_weight!r}.")
-        if self.likelihood not in COUNT_LIKELIHOODS:
-            raise ValueError(f"likelihood={self.likelihood!r}; choose one of {COUNT_LIKELIHOODS}.")
-        if self.dispersion not in DISPERSIONS:
-            raise ValueError(f"dispersion={self.dispersion!r}; choose one of {DISPERSIONS}.")
-        if self.corruption not in CORRUPTIONS:
-            raise ValueError(f"corruption={self.corruption!r}; choose one of {CORRUPTIONS}.")
-        for name in ("n_genes", "n_latent", "n_hidden", "n_layers", "n_batches"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}.")
-        if not 0 <= self.dropout_rate < 1:
-            raise ValueError(f"dropout_rate must be in [0, 1), got {self.dropout_rate!r}.")
-        if not 0 <= self.corruption_rate < 1:
-            raise ValueError(f"corruption_rate must be in [0, 1), got {self.corruption_rate!r}.")
-        if not self.input_scale > 0:
-            raise ValueError(f"input_scale must be positive, got {self.input_scale!r}.")
+        choices = {"likelihood": COUNT_LIKELIHOODS, "dispersion": DISPERSIONS, "corruption": CORRUPTIONS,
+                   "mean_link": ("softmax", "exp")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name}={getattr(self, name)!r}; choose one of {allowed}.")
+        ranges = {"n_genes": (1, None), "n_batches": (1, None), "n_latent": (1, None), "n_hidden": (1, None),
+                  "n_layers": (1, None), "dropout_rate": (0, 0.999), "corruption_rate": (0, 0.999),
+                  "hidden_loss_weight": (0, 1), "input_scale": (1e-9, None)}
+        for name, (lo, hi) in ranges.items():
+            value = getattr(self, name)
+            if not (value >= lo and (hi is None or value <= hi)):
+                raise ValueError(f"{name}={value!r} is out of range: it must be >= {lo}"
+                                 + (f" and <= {hi}." if hi is not None else "."))
 
 
 class DAEModule(nn.Module):
     def __init__(self, cfg: DAEConfig):
         super().__init__()
         self.cfg = cfg
-        cats = (cfg.n_batches,) if cfg.n_batches > 1 else ()
-        self.encoder = MLP(cfg.n_genes, cfg.n_hidden, cfg.n_layers, cats if cfg.encode_batch else (),
+        n_cats = [cfg.n_batches] if cfg.n_batches > 1 else []
+        # gene-batch: one row of log theta per batch; gene-cell: a decoder head instead (row unused)
+        self.log_dispersion = nn.Parameter(torch.zeros(cfg.n_batches if cfg.dispersion == "gene-batch" else 1,
+                                                       cfg.n_genes))
+        self.encoder = MLP(cfg.n_genes, cfg.n_hidden, cfg.n_layers, n_cats if cfg.encode_batch else [],
                            cfg.dropout_rate, cfg.norm)
         self.bottleneck = nn.Linear(cfg.n_hidden, cfg.n_latent)
-        n_extra = int(cfg.likelihood == "zinb") + int(cfg.dispersion == "gene-cell" and cfg.likelihood != "poisson")
-        self.decoder = CountDecoder(cfg.n_latent, cfg.n_genes, cfg.n_hidden, cfg.n_layers, cats, 0.0,
-                                    cfg.norm, n_extra, cfg.batch_gene_offsets)
-        n_disp = cfg.n_batches if cfg.dispersion == "gene-batch" else 1
-        self.log_dispersion = nn.Parameter(torch.zeros(n_disp, cfg.n_genes))
+        heads = ["mean"] + ["dropout"] * (cfg.likelihood == "zinb") + \
+            ["dispersion"] * (cfg.dispersion == "gene-cell" and cfg.likelihood != "poisson")
+        self.decoder = CountDecoder(cfg.n_latent, cfg.n_genes, cfg.n_hidden, cfg.n_layers, n_cats,
+                                    norm=cfg.norm, n_extra_heads=len(heads) - 1, gene_offsets=cfg.batch_gene_offsets)
 
     def _cats(self, batch: torch.Tensor):
-        return (batch,) if self.cfg.n_batches > 1 else ()
+        return [batch] if self.cfg.n_batches > 1 else []
 
     def encoder_input(self, mb: Minibatch, keep: torch.Tensor | None = None,
                       values: torch.Tensor | None = None) -> torch.Tensor:
