@@ -18,3 +18,8 @@ from .train import TrainConfig, TrainingDivergedError  # noqa: E402
 
 __all__ = ["pp", "tl", "pl", "datasets", "metrics", "models", "VAE", "TrainConfig",
            "InputError", "ModelFileError", "TrainingDivergedError", "__version__"]
+
+# issue 5: denoising
+from .models import DAE  # noqa: E402
+
+__all__ += ["DAE"]

@@ -54,6 +54,53 @@ def _integrate(adata, args, out_h5ad: Path | None, plots: Path | None) -> None:
         print(f"model saved to {model.save(args.save_model)}")
 
 
+# issue 5: denoising ------------------------------------------------------------
+def _denoise(adata, args) -> None:
+    import scgen_ae as sa
+
+    from ._validate import batch_codes
+
+    if args.batch_key is not None:
+        batch_codes(adata, args.batch_key)  # a clear error before any work
+    shape = adata.shape
+    adata = sa.pp.drop_empty(adata, layer=args.layer, copy=True)  # tl.denoise refuses empty cells/genes
+    del adata.uns["drop_empty"]
+    if adata.shape != shape:
+        print(f"dropped {shape[0] - adata.n_obs} cells and {shape[1] - adata.n_vars} genes without counts")
+    print(f"denoising {adata.n_obs} cells x {adata.n_vars} genes with method={args.method!r}")
+    train = dict(max_epochs=args.max_epochs) if args.max_epochs is not None else {}
+    model = sa.tl.denoise(adata, method=args.method, batch_key=args.batch_key, layer=args.layer,
+                          likelihood=args.likelihood, transform_batch=args.transform_batch,
+                          layer_added=args.layer_added, seed=args.seed, n_threads=args.threads,
+                          progress=not args.quiet, **train)
+    hist = model.history
+    print(f"trained {len(hist['train_loss'])} epochs in {hist['seconds']:.1f} s; "
+          f"denoised values in layers[{args.layer_added!r}]")
+    if args.output is not None:
+        adata.write_h5ad(args.output)
+        print(f"annotated AnnData written to {args.output}")
+    if args.save_model:
+        print(f"model saved to {model.save(args.save_model)}")
+
+
+def _add_denoise_parser(sub) -> None:
+    p = sub.add_parser("denoise", help="denoise an .h5ad of raw counts with tl.denoise")
+    p.add_argument("input", type=Path)
+    p.add_argument("-o", "--output", type=Path, default=None)
+    p.add_argument("--batch-key", default=None, help="obs column of the batches (encoder/decoder covariate)")
+    p.add_argument("--method", default="dae", choices=["dae", "vae"])
+    p.add_argument("--transform-batch", default=None, help="decode every cell as if from this batch")
+    p.add_argument("--layer", default=None, help="layer with raw counts (default: X)")
+    p.add_argument("--layer-added", default="denoised", help="layer for the denoised values")
+    p.add_argument("--likelihood", default="zinb", choices=["zinb", "nb", "poisson"])
+    p.add_argument("--max-epochs", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--save-model", type=Path, default=None)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+# ------------------------------------------------------------ end of issue 5 block
+
+
 def _add_training_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--layer", default=None, help="layer with raw counts (default: X)")
     p.add_argument("--likelihood", default="zinb", choices=["zinb", "nb", "poisson", "gaussian"])
@@ -83,6 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n-cells", type=int, default=1500)
     _add_training_args(p)
 
+    _add_denoise_parser(sub)  # issue 5
+
     args = parser.parse_args(argv)
     import anndata as ad
 
@@ -92,6 +141,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "integrate":
             adata = ad.read_h5ad(args.input)
             _integrate(adata, args, args.output, args.plots)
+        elif args.command == "denoise":  # issue 5
+            _denoise(ad.read_h5ad(args.input), args)
         elif args.command == "demo":
             args.batch_key, args.label_key = "batch", "cell_type"
             adata = sa.datasets.simulate(n_cells=args.n_cells)

@@ -3,3 +3,8 @@ from ._base import BaseModel
 from .vae import VAE, VAEConfig, VAEModule
 
 __all__ = ["BaseModel", "VAE", "VAEConfig", "VAEModule"]
+
+# issue 5: denoising
+from .dae import DAE, DAEConfig, DAEModule  # noqa: E402
+
+__all__ += ["DAE", "DAEConfig", "DAEModule"]

@@ -3,3 +3,8 @@ from ._embedding import cached_embedding, embed_2d
 from ._plots import history, latent
 
 __all__ = ["latent", "history", "embed_2d", "cached_embedding"]
+
+# issue 5: denoising
+from ._denoising import denoising  # noqa: E402
+
+__all__ += ["denoising"]

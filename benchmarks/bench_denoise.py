@@ -1,0 +1,202 @@
+#!/usr/bin/env python
+"""By-hand benchmark: ``sa.tl.denoise`` vs scvi-tools' ``SCVI.get_normalized_expression`` on
+held-out counts of the shared real data sets.
+
+Protocol (issue 5): 2,000 seurat_v3 HVGs on the counts (``batch_key="batch"``; a data set
+with at most 2,000 genes keeps all), then a random 10 % of the non-zero counts are set to
+zero (:func:`scgen_ae.tl.holdout_nonzeros`, seed 0). Cells and genes left without counts
+are dropped for both tools and their hidden entries predicted as 0 (no data set here loses
+any at 10 %). Both tools train on the same corrupted matrix, with ``batch_key="batch"``,
+and predict expected counts at the corrupted cell's observed library size:
+``layers["denoised"]`` of ``sa.tl.denoise`` (its defaults), and scVI's
+``get_normalized_expression(library_size=1)`` x library (ZINB, its default architecture,
+100 epochs, batch size 128). Scores: :func:`scgen_ae.tl.heldout_errors` on the hidden
+entries; the gene-share baseline (:func:`scgen_ae.tl.gene_share_baseline`) alongside.
+
+Every fit runs in its own fresh subprocess with 1 thread (torch and the OMP/MKL variables);
+tools alternate (ours, scvi, ours, scvi, ...) for ``--repeats`` rounds, and the best fit
+time is reported, because the machine is shared. Fit time: ours, the training loop
+(``history["seconds"]``, validation included); scvi, the ``train()`` call (validation
+included). Wall: the whole call from the loaded AnnData to the predictions, for both.
+
+Usage::
+
+    python benchmarks/bench_denoise.py --repeats 3 --out bench_out/denoise
+    python benchmarks/bench_denoise.py --datasets cellbench_3cl --repeats 1 --scvi-epochs 2   # smoke test
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_vae import DATA_DIR, DATASETS, QUIET_ENV, THREAD_ENV, _block_network  # noqa: E402
+
+BATCH_KEY = "batch"
+
+
+def _worker(spec_path: str) -> None:
+    spec = json.loads(Path(spec_path).read_text())
+    attempts = _block_network()
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    import numpy as np
+    import torch
+
+    torch.set_num_threads(1)
+    import torch._dynamo  # noqa: F401  (imported lazily by the first optimizer: outside the timings, for both)
+    import anndata as ad
+
+    adata = ad.read_h5ad(spec["data"])
+    held = np.load(spec["heldout"])
+    start = time.perf_counter()
+    pred_full, fit_s, epochs = (_fit_ours if spec["tool"] == "scgen_ae" else _fit_scvi)(adata, spec)
+    wall = time.perf_counter() - start
+    pred = pred_full[held["rows"], held["cols"]]
+    np.save(spec["prediction"], pred.astype(np.float64))
+    Path(spec["result"]).write_text(json.dumps({"fit_seconds": fit_s, "wall_seconds": wall, "epochs": epochs,
+                                                "network_attempts": len(attempts)}))
+
+
+def _fit_ours(adata, spec):
+    import scgen_ae as sa
+
+    kwargs = dict(batch_key=BATCH_KEY, n_threads=1, progress=False, seed=int(spec["seed"]))
+    kwargs.update(json.loads(spec.get("ours_kwargs") or "{}"))
+    model = sa.tl.denoise(adata, **kwargs)
+    return adata.layers["denoised"], float(model.history["seconds"]), len(model.history["train_loss"])
+
+
+def _fit_scvi(adata, spec):
+    import logging
+
+    import numpy as np
+    import scvi
+    import torch
+
+    for name in ("scvi", "lightning", "lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    scvi.settings.verbosity = logging.ERROR
+    scvi.settings.dl_num_workers = 0
+    scvi.settings.logging_dir = spec["tmp"]
+    scvi.settings.seed = int(spec["seed"])
+    torch.set_num_threads(1)
+    scvi.model.SCVI.setup_anndata(adata, batch_key=BATCH_KEY)
+    model = scvi.model.SCVI(adata, gene_likelihood="zinb")
+    start = time.perf_counter()  # lightning's setup included: the time a user waits for train()
+    model.train(max_epochs=int(spec["scvi_epochs"]), batch_size=128, accelerator="cpu", devices=1,
+                enable_progress_bar=False)
+    fit_s = time.perf_counter() - start
+    scale = np.asarray(model.get_normalized_expression(library_size=1.0, return_numpy=True), dtype=np.float64)
+    library = np.asarray(adata.X.sum(1)).ravel()
+    return scale * library[:, None], fit_s, int(spec["scvi_epochs"])
+
+
+def _prepare(name: str, workdir: Path, seed: int):
+    import anndata as ad
+    import numpy as np
+
+    import scgen_ae as sa
+
+    adata = ad.read_h5ad(DATA_DIR / f"{name}.h5ad")
+    if adata.n_vars > 2000:
+        sa.pp.highly_variable(adata, n_top_genes=2000, batch_key=BATCH_KEY)
+    corrupted, rows, cols, truth = sa.tl.holdout_nonzeros(adata.X, 0.1, seed)
+    keep_c = np.diff(corrupted.indptr) > 0
+    keep_g = np.bincount(corrupted.indices, minlength=corrupted.shape[1]) > 0
+    small = ad.AnnData(corrupted, obs=adata.obs[[BATCH_KEY]].copy(), var=adata.var[[]].copy())[keep_c, keep_g].copy()
+    ok = keep_c[rows] & keep_g[cols]
+    row_pos, col_pos = np.cumsum(keep_c) - 1, np.cumsum(keep_g) - 1
+    np.savez(workdir / f"{name}_heldout.npz", rows=row_pos[rows[ok]], cols=col_pos[cols[ok]])
+    small.write_h5ad(workdir / f"{name}.h5ad")
+    baseline = sa.tl.gene_share_baseline(corrupted, rows, cols)
+    return small, truth, ok, baseline
+
+
+def _run(spec: dict, workdir: Path, tag: str) -> dict:
+    spec = dict(spec, result=str(workdir / f"{tag}.json"), prediction=str(workdir / f"{tag}.npy"),
+                tmp=str(workdir / f"{tag}_logs"))
+    path = workdir / f"{tag}_spec.json"
+    path.write_text(json.dumps(spec))
+    env = dict(os.environ, **QUIET_ENV, **{k: "1" for k in THREAD_ENV})
+    proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--_worker", str(path)], env=env,
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{tag} failed:\n{(proc.stdout + proc.stderr)[-3000:]}")
+    return json.loads(Path(spec["result"]).read_text())
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--datasets", nargs="+", default=DATASETS, choices=DATASETS)
+    p.add_argument("--repeats", type=int, default=3, help="interleaved rounds per tool; best fit time is reported")
+    p.add_argument("--scvi-epochs", type=int, default=100)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--ours-kwargs", default=None, help="JSON dict of extra sa.tl.denoise arguments")
+    p.add_argument("--out", type=Path, default=Path("bench_out/denoise"))
+    p.add_argument("--_worker", default=None, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args._worker:
+        _worker(args._worker)
+        return 0
+    import numpy as np
+    import pandas as pd
+
+    import scgen_ae as sa
+
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="bench_denoise_") as tmp:
+        work = Path(tmp)
+        for name in args.datasets:
+            small, truth, ok, baseline = _prepare(name, work, args.seed)
+            spec = dict(data=str(work / f"{name}.h5ad"), heldout=str(work / f"{name}_heldout.npz"),
+                        seed=args.seed, scvi_epochs=args.scvi_epochs, ours_kwargs=args.ours_kwargs)
+            runs = {"scgen_ae": [], "scvi": []}
+            for r in range(args.repeats):
+                for tool in runs:
+                    tag = f"{name}_{tool}_{r}"
+                    res = _run(dict(spec, tool=tool), work, tag)
+                    pred = np.zeros(truth.size)
+                    pred[ok] = np.load(work / f"{tag}.npy")
+                    res.update(sa.tl.heldout_errors(truth, pred))
+                    runs[tool].append(res)
+                    print(f"[bench_denoise] {tag}: fit {res['fit_seconds']:.1f} s, median AE {res['median_ae']:.3f}",
+                          flush=True)
+            base = sa.tl.heldout_errors(truth, baseline)
+            for tool, rs in runs.items():
+                frame = pd.DataFrame(rs)
+                rows.append(dict(dataset=name, cells=small.n_obs, genes=small.n_vars, tool=tool,
+                                 epochs=int(frame["epochs"].iloc[0]), fit_s=frame["fit_seconds"].min(),
+                                 wall_s=frame["wall_seconds"].min(), **frame[["median_ae", "mean_ae", "pearson",
+                                                                              "spearman"]].mean().to_dict()))
+            rows.append(dict(dataset=name, cells=small.n_obs, genes=small.n_vars, tool="gene-share baseline",
+                             **{k: base[k] for k in ("median_ae", "mean_ae", "pearson", "spearman")}))
+    df = pd.DataFrame(rows)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    df.to_csv(args.out.with_suffix(".csv"), index=False)
+    lines = ["| dataset | cells × genes | median AE ours / scVI / baseline | **MAE ratio** | mean AE ours / scVI "
+             "| Pearson ours / scVI / baseline | Spearman ours / scVI | epochs ours / scVI | fit s ours / scVI "
+             "| **time ratio** |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for name, g in df.groupby("dataset", sort=False):
+        o, s, b = (g[g["tool"] == t].iloc[0] for t in ("scgen_ae", "scvi", "gene-share baseline"))
+        lines.append(
+            f"| {name} | {o['cells']} × {o['genes']} | {o['median_ae']:.3f} / {s['median_ae']:.3f} / "
+            f"{b['median_ae']:.3f} | **{o['median_ae'] / s['median_ae']:.2f}** | {o['mean_ae']:.3f} / "
+            f"{s['mean_ae']:.3f} | {o['pearson']:.3f} / {s['pearson']:.3f} / {b['pearson']:.3f} | "
+            f"{o['spearman']:.3f} / {s['spearman']:.3f} | {int(o['epochs'])} / {int(s['epochs'])} | "
+            f"{o['fit_s']:.1f} / {s['fit_s']:.1f} | **{o['fit_s'] / s['fit_s']:.2f}** |")
+    table = "\n".join(lines) + "\n"
+    args.out.with_suffix(".md").write_text(table)
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,253 @@
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+from anndata import AnnData
+
+from .. import _validate as v
+from ..models.dae import DAE, DAEConfig, DAEModule
+from ..models.vae import VAE
+from ..train import fit, seeded_threads
+from ._common import params_record, split_kwargs, training_data, write_results
+
+DAE_FIELDS = {f.name for f in dataclasses.fields(DAEConfig)} - {"n_genes", "n_batches", "likelihood", "input_scale"}
+METHODS = ("dae", "vae")
+
+
+def _check_request(adata: AnnData, *, method, layer, batch_key, transform_batch, library_size, genes,
+                   layer_added, overwrite, return_info, likelihood, known_batches) -> None:
+    """Everything about the call that can be refused before any training."""
+    if method not in METHODS:
+        raise ValueError(f"method={method!r}; choose 'dae' (the denoising autoencoder) or 'vae' (tl.vae's decoder).")
+    if not (library_size == "observed" or (isinstance(library_size, (int, float)) and library_size > 0)):
+        raise ValueError(f"library_size={library_size!r}; pass 'observed' or a positive number of counts per cell.")
+    if return_info and method == "vae":
+        raise ValueError("return_info=True is available for method='dae' only (the VAE front does not expose "
+                         "dropout probabilities); use method='dae' or return_info=False.")
+    if return_info and likelihood == "poisson":
+        raise ValueError("return_info=True needs likelihood='zinb' or 'nb': a Poisson has no dispersion or dropout.")
+    if layer_added is None and genes is not None:
+        raise ValueError("layer_added=None (write to adata.X) needs all genes; pass genes=None or a layer_added name.")
+    holds_counts = layer_added == layer  # None == None: both name adata.X
+    if holds_counts and not overwrite:
+        where = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
+        raise v.InputError(
+            f"layer_added={layer_added!r} would overwrite {where}, which holds the counts being denoised. Pass "
+            "another layer_added (default 'denoised'), or overwrite=True to replace the counts on purpose."
+        )
+    if genes is not None:
+        missing = [g for g in genes if g not in set(adata.var_names)]
+        if missing or not len(genes):
+            raise v.InputError(f"genes= names {len(missing)} genes that are not in adata.var_names (e.g. "
+                               f"{missing[:5]}); pass a non-empty list of var_names." if missing else
+                               "genes= is empty; pass gene names from adata.var_names, or None for all genes.")
+    if transform_batch is not None:
+        if batch_key is None:
+            raise v.InputError(f"transform_batch={transform_batch!r} needs batch_key= naming the obs column "
+                               "of the batches (or a model trained with batches).")
+        cats = known_batches
+        if cats is None and batch_key in adata.obs:  # training here: the batches of the data
+            cats = sorted(set(adata.obs[batch_key].dropna().astype(str)))
+        if cats is not None and str(transform_batch) not in cats:
+            raise v.InputError(f"transform_batch={transform_batch!r} is not a batch of adata.obs[{batch_key!r}] "
+                               f"(batches: {cats}).")
+
+
+def _train_dae(adata, layer, batch_key, likelihood, kwargs) -> DAE:
+    train_cfg, rest = split_kwargs(dict(kwargs))
+    arch = {k: rest.pop(k) for k in list(rest) if k in DAE_FIELDS}
+    if rest:
+        raise TypeError(f"denoise() got unexpected keyword arguments {sorted(rest)}.")
+    if "kl_warmup_epochs" not in kwargs:  # no KL term: compare validation losses from the first epoch
+        train_cfg = dataclasses.replace(train_cfg, kl_warmup_epochs=0)
+    if "max_epochs" not in kwargs:
+        train_cfg = dataclasses.replace(train_cfg, max_epochs=default_epochs(adata.n_obs))
+    data, cats = training_data(adata, layer, batch_key, likelihood)
+    config = DAEConfig(n_genes=adata.n_vars, n_batches=len(cats), likelihood=likelihood,
+                       input_scale=float(np.median(data.library)), **arch)
+    with seeded_threads(train_cfg.seed, train_cfg.n_threads):
+        module = DAEModule(config)
+        history = fit(module, data, train_cfg, likelihood)
+    model = DAE(config, adata.var_names, batch_key, cats, layer, history.as_dict(), module)
+    model.train_params = dataclasses.asdict(train_cfg)
+    model.interrupted = history.interrupted
+    return model
+
+
+def default_epochs(n_cells: int) -> int:
+    """Epochs when ``max_epochs`` is not given: about 20,000 minibatch steps' worth of cells,
+    between 20 and 100 (early stopping usually ends training sooner)."""
+    return int(np.clip(round(100 * 10000 / max(n_cells, 1)), 20, 100))
+
+
+def _train_vae(adata, layer, batch_key, likelihood, kwargs) -> VAE:
+    from ._vae import vae
+
+    # a light AnnData that shares the counts: tl.vae writes into it, never into the caller's object
+    obs = adata.obs[[batch_key]] if batch_key is not None else pd.DataFrame(index=adata.obs_names)
+    light = AnnData(X=adata.X if layer is None else None, obs=obs, var=pd.DataFrame(index=adata.var_names),
+                    layers={layer: adata.layers[layer]} if layer is not None and layer in adata.layers else None)
+    model = vae(light, batch_key=batch_key, layer=layer, likelihood=likelihood, **kwargs)
+    model.train_params = dict(kwargs)
+    model.interrupted = bool(model.history.get("interrupted", False))
+    return model
+
+
+def denoise(
+    adata: AnnData,
+    *,
+    method: str | None = None,
+    batch_key: str | None = None,
+    layer: str | None = None,
+    likelihood: str = "zinb",
+    model: DAE | VAE | None = None,
+    transform_batch: str | None = None,
+    library_size: float | str = "observed",
+    genes: Sequence[str] | None = None,
+    return_info: bool = False,
+    layer_added: str | None = "denoised",
+    key_added: str | None = None,
+    uns_key: str = "denoise",
+    overwrite: bool = False,
+    chunk_size: int = 1024,
+    copy: bool = False,
+    **kwargs,
+) -> DAE | VAE | tuple[AnnData, DAE | VAE]:
+    """Denoise counts with a ZINB/NB/Poisson (denoising) autoencoder or a trained VAE.
+
+    ``method="dae"`` (default) trains a DCA-style autoencoder: log1p(size-factor
+    normalised counts) + batch -> bottleneck -> batch-conditional decoder -> mean,
+    dispersion and dropout of a ZINB / NB / Poisson. During training a random 10 % of
+    the non-zero counts are masked in the encoder input and the loss is computed
+    against the clean counts (``corruption="mask"``; see BENCHMARKS.md for why masking).
+    ``method="vae"`` uses :func:`scgen_ae.tl.vae`'s decoder instead: trained here with
+    ``**kwargs`` forwarded, or the trained ``model=`` you pass.
+
+    Parameters
+    ----------
+    adata
+        Cells x genes; raw counts in ``X`` or ``layers[layer]`` (sparse or dense).
+    method
+        "dae" or "vae"; default: the kind of ``model``, else "dae".
+    batch_key
+        ``obs`` column of the batches (encoder and decoder covariate); default: the
+        model's when ``model`` is given.
+    layer
+        Layer with the counts; None uses ``X`` (or, with ``model``, the model's layer).
+    likelihood
+        "zinb" (default), "nb" or "poisson" (training only).
+    model
+        A trained :class:`~scgen_ae.models.DAE` or :class:`~scgen_ae.VAE`: applied to
+        ``adata`` without training.
+    transform_batch
+        Decode every cell as if it came from this batch (denoised *and* batch-corrected);
+        None decodes each cell in its own batch.
+    library_size
+        "observed" (default): expected counts at each cell's observed library size (what
+        :func:`denoise_benchmark` scores); a number: normalised to that many counts.
+    genes
+        Only these genes in the outputs (saves memory); they go to ``obsm`` as data
+        frames with the genes as columns instead of to ``layers``.
+    return_info
+        Also store the ZINB/NB dropout probabilities and dispersions (``method="dae"``).
+    layer_added
+        Layer of the denoised values; None writes them to ``X``. Writing over the
+        matrix that holds the counts needs ``overwrite=True``.
+    key_added
+        ``obsm`` key of the bottleneck (default "X_dae"; "X_vae" for ``method="vae"``).
+    uns_key
+        ``uns`` key of the parameters and loss history.
+    chunk_size
+        Cells decoded at a time.
+    copy
+        Work on a copy and return ``(adata_copy, model)``.
+    **kwargs
+        ``method="dae"``: architecture (``n_latent`` 32, ``n_hidden`` 128, ``n_layers`` 1,
+        ``dropout_rate`` 0, ``dispersion`` "gene"/"gene-batch"/"gene-cell",
+        ``corruption`` "mask"/"thinning"/"gaussian"/"none", ``corruption_rate`` 0.1,
+        ``encode_batch``, ``batch_gene_offsets``) and training options of
+        :class:`scgen_ae.train.TrainConfig` (``max_epochs``: default
+        :func:`default_epochs`, early stopping on the masked validation loss, ``seed``,
+        ``n_threads``, ...). ``method="vae"``: any :func:`scgen_ae.tl.vae` option.
+
+    Memory
+    ------
+    The outputs are dense float32: ``n_cells x n_genes x 4`` bytes for the denoised
+    layer (100k cells x 20k genes: 8 GB; x 2,000 HVGs: 0.8 GB), as much again for each
+    of the dropout and dispersion layers with ``return_info``. Pass ``genes=`` to keep
+    only the genes you need; the working set is ``chunk_size x n_genes`` floats per output.
+
+    Returns
+    -------
+    The model (or ``(adata, model)`` with ``copy=True``). On Ctrl-C during training the
+    model with the best weights so far is returned and ``adata`` is left unchanged; so
+    do errors. Sets
+
+    - ``adata.layers[layer_added]``: (n_cells, n_genes) denoised values (or
+      ``obsm[layer_added]``, a (n_cells, len(genes)) data frame, with ``genes=``).
+    - with ``return_info``: ``layers[layer_added + "_dropout"]`` (zinb) and
+      ``layers[layer_added + "_dispersion"]`` (theta), same shapes (``obsm`` with ``genes=``).
+    - ``adata.obsm[key_added]``: (n_cells, n_latent) bottleneck / latent means.
+    - ``adata.uns[uns_key]``: ``params`` (the arguments), ``history`` (per-epoch
+      ``train_loss``: the training objective per cell; ``validation_loss``: negative
+      log-likelihood per cell of 10 % of the entries of the validation cells, hidden from
+      the encoder, i.e. a held-out prediction error, which early stopping watches;
+      ``best_epoch``, ``seconds``), ``method``, ``layer_added``, ``key_added``.
+    """
+    if model is not None and not isinstance(model, (DAE, VAE)):
+        raise TypeError(f"model= must be a trained sa.models.DAE or sa.VAE, got {type(model).__name__}.")
+    kind = "vae" if isinstance(model, VAE) else "dae"
+    method = method or kind
+    if model is not None and method != kind:
+        raise ValueError(f"method={method!r} but model= is a {type(model).__name__}; leave method=None.")
+    if model is not None:
+        batch_key = model.batch_key if batch_key is None else batch_key
+        layer = model.layer if layer is None else layer
+        if kwargs:
+            raise TypeError(f"denoise() with a trained model= takes no training options; got {sorted(kwargs)}.")
+    _check_request(adata, method=method, layer=layer, batch_key=batch_key, transform_batch=transform_batch,
+                   library_size=library_size, genes=genes, layer_added=layer_added, overwrite=overwrite,
+                   return_info=return_info, likelihood=model.config.likelihood if model else likelihood,
+                   known_batches=model.batch_categories if model else None)
+    if model is None:
+        model = (_train_vae if method == "vae" else _train_dae)(adata, layer, batch_key, likelihood, kwargs)
+        if model.interrupted:
+            warnings.warn("Training was interrupted (Ctrl-C): adata was left unchanged. The returned model holds "
+                          "the best weights so far; pass it back as denoise(adata, model=model).", stacklevel=2)
+            return model
+    key_added = key_added or ("X_vae" if method == "vae" else "X_dae")
+    genes = None if genes is None else [str(g) for g in genes]
+    apply = dict(layer=layer, batch_key=batch_key, batch_size=chunk_size)
+    if method == "vae":
+        values = {"mean": model.get_normalized_expression(adata, transform_batch=transform_batch, genes=genes,
+                                                          library_size=library_size, **apply),
+                  "latent": model.get_latent(adata, **apply)}
+    else:
+        outputs = ("mean", "latent") + (("dropout",) if return_info and model.config.likelihood == "zinb" else ()) \
+            + (("dispersion",) if return_info else ())
+        values = model.predict(adata, transform_batch=transform_batch, library_size=library_size, genes=genes,
+                               outputs=outputs, **apply)
+    target = adata.copy() if copy else adata
+    base = layer_added or "denoised"
+    per_gene = {(layer_added if k == "mean" else f"{base}_{k}"): a for k, a in values.items() if k != "latent"}
+    layers, obsm = {}, {key_added: values["latent"]}
+    if genes is not None:
+        obsm.update({k: pd.DataFrame(a, index=adata.obs_names, columns=genes) for k, a in per_gene.items()})
+    else:
+        layers.update(per_gene)
+    params = params_record(**{**dataclasses.asdict(model.config),
+                              **getattr(model, "train_params", {"trained_here": False}),
+                              "method": method, "batch_key": batch_key, "layer": layer,
+                              "transform_batch": transform_batch, "library_size": library_size, "genes": genes,
+                              "return_info": return_info})
+    uns = {uns_key: {"params": params, "history": model.history, "method": method,
+                     "layer_added": str(layer_added), "key_added": key_added}}
+    if layer_added is None and genes is None:
+        target.X = layers.pop(None)
+    write_results(target, layers=layers, obsm=obsm, uns=uns)
+    return (target, model) if copy else model
+
