@@ -16,6 +16,13 @@ from .io import ModelFileError  # noqa: E402
 from .models import VAE  # noqa: E402
 from .train import TrainConfig, TrainingDivergedError  # noqa: E402
 
+# --- scale (issue 8): out-of-core data, checkpoints, DDP
+from . import ondisk  # noqa: E402
+from .ondisk import read_backed  # noqa: E402
+
+__all_scale__ = ["ondisk", "read_backed"]
+# --- end scale
+
 __all__ = ["pp", "tl", "pl", "datasets", "metrics", "models", "VAE", "TrainConfig",
            "InputError", "ModelFileError", "TrainingDivergedError", "__version__"]
 
@@ -23,3 +30,4 @@ __all__ = ["pp", "tl", "pl", "datasets", "metrics", "models", "VAE", "TrainConfi
 from .models import DAE  # noqa: E402
 
 __all__ += ["DAE"]
+           "InputError", "ModelFileError", "TrainingDivergedError", "__version__"] + __all_scale__

@@ -99,11 +99,16 @@ def check_not_empty(X: sp.csr_matrix, layer: str | None) -> None:
     cell_zero = int((np.diff(X.indptr) == 0).sum()) if X.nnz else X.shape[0]
     gene_zero = X.shape[1] - int(np.unique(X.indices).size)
     if cell_zero or gene_zero:
-        raise InputError(
-            f"{_where(layer)} has {cell_zero} cells and {gene_zero} genes with no counts at all. Drop them "
-            "first with sa.pp.drop_empty(adata) (or sc.pp.filter_cells(adata, min_counts=1) and "
-            "sc.pp.filter_genes(adata, min_counts=1))."
-        )
+        refuse_empty(cell_zero, gene_zero, layer)
+
+
+def refuse_empty(cell_zero: int, gene_zero: int, layer: str | None) -> None:
+    """The error of :func:`check_not_empty`, for callers that counted empty cells/genes themselves."""
+    raise InputError(
+        f"{_where(layer)} has {cell_zero} cells and {gene_zero} genes with no counts at all. Drop them "
+        "first with sa.pp.drop_empty(adata) (or sc.pp.filter_cells(adata, min_counts=1) and "
+        "sc.pp.filter_genes(adata, min_counts=1))."
+    )
 
 
 def batch_codes(

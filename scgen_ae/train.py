@@ -11,12 +11,15 @@ import copy
 import math
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from . import checkpoint
 from .data import CellData, train_validation_split
+from .distributed import shard
 
 
 class TrainingDivergedError(RuntimeError):
@@ -42,6 +45,12 @@ class TrainConfig:
     precision: str = "auto"  # "bf16": matmuls in bfloat16 autocast (likelihoods stay fp32); "fp32"; "auto"
     n_threads: int | None = None
     progress: bool = True
+    # scale (issue 8): checkpoint / resume and data-parallel training (scgen_ae/distributed.py)
+    checkpoint_path: str | None = None  # write a checkpoint here (.npz) every checkpoint_every epochs
+    checkpoint_every: int = 1
+    resume: bool = False  # continue from checkpoint_path when it exists (else start afresh)
+    devices: int = 1  # processes per node (one per GPU); > 1 needs torchrun
+    num_nodes: int = 1
 
     def epochs_for(self, n_cells: int) -> int:
         if self.max_epochs is not None:
@@ -122,7 +131,8 @@ def _autocast(config: TrainConfig, device: torch.device):
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=use)
 
 
-def _mean_loss(module, data: CellData, idx, config, kl_weight, device) -> float:
+def _loss_sum(module, data: CellData, idx, config, kl_weight, device) -> tuple[float, int]:
+    """(sum of per-cell losses, cells) over ``idx``, in eval mode (the unwrapped module: no DDP sync)."""
     module.eval()
     total, n = 0.0, 0
     batch_size = config.batch_size
@@ -131,7 +141,7 @@ def _mean_loss(module, data: CellData, idx, config, kl_weight, device) -> float:
             loss = module.loss(mb.to(device), kl_weight)
             total += float(loss) * mb.x.shape[0]
             n += mb.x.shape[0]
-    return total / max(n, 1)
+    return total, n
 
 
 def _divergence_message(epoch: int, lr: float, likelihood: str | None) -> str:
@@ -147,72 +157,144 @@ def _divergence_message(epoch: int, lr: float, likelihood: str | None) -> str:
     )
 
 
+def _restore(path, module, optimizer, history: History, expect: dict, dist) -> tuple[dict, dict | None]:
+    """Load a checkpoint into ``module``, ``optimizer`` and ``history``; return (loop state, rng state)."""
+    ckpt = checkpoint.load(path, expect)
+    module.load_state_dict(ckpt["weights"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    for key, value in ckpt["history"].items():
+        setattr(history, key, list(value) if isinstance(value, list) else value)
+    torch.set_rng_state(torch.from_numpy(ckpt["torch_rng"][dist.rank if dist else 0].copy()))
+    loop = ckpt["loop"]
+    loop["best_state"] = ckpt["best_state"]
+    return loop, ckpt["rng"]
+
+
+def _save(config, module, optimizer, history, loop, rng, dist) -> None:
+    torch_rng = torch.get_rng_state().numpy()
+    torch_rng = dist.gather(torch_rng) if dist else torch_rng[None]
+    if dist is None or dist.rank == 0:
+        checkpoint.save(config.checkpoint_path, module=module, optimizer=optimizer, best_state=loop["best_state"],
+                        history=history.as_dict(), rng_state=rng.bit_generator.state if dist is None else None,
+                        loop={k: v for k, v in loop.items() if k != "best_state"}, torch_rng=torch_rng)
+    if dist:
+        dist.barrier()
+
+
+def _epoch_loss(dist, total: float, n: int) -> float:
+    if dist:
+        total, n = dist.all_sum([total, n])
+    return total / max(n, 1)
+
+
 def fit(module: torch.nn.Module, data: CellData, config: TrainConfig, likelihood: str | None = None) -> History:
     """Train ``module`` on ``data`` in place and return its :class:`History`.
 
+    ``data`` is a :class:`CellData` or anything with its interface (``n_cells``,
+    ``minibatch``, ``iterate``), e.g. :class:`scgen_ae.ondisk.OnDiskCellData`.
     The module ends on the weights of the best validation epoch (or the last epoch
     without validation). Raises :class:`TrainingDivergedError` on a NaN/Inf loss.
+    With ``config.checkpoint_path`` the run is checkpointed every ``checkpoint_every``
+    epochs and, with ``config.resume``, continues from that checkpoint; with
+    ``devices * num_nodes > 1`` it runs data-parallel (see :mod:`scgen_ae.distributed`).
     """
     import time
 
-    device = resolve_device(config.device)
+    dist = None
+    if config.devices * config.num_nodes > 1:
+        from .distributed import Distributed
+
+        dist = Distributed(resolve_device(config.device).type, config.devices, config.num_nodes)
+        torch.manual_seed(config.seed + dist.rank)  # same init is broadcast by DDP; noise differs per rank
+    device = dist.device if dist else resolve_device(config.device)
     module.to(device)
     rng = np.random.default_rng(config.seed)
     train_idx, val_idx = train_validation_split(data.n_cells, config.validation_fraction, rng)
+    if dist:
+        val_idx = np.array_split(val_idx, dist.world)[dist.rank]
     n_epochs = config.epochs_for(data.n_cells)
     warmup = config.kl_warmup_epochs if config.kl_warmup_epochs is not None else min(400, max(1, n_epochs // 3))
     history = History()
     optimizer = torch.optim.Adam(module.parameters(), lr=config.lr, weight_decay=config.weight_decay, eps=0.01,
                                  fused=device.type in ("cpu", "cuda"))
-    best_loss, best_state, since_best = math.inf, None, 0
+    runner = module
+    if dist:
+        runner, optimizer = dist.wrap(module, optimizer)
+    loop = {"epoch": -1, "best_loss": math.inf, "since_best": 0, "best_state": None, "n_cells": int(data.n_cells),
+            "n_train": int(len(train_idx)), "seed": int(config.seed), "batch_size": int(config.batch_size),
+            "world_size": dist.world if dist else 1}
+    if config.resume and config.checkpoint_path and Path(config.checkpoint_path).exists():
+        restored, rng_state = _restore(config.checkpoint_path, module, optimizer, history, loop, dist)
+        loop.update(restored)
+        if rng_state is not None:
+            rng.bit_generator.state = rng_state
     good_state = copy.deepcopy(module.state_dict())
-    start = time.perf_counter()
-    bar = tqdm(range(n_epochs), desc="training", unit="epoch", disable=not config.progress, leave=False)
+    start = time.perf_counter() - history.seconds
+    first = loop["epoch"] + 1 if not history.stopped_early else n_epochs
+    bar = tqdm(range(first, n_epochs), desc="training", unit="epoch", leave=False,
+               disable=not config.progress or (dist is not None and dist.rank != 0))
     try:
         for epoch in bar:
             kl_weight = min(1.0, (epoch + 1) / warmup) if warmup > 0 else 1.0
             module.train()
             total, n = 0.0, 0
-            for mb in data.iterate(train_idx, config.batch_size, rng):
+            idx, epoch_rng = train_idx, rng
+            if dist:
+                idx = shard(train_idx, getattr(data, "chunk_size", 1), config.seed, epoch, dist.rank, dist.world)
+                epoch_rng = np.random.default_rng([config.seed, epoch, dist.rank])
+            for mb in data.iterate(idx, config.batch_size, epoch_rng):
                 with _autocast(config, device):
-                    loss = module.loss(mb.to(device), kl_weight)
-                if not torch.isfinite(loss):
+                    loss = runner.loss(mb.to(device), kl_weight)
+                if dist is None and not torch.isfinite(loss):
                     module.load_state_dict(good_state)
                     raise TrainingDivergedError(_divergence_message(epoch, config.lr, likelihood))
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
-                torch.nn.utils.clip_grad_norm_(module.parameters(), config.grad_clip)
+                norm = torch.nn.utils.clip_grad_norm_(module.parameters(), config.grad_clip)
+                if dist is not None and not torch.isfinite(norm):  # all-reduced: every rank sees it
+                    module.load_state_dict(good_state)
+                    raise TrainingDivergedError(_divergence_message(epoch, config.lr, likelihood))
                 optimizer.step()
                 total += float(loss.detach()) * mb.x.shape[0]
                 n += mb.x.shape[0]
             good_state = {k: v.detach().clone() for k, v in module.state_dict().items()}
-            history.train_loss.append(total / max(n, 1))
+            history.train_loss.append(_epoch_loss(dist, total, n))
             history.kl_weight.append(kl_weight)
             monitored = history.train_loss[-1]
-            if len(val_idx):
+            if len(train_idx) < data.n_cells:
                 # validation: the negative ELBO at full KL weight, z at the posterior mean
-                monitored = _mean_loss(module, data, val_idx, config, 1.0, device)
+                monitored = _epoch_loss(dist, *_loss_sum(module, data, val_idx, config, 1.0, device))
                 history.validation_loss.append(monitored)
             bar.set_postfix(loss=f"{history.train_loss[-1]:.1f}",
-                            val=f"{monitored:.1f}" if len(val_idx) else "-")
+                            val=f"{monitored:.1f}" if len(train_idx) < data.n_cells else "-")
             # only compare losses once the KL weight is fixed: earlier ones are not comparable
-            if kl_weight >= 1.0 and monitored < best_loss - config.min_delta:
-                best_loss, best_state, since_best = monitored, good_state, 0
+            stop = False
+            if kl_weight >= 1.0 and monitored < loop["best_loss"] - config.min_delta:
+                loop.update(best_loss=monitored, best_state=good_state, since_best=0)
                 history.best_epoch = epoch
             elif kl_weight >= 1.0:
-                since_best += 1
-                if config.early_stopping and since_best >= config.patience:
-                    history.stopped_early = True
-                    break
+                loop["since_best"] += 1
+                stop = config.early_stopping and loop["since_best"] >= config.patience
+            if dist:
+                stop = dist.any(stop)  # equal on every rank already; made certain
+            history.stopped_early = stop
+            loop["epoch"] = epoch
+            if config.checkpoint_path and (stop or (epoch + 1) % config.checkpoint_every == 0 or epoch + 1 == n_epochs):
+                history.seconds = time.perf_counter() - start
+                _save(config, module, optimizer, history, loop, rng, dist)
+            if stop:
+                break
     except KeyboardInterrupt:
         history.interrupted = True
     finally:
         bar.close()
-    if best_state is not None:
-        module.load_state_dict(best_state)
+    if loop["best_state"] is not None:
+        module.load_state_dict(loop["best_state"])
     else:
         module.load_state_dict(good_state)
         history.best_epoch = len(history.train_loss) - 1
+    if dist:
+        dist.broadcast_state(module)
     module.eval()
     history.seconds = time.perf_counter() - start
     return history

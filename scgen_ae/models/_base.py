@@ -12,6 +12,7 @@ import torch
 from anndata import AnnData
 
 from .. import _validate as v
+from .. import ondisk
 from ..data import CellData
 from ..io import ModelFileError, read_model_file, write_model_file
 from ..likelihoods import COUNT_LIKELIHOODS
@@ -63,6 +64,9 @@ class BaseModel:
         """Validate ``adata`` against the trained genes and batches and wrap it."""
         layer = self.layer if layer == "model" else layer
         batch_key = self.batch_key if batch_key == "model" else batch_key
+        if ondisk.is_on_disk(adata, layer):  # stream X from disk instead of reading it
+            return ondisk.apply_data(adata, self.var_names, self.batch_categories, batch_key,
+                                     getattr(self.config, "likelihood", "counts"), pad_missing)
         X = v.get_matrix(adata, layer)
         pos, _ = v.align_genes(adata, self.var_names, pad_missing)
         X = v.aligned_matrix(X, pos)

@@ -8,6 +8,7 @@ import numpy as np
 from anndata import AnnData
 
 from .. import _validate as v
+from .. import ondisk
 from ..data import CellData
 from ..likelihoods import COUNT_LIKELIHOODS
 from ..train import TrainConfig
@@ -16,7 +17,13 @@ TRAIN_FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
 
 
 def training_data(adata: AnnData, layer: str | None, batch_key: str | None, likelihood: str | None):
-    """Validate ``adata`` for training; return (CellData, batch categories)."""
+    """Validate ``adata`` for training; return (CellData, batch categories).
+
+    When ``X`` is a CSR matrix on disk (backed ``.h5ad``, ``sa.read_backed``) the data
+    source is an :class:`~scgen_ae.ondisk.OnDiskCellData` that streams it instead.
+    """
+    if ondisk.is_on_disk(adata, layer):
+        return ondisk.training_data(adata, layer, batch_key, likelihood)
     X = v.get_matrix(adata, layer)
     counts = likelihood in COUNT_LIKELIHOODS or likelihood is None
     if counts:

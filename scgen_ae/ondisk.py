@@ -1,0 +1,236 @@
+"""Out-of-core cells: a data source with :class:`~scgen_ae.data.CellData`'s interface
+that reads its counts from a CSR matrix on disk (a backed ``.h5ad`` or a zarr store).
+
+Why this design (measured in BENCHMARKS.md, issue 8):
+
+- anndata's own lazy objects find the matrix: ``ad.read_h5ad(path, backed="r").X`` and
+  ``ad.io.sparse_dataset(zarr_group["X"])`` are both a ``CSRDataset``; :func:`read_backed`
+  opens either kind of file that way. The rows are then read straight from its three
+  arrays with ``indptr`` kept in memory (8 bytes per cell): ``CSRDataset[a:b]`` re-reads
+  ``indptr`` on every call and was 1.5x slower for the same row blocks.
+- Training needs shuffled cells, disks want contiguous reads. Rows are grouped in file
+  order into chunks of :data:`CHUNK_CELLS` cells; each epoch visits the chunks in random
+  order, :data:`WINDOW_CHUNKS` chunks at a time (one contiguous read per chunk), and
+  shuffles the cells of a window before cutting minibatches (the ``annbatch`` /
+  scDataset scheme). A window holds cells of 64 random places in the file, so a file
+  sorted by batch still gives mixed minibatches.
+- Minibatches are cut exactly where :meth:`CellData.iterate` cuts them (same sizes,
+  same count), and built by the in-memory code itself (a :class:`CellData` per window).
+- The next window is read in a background thread while the current one trains.
+
+Memory is O(window) for the counts plus about 40 bytes per cell of bookkeeping
+(``indptr``, batch codes, library sizes, index arrays): 40 MB at 10^6 cells.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
+from anndata import AnnData
+
+from . import _validate as v
+from .data import CellData, to_csr32
+from .likelihoods import COUNT_LIKELIHOODS, Minibatch
+
+CHUNK_CELLS = 256  # contiguous rows per read
+WINDOW_CHUNKS = 64  # chunks shuffled together (16,384 cells by default)
+SCAN_CELLS = 16_384  # rows per block in the validation pass
+
+
+def _csr_dataset(adata: AnnData, layer: str | None):
+    """The on-disk CSR matrix of ``adata`` (X only), or None when it is in memory or not CSR."""
+    from anndata.abc import CSRDataset
+
+    if not isinstance(adata, AnnData) or layer is not None:
+        return None
+    X = adata.X  # a backed AnnData hands out a CSRDataset here, without reading it
+    return X if isinstance(X, CSRDataset) else None
+
+
+def is_on_disk(adata: AnnData, layer: str | None = None) -> bool:
+    """True when ``adata.X`` is a CSR matrix on disk (backed ``.h5ad`` or :func:`read_backed`)."""
+    try:
+        return _csr_dataset(adata, layer) is not None
+    except Exception:  # noqa: BLE001 - any odd object simply is not on disk
+        return False
+
+
+def read_backed(path: str | Path) -> AnnData:
+    """Open an ``.h5ad`` file or a zarr store with ``obs``/``var`` in memory and ``X`` on disk.
+
+    ``.h5ad``: ``anndata.read_h5ad(path, backed="r")``. zarr: an AnnData whose ``X`` is
+    ``anndata.io.sparse_dataset`` of the store's ``X`` group. Training and inference on
+    the result (``sa.tl.vae``, ``model.get_latent``) stream ``X`` in chunks.
+    """
+    import anndata as ad
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"No file or store at {str(path)!r}.")
+    if path.is_dir():  # a zarr store
+        import zarr
+
+        root = zarr.open_group(str(path), mode="r")
+        return AnnData(X=ad.io.sparse_dataset(root["X"]), obs=ad.io.read_elem(root["obs"]),
+                       var=ad.io.read_elem(root["var"]))
+    return ad.read_h5ad(path, backed="r")
+
+
+class OnDiskCellData:
+    """Cells whose counts stay on disk; same interface as :class:`~scgen_ae.data.CellData`.
+
+    group : the h5py / zarr group of a CSR matrix (arrays ``data``, ``indices``, ``indptr``)
+    batch : (n_cells,) int64 batch codes;  library : (n_cells,) library sizes
+    columns : optional index of each model gene in the stored columns (-1: missing),
+        from :func:`scgen_ae._validate.align_genes`
+    """
+
+    def __init__(self, group, batch: np.ndarray, library: np.ndarray, log1p_input: bool = True,
+                 columns: np.ndarray | None = None, chunk_cells: int = CHUNK_CELLS,
+                 window_chunks: int = WINDOW_CHUNKS, prefetch: bool = True):
+        self.data_array, self.indices_array = group["data"], group["indices"]
+        self.indptr = np.asarray(group["indptr"][:], dtype=np.int64)
+        self.n_stored_genes = int(group.attrs["shape"][1])
+        self.batch, self.library, self.log1p_input = batch, library, log1p_input
+        self.columns = columns
+        self.chunk_size = int(chunk_cells)  # rows read together: the unit of sharding across ranks
+        self.window_cells = int(chunk_cells) * int(window_chunks)
+        self.prefetch = prefetch
+
+    @property
+    def n_cells(self) -> int:
+        return len(self.indptr) - 1
+
+    # ------------------------------------------------------------ reading rows
+    def read_span(self, start: int, stop: int) -> sp.csr_matrix:
+        """Rows ``start:stop`` as stored (CSR float32, no stored zeros, all stored genes)."""
+        lo, hi = self.indptr[start], self.indptr[stop]
+        X = sp.csr_matrix((self.data_array[lo:hi], self.indices_array[lo:hi], self.indptr[start:stop + 1] - lo),
+                          shape=(stop - start, self.n_stored_genes))
+        return to_csr32(X)
+
+    def read_rows(self, rows: np.ndarray) -> sp.csr_matrix:
+        """Rows ``rows`` (any order) with the model's columns: one read per run of adjacent chunks."""
+        order = np.argsort(rows, kind="stable")
+        srt = rows[order]
+        chunk = srt // self.chunk_size
+        breaks = np.flatnonzero(np.diff(chunk) > 1) + 1  # adjacent chunks are read in one go
+        parts = []
+        for run in np.split(srt, breaks):
+            span = self.read_span(int(run[0]), int(run[-1]) + 1)
+            parts.append(span[run - run[0]])
+        X = sp.vstack(parts, format="csr") if len(parts) > 1 else parts[0]
+        inverse = np.empty_like(order)
+        inverse[order] = np.arange(len(order))
+        X = X[inverse]
+        return v.aligned_matrix(X, self.columns) if self.columns is not None else X
+
+    def in_memory(self, rows: np.ndarray) -> CellData:
+        """The rows ``rows`` as an in-memory :class:`CellData` (row i = ``rows[i]``)."""
+        return CellData(self.read_rows(rows), self.batch[rows], self.library[rows], self.log1p_input)
+
+    # ------------------------------------------------------------ CellData's interface
+    def minibatch(self, idx: np.ndarray) -> Minibatch:
+        return self.in_memory(np.asarray(idx)).minibatch(np.arange(len(idx)))
+
+    def epoch_order(self, idx: np.ndarray, rng: np.random.Generator | None) -> np.ndarray:
+        """``idx`` in visiting order: chunks in random order, cells shuffled within each window."""
+        idx = np.sort(np.asarray(idx))
+        if rng is None:
+            return idx
+        chunks = idx // self.chunk_size
+        starts = np.flatnonzero(np.r_[True, chunks[1:] != chunks[:-1]])
+        pieces = np.split(idx, starts[1:])
+        order = np.concatenate([pieces[i] for i in rng.permutation(len(pieces))])
+        for s in range(0, len(order), self.window_cells):
+            order[s:s + self.window_cells] = rng.permutation(order[s:s + self.window_cells])
+        return order
+
+    def iterate(self, idx: np.ndarray, batch_size: int, rng: np.random.Generator | None = None,
+                drop_last_if_tiny: bool = True) -> Iterator[Minibatch]:
+        """Minibatches over ``idx`` (shuffled at chunk level when ``rng`` is given), cut where
+        :meth:`CellData.iterate` cuts them; a window of cells is read ahead while one trains."""
+        order = self.epoch_order(idx, rng)
+        bounds = _minibatch_bounds(len(order), batch_size, drop_last_if_tiny)
+        # windows end on minibatch boundaries, so a minibatch never straddles two reads
+        per_window = max(1, self.window_cells // batch_size)
+        groups = [bounds[i:i + per_window] for i in range(0, len(bounds), per_window)]
+        load = lambda g: self.in_memory(order[g[0][0]:g[-1][1]])  # noqa: E731
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            pending = pool.submit(load, groups[0]) if groups else None
+            for i, group in enumerate(groups):
+                window = pending.result()
+                pending = pool.submit(load, groups[i + 1]) if self.prefetch and i + 1 < len(groups) else None
+                offset = group[0][0]
+                for s, e in group:
+                    yield window.minibatch(np.arange(s - offset, e - offset))
+                if pending is None and i + 1 < len(groups):
+                    pending = pool.submit(load, groups[i + 1])
+
+
+def _minibatch_bounds(n: int, batch_size: int, drop_last_if_tiny: bool) -> list[tuple[int, int]]:
+    """(start, end) of each minibatch over ``n`` cells, as :meth:`CellData.iterate` cuts them."""
+    starts = list(range(0, n, batch_size))
+    if drop_last_if_tiny and len(starts) > 1 and n - starts[-1] < 3:
+        starts.pop()
+    return [(s, starts[i + 1] if i + 1 < len(starts) else n) for i, s in enumerate(starts)]
+
+
+# ---------------------------------------------------------------- validation, streamed
+
+def _scan(data: OnDiskCellData, layer, likelihood: str | None) -> tuple[np.ndarray, np.ndarray]:
+    """One sequential pass: the checks of ``get_matrix`` / ``check_counts`` per block of rows,
+    library sizes, and which genes have any count. Returns (library, gene_has_counts)."""
+    counts = likelihood in COUNT_LIKELIHOODS + (None, "counts")
+    library = np.zeros(data.n_cells, dtype=np.float32)  # float32 like X.sum(1) in memory: same results
+    seen = np.zeros(len(data.columns) if data.columns is not None else data.n_stored_genes, dtype=bool)
+    for start in range(0, data.n_cells, SCAN_CELLS):
+        stop = min(start + SCAN_CELLS, data.n_cells)
+        X = data.read_span(start, stop)
+        if data.columns is not None:
+            X = v.aligned_matrix(X, data.columns)
+        try:
+            v.get_matrix(AnnData(X), None)  # NaN / Inf
+            if counts:
+                v.check_counts(X, layer, likelihood or "counts")
+        except v.InputError as err:
+            raise v.InputError(f"In cells {start}-{stop - 1} of the on-disk matrix: {err}") from None
+        library[start:stop] = np.asarray(X.sum(1)).ravel()
+        seen[X.indices] = True
+    return library, seen
+
+
+def _open(adata: AnnData, layer) -> OnDiskCellData:
+    if adata.n_obs == 0 or adata.n_vars == 0:
+        raise v.InputError(f"The AnnData is empty ({adata.n_obs} cells x {adata.n_vars} genes).")
+    return OnDiskCellData(_csr_dataset(adata, layer).group, np.zeros(adata.n_obs, np.int64), None)
+
+
+def training_data(adata: AnnData, layer: str | None, batch_key: str | None, likelihood: str | None):
+    """Out-of-core counterpart of :func:`scgen_ae.tl._common.training_data`: the same checks,
+    streamed over the file once (nothing is kept but library sizes)."""
+    codes, cats = v.batch_codes(adata, batch_key)  # obs is in memory: cheap, and the clearest error first
+    data = _open(adata, layer)
+    library, seen = _scan(data, layer, likelihood)
+    cell_zero, gene_zero = int((library == 0).sum()), int((~seen).sum())
+    if cell_zero or gene_zero:
+        v.refuse_empty(cell_zero, gene_zero, layer)
+    data.batch, data.library = codes, library
+    data.log1p_input = likelihood in COUNT_LIKELIHOODS or likelihood is None
+    return data, cats
+
+
+def apply_data(adata: AnnData, var_names, batch_categories, batch_key, likelihood: str, pad_missing: bool):
+    """Out-of-core counterpart of ``BaseModel._cell_data``: cells to apply a trained model to."""
+    data = _open(adata, None)
+    pos, _ = v.align_genes(adata, var_names, pad_missing)
+    codes, _ = v.batch_codes(adata, batch_key, batch_categories)
+    if not np.array_equal(pos, np.arange(data.n_stored_genes)):
+        data.columns = pos
+    counts = likelihood in COUNT_LIKELIHOODS + ("counts",)
+    library, _ = _scan(data, None, likelihood if counts else "gaussian")
+    data.batch, data.library, data.log1p_input = codes, library, counts
+    return data
