@@ -2,4 +2,10 @@
 from ._score import score_integration
 from ._vae import vae
 
+# latent arithmetic, label transfer (issue 7)
+from ._predict import mean_expression, predict, r_squared, response_means  # noqa: E402
+from ._remove_batch import remove_batch  # noqa: E402
+from ._transfer import transfer_labels  # noqa: E402
+
 __all__ = ["vae", "score_integration"]
+__all__ += ["predict", "remove_batch", "transfer_labels", "mean_expression", "r_squared", "response_means"]  # issue 7
