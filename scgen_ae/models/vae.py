@@ -184,3 +184,21 @@ class VAE(BaseModel):
             return (res if cols is None else res[:, cols.to(res.device)]).cpu()
 
         return torch.cat(self._apply(adata, layer, batch_key, batch_size, pad_missing, fn)).numpy()
+
+    def map_query(self, adata: AnnData, *, batch_key: str, layer="model", pad_missing: bool = False,
+                  key_added: str = "X_vae", uns_key: str = "map_query", copy: bool = False, **train_kwargs):
+        """scArches-style surgery: a new VAE with rows for the query's new batches, only those trained.
+
+        The reference model is not modified and its latent space of the reference cells
+        does not move (bit for bit). Genes are matched by name; missing ones need
+        ``pad_missing=True`` (zeros, with a warning). ``**train_kwargs`` go to
+        :class:`~scgen_ae.train.TrainConfig` (``weight_decay`` is fixed at 0).
+        Sets ``adata.obsm[key_added]`` (n_cells, n_latent) and ``adata.uns[uns_key]`` (``params``,
+        ``new_batches``, ``batch_categories``, ``genes``: missing / extra dropped / reordered,
+        ``history``). Returns the extended model (``(adata_copy, model)`` with ``copy=True``).
+        Implemented in :mod:`scgen_ae.models._surgery`.
+        """
+        from ._surgery import map_query
+
+        return map_query(self, adata, batch_key=batch_key, layer=layer, pad_missing=pad_missing,
+                         key_added=key_added, uns_key=uns_key, copy=copy, **train_kwargs)

@@ -2,9 +2,13 @@
 from ._embedding import cached_embedding, embed_2d
 from ._plots import history, latent
 
+# issue 7
+from ._response import response  # noqa: E402
+
 __all__ = ["latent", "history", "embed_2d", "cached_embedding"]
 
 # issue 5: denoising
 from ._denoising import denoising  # noqa: E402
 
 __all__ += ["denoising"]
+__all__ += ["response"]  # issue 7
