@@ -16,5 +16,9 @@ from .io import ModelFileError  # noqa: E402
 from .models import VAE  # noqa: E402
 from .train import TrainConfig, TrainingDivergedError  # noqa: E402
 
+# --- topic models (issue 6, LDA half)
+from .models import LDA, ClassicLDA  # noqa: E402
+
 __all__ = ["pp", "tl", "pl", "datasets", "metrics", "models", "VAE", "TrainConfig",
            "InputError", "ModelFileError", "TrainingDivergedError", "__version__"]
+__all__ += ["LDA", "ClassicLDA"]  # issue 6, LDA half

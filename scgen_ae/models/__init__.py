@@ -3,3 +3,9 @@ from ._base import BaseModel
 from .vae import VAE, VAEConfig, VAEModule
 
 __all__ = ["BaseModel", "VAE", "VAEConfig", "VAEModule"]
+
+# --- topic models (issue 6, LDA half)
+from .lda_vb import ClassicLDA, VBLDAConfig  # noqa: E402
+from .topic import LDA, TopicConfig, TopicModule  # noqa: E402
+
+__all__ += ["LDA", "ClassicLDA", "TopicConfig", "TopicModule", "VBLDAConfig"]
