@@ -31,3 +31,9 @@ from .models import DAE  # noqa: E402
 
 __all__ += ["DAE"]
            "InputError", "ModelFileError", "TrainingDivergedError", "__version__"] + __all_scale__
+# --- topic models (issue 6, LDA half)
+from .models import LDA, ClassicLDA  # noqa: E402
+
+__all__ = ["pp", "tl", "pl", "datasets", "metrics", "models", "VAE", "TrainConfig",
+           "InputError", "ModelFileError", "TrainingDivergedError", "__version__"]
+__all__ += ["LDA", "ClassicLDA"]  # issue 6, LDA half

@@ -22,10 +22,13 @@ def _integrate(adata, args, out_h5ad: Path | None, plots: Path | None) -> None:
     if args.n_top_genes and adata.n_vars > args.n_top_genes:
         sa.pp.highly_variable(adata, n_top_genes=args.n_top_genes, batch_key=args.batch_key, layer=args.layer)
         print(f"selected {adata.n_vars} highly variable genes")
-    print(f"training tl.vae on {adata.n_obs} cells x {adata.n_vars} genes, batches from obs[{args.batch_key!r}]")
-    model = sa.tl.vae(adata, batch_key=args.batch_key, layer=args.layer, likelihood=args.likelihood,
-                      n_latent=args.n_latent, max_epochs=args.max_epochs, seed=args.seed,
-                      n_threads=args.threads, progress=not args.quiet)
+    name = getattr(args, "model", "vae")
+    print(f"training tl.{name} on {adata.n_obs} cells x {adata.n_vars} genes, batches from obs[{args.batch_key!r}]")
+    common = dict(batch_key=args.batch_key, layer=args.layer, seed=args.seed, n_threads=args.threads,
+                  progress=not args.quiet)
+    if args.max_epochs is not None:
+        common["max_epochs"] = args.max_epochs
+    model, basis = _train(name, adata, args, common)
     hist = model.history
     print(f"trained {len(hist['train_loss'])} epochs in {hist['seconds']:.1f} s (best epoch {hist['best_epoch'] + 1})")
     # uncorrected baseline for the summary: PCA of log-normalised counts
@@ -34,7 +37,7 @@ def _integrate(adata, args, out_h5ad: Path | None, plots: Path | None) -> None:
     sc.pp.log1p(base)
     sc.pp.pca(base, n_comps=min(30, min(base.shape) - 1))
     adata.obsm["X_pca_uncorrected"] = base.obsm["X_pca"]
-    table = sa.metrics.summary(adata, ["X_pca_uncorrected", "X_vae"], batch_key=args.batch_key,
+    table = sa.metrics.summary(adata, ["X_pca_uncorrected", basis], batch_key=args.batch_key,
                                label_key=args.label_key)
     print("\nintegration summary (batch_entropy / ilisi: 1 = batches mixed; ari: clusters vs labels)")
     print(table.round(3).to_string())
@@ -43,9 +46,11 @@ def _integrate(adata, args, out_h5ad: Path | None, plots: Path | None) -> None:
     if plots is not None:
         plots.mkdir(parents=True, exist_ok=True)
         color = [args.batch_key] + ([args.label_key] if args.label_key else [])
-        sa.pl.latent(adata, basis="X_vae", color=color, method="umap", save=plots / "vae_umap.png")
+        sa.pl.latent(adata, basis=basis, color=color, method="umap", save=plots / f"{name}_umap.png")
         sa.pl.latent(adata, basis="X_pca_uncorrected", color=color, method="umap", save=plots / "uncorrected_umap.png")
-        sa.pl.history(adata, key="vae", save=plots / "vae_history.png")
+        sa.pl.history(adata, key=name, save=plots / f"{name}_history.png")
+        if name == "lda":  # --- topic models (issue 6, LDA half)
+            sa.pl.topics(adata, key="lda", n_genes=10, save=plots / "lda_topics.png")
         print(f"plots written to {plots}/")
     if out_h5ad is not None:
         adata.write_h5ad(out_h5ad)
@@ -99,12 +104,23 @@ def _add_denoise_parser(sub) -> None:
     p.add_argument("--save-model", type=Path, default=None)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 # ------------------------------------------------------------ end of issue 5 block
+def _train(name: str, adata, args, common: dict):
+    """Train the chosen model; returns (model, obsm key of its embedding)."""
+    import scgen_ae as sa
+
+    if name == "vae":
+        return sa.tl.vae(adata, likelihood=args.likelihood, n_latent=args.n_latent, **common), "X_vae"
+    # --- topic models (issue 6, LDA half)
+    if name == "lda":
+        return sa.tl.lda(adata, n_topics=args.n_latent, **common), "X_lda"
+    raise ValueError(f"unknown model {name!r}")
 
 
 def _add_training_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--layer", default=None, help="layer with raw counts (default: X)")
     p.add_argument("--likelihood", default="zinb", choices=["zinb", "nb", "poisson", "gaussian"])
-    p.add_argument("--n-latent", type=int, default=10)
+    p.add_argument("--model", default="vae", choices=["vae", "lda"], help="vae (default) or lda (topic model)")
+    p.add_argument("--n-latent", type=int, default=10, help="latent dimensions (vae) or topics (lda)")
     p.add_argument("--n-top-genes", type=int, default=2000, help="HVGs to keep (0: all genes)")
     p.add_argument("--max-epochs", type=int, default=None, help="default: scvi-tools' heuristic, early stopping")
     p.add_argument("--seed", type=int, default=0)
@@ -116,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="scgen-ae", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("integrate", help="batch-correct an .h5ad of raw counts with tl.vae")
+    p = sub.add_parser("integrate", help="batch-correct an .h5ad of raw counts with tl.vae or tl.lda")
     p.add_argument("input", type=Path)
     p.add_argument("--batch-key", required=True)
     p.add_argument("--label-key", default=None, help="obs column of known cell types (for the summary)")

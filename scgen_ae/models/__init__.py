@@ -8,3 +8,8 @@ __all__ = ["BaseModel", "VAE", "VAEConfig", "VAEModule"]
 from .dae import DAE, DAEConfig, DAEModule  # noqa: E402
 
 __all__ += ["DAE", "DAEConfig", "DAEModule"]
+# --- topic models (issue 6, LDA half)
+from .lda_vb import ClassicLDA, VBLDAConfig  # noqa: E402
+from .topic import LDA, TopicConfig, TopicModule  # noqa: E402
+
+__all__ += ["LDA", "ClassicLDA", "TopicConfig", "TopicModule", "VBLDAConfig"]

@@ -12,3 +12,7 @@ from ._denoising import denoising  # noqa: E402
 
 __all__ += ["denoising"]
 __all__ += ["response"]  # issue 7
+# --- topic models (issue 6, LDA half)
+from ._topics import top_genes, topics  # noqa: E402
+
+__all__ += ["topics", "top_genes"]

@@ -15,3 +15,8 @@ from ._denoise_benchmark import denoise_benchmark, gene_share_baseline, heldout_
 
 __all__ += ["denoise", "denoise_benchmark", "holdout_nonzeros", "gene_share_baseline", "heldout_errors"]
 __all__ += ["predict", "remove_batch", "transfer_labels", "mean_expression", "r_squared", "response_means"]  # issue 7
+# --- topic models (issue 6, LDA half)
+from ._lda import lda  # noqa: E402
+
+__all__ = ["vae", "score_integration"]
+__all__ += ["lda"]  # issue 6, LDA half

@@ -1,0 +1,199 @@
+"""Amortised neural topic model (ProdLDA-style) with a per-batch background.
+
+Encoder: log1p(counts) (+ batch) -> Gaussian q(z|x) in the logistic-normal space; the
+topic proportions are theta = softmax(z). Decoder (product of experts, as ProdLDA):
+    log p(gene | cell) = log_softmax_g( theta @ beta + background_g + batch_background[b, g] )
+Counts follow a multinomial over genes with that p, written as a Poisson with mean
+p * library (same gradients, a per-cell constant apart) through ``likelihoods.cell_log_prob``.
+The batch background (scETM's idea) absorbs each batch's gene-wise capture bias, so the
+topics and their proportions do not have to encode it.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+import torch.nn.functional as F
+from anndata import AnnData
+from torch import nn
+
+from ..data import CellData
+from ..likelihoods import Minibatch, cell_log_prob
+from ..nn import GaussianEncoder
+from ._base import BaseModel
+from .vae import batch_mmd
+
+
+@dataclass(frozen=True)
+class TopicConfig:
+    """Architecture of an :class:`LDA` (method "prodlda").
+
+    topic_prior : concentration alpha of the symmetric Dirichlet prior on the topic
+        proportions, approximated by a logistic normal (Laplace approximation, as ProdLDA).
+    encode_batch : inject the batch into the encoder.
+    batch_background : a per-batch, per-gene log-offset in the decoder (scETM's batch bias).
+    mmd_weight : weight of an MMD penalty between the batches' distributions of z (0 = off).
+    """
+
+    n_genes: int
+    n_batches: int = 1
+    n_topics: int = 20
+    n_hidden: int = 128
+    n_layers: int = 1
+    dropout_rate: float = 0.1
+    topic_prior: float = 1.0
+    encode_batch: bool = True
+    batch_background: bool = True
+    mmd_weight: float = 1.0
+    likelihood: str = "poisson"  # multinomial up to a constant; read by the shared input checks
+
+    def __post_init__(self):
+        for name in ("n_genes", "n_topics", "n_hidden", "n_layers", "n_batches"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}.")
+        if self.n_topics < 2:
+            raise ValueError(f"n_topics must be at least 2, got {self.n_topics!r}.")
+        if not 0 <= self.dropout_rate < 1:
+            raise ValueError(f"dropout_rate must be in [0, 1), got {self.dropout_rate!r}.")
+        if not self.topic_prior > 0:
+            raise ValueError(f"topic_prior must be positive, got {self.topic_prior!r}.")
+        if self.mmd_weight < 0:
+            raise ValueError(f"mmd_weight must be >= 0, got {self.mmd_weight!r}.")
+
+
+def logistic_normal_prior(alpha: float, k: int) -> tuple[float, float]:
+    """Mean and variance of the logistic normal closest to a symmetric Dirichlet(alpha)
+    (Laplace approximation in the softmax basis; Srivastava & Sutton 2017, eq. 3)."""
+    return 0.0, (1.0 / alpha) * (1.0 - 2.0 / k) + 1.0 / (k * alpha)
+
+
+class TopicModule(nn.Module):
+    def __init__(self, cfg: TopicConfig):
+        super().__init__()
+        self.cfg = cfg
+        cats = (cfg.n_batches,) if cfg.n_batches > 1 and cfg.encode_batch else ()
+        self.encoder = GaussianEncoder(cfg.n_genes, cfg.n_topics, cfg.n_hidden, cfg.n_layers, cats,
+                                       cfg.dropout_rate, "batch")
+        # topic-gene logits (the experts); small init so that early topics are near-uniform
+        self.topic_gene = nn.Parameter(torch.randn(cfg.n_topics, cfg.n_genes) * 0.02)
+        self.background = nn.Parameter(torch.zeros(cfg.n_genes))
+        n_bg = cfg.n_batches if cfg.batch_background and cfg.n_batches > 1 else 0
+        self.batch_background = nn.Parameter(torch.zeros(n_bg, cfg.n_genes))
+        _, var = logistic_normal_prior(cfg.topic_prior, cfg.n_topics)
+        self.register_buffer("prior_log_var", torch.tensor(math.log(var)), persistent=False)
+
+    @torch.no_grad()
+    def init_background(self, data: CellData) -> None:
+        """Start the background at the log of the pooled gene frequencies: the topics then
+        only learn deviations from it from the first step on."""
+        freq = np.asarray(data.X.sum(0)).ravel() + 1.0
+        self.background.copy_(torch.from_numpy(np.log(freq / freq.sum())).float())
+
+    def _cats(self, batch):
+        return (batch,) if self.cfg.n_batches > 1 and self.cfg.encode_batch else ()
+
+    def inference(self, x: torch.Tensor, batch: torch.Tensor):
+        return self.encoder(x, self._cats(batch))
+
+    def generative(self, theta: torch.Tensor, batch: torch.Tensor) -> torch.Tensor:
+        """(n, k) topic proportions -> (n, g) log gene probabilities."""
+        logits = theta.float() @ self.topic_gene + self.background
+        if self.batch_background.shape[0]:
+            logits = logits + self.batch_background[batch]
+        return F.log_softmax(logits, dim=-1)
+
+    def loss(self, mb: Minibatch, kl_weight: float = 1.0) -> torch.Tensor:
+        mean, log_var = (t.float() for t in self.inference(mb.x, mb.batch))
+        z = mean + torch.randn_like(mean) * (0.5 * log_var).exp() if self.training else mean
+        log_p = self.generative(F.softmax(z, dim=-1), mb.batch)
+        reconstruction = -cell_log_prob("poisson", mb, {"log_mu": log_p + mb.log_library})
+        plv = self.prior_log_var
+        kl = 0.5 * ((log_var - plv).exp() + mean**2 / plv.exp() - 1.0 - log_var + plv).sum(-1)
+        loss = (reconstruction + kl_weight * kl).mean()
+        if self.training and self.cfg.mmd_weight > 0 and self.cfg.n_batches > 1:
+            loss = loss + self.cfg.mmd_weight * kl_weight * batch_mmd(z, mb.batch) * mb.x.shape[1]
+        return loss
+
+
+def cell_count_log_likelihood(X: sp.csr_matrix, log_p: np.ndarray) -> np.ndarray:
+    """Per cell, sum over genes of x_cg log p_cg ``(n,)``: the multinomial log-likelihood
+    without its combinatorial constant, which is the same for every model of the same counts."""
+    X = X.tocsr()
+    rows = np.repeat(np.arange(X.shape[0]), np.diff(X.indptr))
+    terms = X.data.astype(np.float64) * np.asarray(log_p, dtype=np.float64)[rows, X.indices]
+    return np.bincount(rows, weights=terms, minlength=X.shape[0])
+
+
+def perplexity_from_probs(X: sp.csr_matrix, probs: np.ndarray) -> float:
+    """exp(- sum x log p / sum x): per-count perplexity of counts ``X`` (n, g) under each
+    cell's predicted gene distribution ``probs`` (n, g; rows sum to 1). Lower is better.
+    The benchmark applies this same function to every tool's predictions."""
+    log_p = np.log(np.maximum(np.asarray(probs, dtype=np.float64), 1e-300))
+    return float(math.exp(-cell_count_log_likelihood(X, log_p).sum() / max(float(X.sum()), 1.0)))
+
+
+class LDA(BaseModel):
+    """A trained topic model (see :func:`scgen_ae.tl.lda`). ``method="classic"`` fits give
+    a :class:`~scgen_ae.models.lda_vb.ClassicLDA`, a subclass with the same methods."""
+
+    module_class = TopicModule
+    config_class = TopicConfig
+
+    @property
+    def n_topics(self) -> int:
+        return int(self.config.n_topics)
+
+    def topic_gene_matrix(self) -> np.ndarray:
+        """(n_genes, n_topics): each topic's expert, softmax over genes of its logits.
+        Columns are non-negative and sum to 1; genes rank by enrichment over the background."""
+        return F.softmax(self.module.topic_gene.detach().float(), dim=-1).T.cpu().numpy()
+
+    @torch.no_grad()
+    def _proportions(self, data: CellData, batch_size: int = 1024) -> np.ndarray:
+        """(n_cells, n_topics) softmax of the posterior mean of z."""
+        self.module.eval()
+        out = [F.softmax(self.module.inference(mb.x.to(self.device), mb.batch.to(self.device))[0].float(), -1).cpu()
+               for mb in data.iterate(np.arange(data.n_cells), batch_size, drop_last_if_tiny=False)]
+        return torch.cat(out).numpy()
+
+    @torch.no_grad()
+    def _log_probs(self, theta: torch.Tensor, batch: torch.Tensor) -> torch.Tensor:
+        """(n, n_topics) proportions and (n,) batch codes -> (n, n_genes) log p(gene | cell)."""
+        return self.module.generative(theta.to(self.device), batch.to(self.device)).cpu()
+
+    def _chunks(self, data: CellData, proportions: np.ndarray, chunk: int = 1024):
+        """(rows, log p) over chunks of cells: (n, genes) is never formed for all cells at once."""
+        for s in range(0, data.n_cells, chunk):
+            rows = np.arange(s, min(s + chunk, data.n_cells))
+            theta = torch.from_numpy(np.ascontiguousarray(proportions[rows], dtype=np.float32))
+            yield rows, self._log_probs(theta, torch.from_numpy(data.batch[rows])).numpy()
+
+    def _cell_log_lik(self, data: CellData, proportions: np.ndarray) -> np.ndarray:
+        """Per cell, sum_g x log p(gene | cell) ``(n,)``."""
+        out = np.zeros(data.n_cells)
+        for rows, log_p in self._chunks(data, proportions):
+            out[rows] = cell_count_log_likelihood(data.X[rows], log_p)
+        return out
+
+    def transform(self, adata: AnnData, *, layer="model", batch_key="model", pad_missing: bool = False) -> np.ndarray:
+        """Topic proportions ``(n_cells, n_topics)`` of the cells in ``adata`` (rows sum to 1).
+
+        ``layer`` / ``batch_key`` default to those used in training.
+        """
+        return self._proportions(self._cell_data(adata, layer, batch_key, pad_missing))
+
+    def predictive(self, adata: AnnData, *, layer="model", batch_key="model", pad_missing: bool = False) -> np.ndarray:
+        """Each cell's predicted gene distribution ``(n_cells, n_genes)``, rows summing to 1,
+        from its inferred topic proportions (and, with batches, its batch's background)."""
+        data = self._cell_data(adata, layer, batch_key, pad_missing)
+        return np.exp(np.concatenate([lp for _, lp in self._chunks(data, self._proportions(data))]))
+
+    def perplexity(self, adata: AnnData, *, layer="model", batch_key="model", pad_missing: bool = False) -> float:
+        """Per-count perplexity of ``adata``'s counts: exp(- sum x log p / sum x) with p from
+        :meth:`predictive` (topic proportions inferred from each cell's own counts)."""
+        data = self._cell_data(adata, layer, batch_key, pad_missing)
+        ll = self._cell_log_lik(data, self._proportions(data))
+        return float(math.exp(-ll.sum() / max(float(data.X.sum()), 1.0)))

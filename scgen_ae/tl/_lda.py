@@ -1,0 +1,174 @@
+from __future__ import annotations
+
+import dataclasses
+import warnings
+
+import numpy as np
+from anndata import AnnData
+
+from .. import _validate as v
+from ..data import CellData, train_validation_split
+from ..models.lda_vb import ClassicLDA, VBLDAConfig, VBLDAModule, fit_vb
+from ..models.topic import LDA, TopicConfig, TopicModule
+from ..train import fit, seeded_threads
+from ._common import params_record, split_kwargs, training_data, write_results
+
+METHODS = ("prodlda", "classic")
+# ProdLDA trains well with larger steps and minibatches than the VAE (fewer, cheaper epochs)
+PRODLDA_TRAIN_DEFAULTS = dict(max_epochs=100, batch_size=256, lr=1e-2, patience=15)
+
+
+def _classic_options(rest: dict, batch_key: str | None) -> dict:
+    if batch_key is not None:
+        raise v.InputError(
+            f"method='classic' is the textbook LDA without batch covariates, but batch_key={batch_key!r} was "
+            "given. Use method='prodlda' (the default) for batch-corrected topics, or pass batch_key=None."
+        )
+    known = {f.name for f in dataclasses.fields(VBLDAConfig)} - {"n_genes", "n_batches", "n_topics", "likelihood"}
+    unknown = sorted(set(rest) - known)
+    if unknown:
+        raise TypeError(f"lda(method='classic') got unexpected keyword arguments {unknown}.")
+    return rest
+
+
+def _subset(data: CellData, idx: np.ndarray) -> CellData:
+    return CellData(data.X[idx], data.batch[idx], data.library[idx])
+
+
+def _fit_classic(config, data, cats, adata, layer, train_cfg, train_idx, val_idx):
+    """Batch VB on the training cells; proportions of every cell: the held-out ones from a
+    full E-step, the training ones continued from their fitted gamma (nearly converged)."""
+    module = VBLDAModule(config)
+    history, gamma = fit_vb(module, _subset(data, train_idx), train_cfg.seed, train_cfg.progress)
+    model = ClassicLDA(config, adata.var_names, None, cats, layer, history.as_dict(), module)
+    proportions = np.zeros((data.n_cells, config.n_topics), dtype=np.float32)
+    proportions[train_idx] = model._proportions(_subset(data, train_idx), init=gamma,
+                                                max_iter=config.fit_doc_update_iter)
+    if len(val_idx):
+        proportions[val_idx] = model._proportions(_subset(data, val_idx))
+    return model, proportions
+
+
+def lda(
+    adata: AnnData,
+    *,
+    n_topics: int = 20,
+    method: str = "prodlda",
+    batch_key: str | None = None,
+    layer: str | None = None,
+    n_hidden: int = 128,
+    topic_prior: float = 1.0,
+    encode_batch: bool = True,
+    batch_background: bool = True,
+    mmd_weight: float = 1.0,
+    key_added: str = "X_lda",
+    varm_key: str = "lda_topics",
+    uns_key: str = "lda",
+    copy: bool = False,
+    **kwargs,
+) -> LDA | tuple[AnnData, LDA]:
+    """Fit a topic model on counts and store topic proportions and topic-gene distributions.
+
+    ``method="prodlda"`` (default): an amortised neural topic model (ProdLDA: logistic-normal
+    prior, product-of-experts decoder, multinomial counts) trained through the shared
+    training loop. With ``batch_key`` the decoder adds a per-batch gene background (as
+    scETM), the encoder sees the batch, and an MMD penalty pulls the batches' latent
+    distributions together, so the topic proportions are batch corrected.
+    ``method="classic"``: textbook LDA fitted by batch variational Bayes (sklearn's
+    ``LatentDirichletAllocation(learning_method="batch")``), without batch covariates.
+
+    Parameters
+    ----------
+    adata
+        Cells x genes; raw counts in ``X`` or ``layers[layer]`` (sparse or dense).
+    n_topics
+        Number of topics k.
+    method
+        "prodlda" or "classic".
+    batch_key
+        ``obs`` column with the batch of each cell (prodlda only); None: no batch correction.
+    layer
+        Layer with the counts; None uses ``X``.
+    n_hidden, topic_prior, encode_batch, batch_background, mmd_weight
+        prodlda only: encoder width; Dirichlet concentration approximated by the
+        logistic-normal prior; where batch enters (see :class:`~scgen_ae.models.topic.TopicConfig`).
+    key_added, varm_key, uns_key
+        Keys of the proportions in ``obsm``, the topic-gene matrix in ``varm`` and the
+        record in ``uns``.
+    copy
+        Work on a copy and return ``(adata_copy, model)``.
+    **kwargs
+        prodlda: options of :class:`scgen_ae.train.TrainConfig`; here the defaults are
+        ``max_epochs=100``, ``batch_size=256``, ``lr=1e-2``, ``patience=15`` (others as for
+        ``tl.vae``: ``seed``, ``n_threads``, ``device``, ``validation_fraction`` ...).
+        classic: ``max_iter`` (10 EM iterations), ``max_doc_update_iter`` (100),
+        ``mean_change_tol`` (1e-3), ``doc_topic_prior`` / ``topic_word_prior`` (1 / k),
+        plus ``seed``, ``n_threads``, ``validation_fraction`` (0.1), ``progress``.
+
+    Returns
+    -------
+    The trained :class:`~scgen_ae.models.LDA` (a ``ClassicLDA`` for ``method="classic"``),
+    or ``(adata, model)`` with ``copy=True``. Errors leave ``adata`` unchanged.
+    Sets
+
+    - ``adata.obsm[key_added]``: (n_cells, n_topics) topic proportions, rows sum to 1
+      (classic: the training cells' come from the fit's warm-started variational
+      parameters; ``model.transform`` runs a cold E-step, capped at ``max_doc_update_iter``
+      sweeps as sklearn's, and agrees with them to about 1e-2).
+    - ``adata.varm[varm_key]``: (n_genes, n_topics) topic-gene distributions, non-negative,
+      each column sums to 1 (prodlda: softmax of the topic's decoder logits, i.e. its
+      enrichment over the background; classic: E[beta]).
+    - ``adata.uns[uns_key]``: ``params``; ``history`` (per-epoch / per-iteration
+      ``train_loss``: mean negative log-likelihood or ELBO per cell); ``perplexity`` and
+      ``train_perplexity``: per-count perplexity exp(- sum x log p / sum x) on the held-out
+      validation cells and on the training cells; ``key_added``; ``varm_key``.
+    """
+    if method not in METHODS:
+        raise ValueError(f"method={method!r}; choose one of {METHODS}.")
+    if method == "classic":
+        train = {k: kwargs.pop(k) for k in ("seed", "n_threads", "validation_fraction", "progress") if k in kwargs}
+        train_cfg, _ = split_kwargs({"progress": False, **train})
+        rest = _classic_options(kwargs, batch_key)
+    else:
+        train_cfg, rest = split_kwargs({**PRODLDA_TRAIN_DEFAULTS, **kwargs})
+        if rest:
+            raise TypeError(f"lda() got unexpected keyword arguments {sorted(rest)}.")
+    data, cats = training_data(adata, layer, batch_key, "poisson")
+    with seeded_threads(train_cfg.seed, train_cfg.n_threads):
+        # the same split train.fit draws: the held-out perplexity is on cells never trained on
+        train_idx, val_idx = train_validation_split(data.n_cells, train_cfg.validation_fraction,
+                                                    np.random.default_rng(train_cfg.seed))
+        if method == "classic":
+            config = VBLDAConfig(n_genes=adata.n_vars, n_topics=n_topics, **rest)
+            model, proportions = _fit_classic(config, data, cats, adata, layer, train_cfg, train_idx, val_idx)
+        else:
+            config = TopicConfig(n_genes=adata.n_vars, n_batches=len(cats), n_topics=n_topics, n_hidden=n_hidden,
+                                 topic_prior=topic_prior, encode_batch=encode_batch,
+                                 batch_background=batch_background, mmd_weight=mmd_weight)
+            module = TopicModule(config)
+            module.init_background(data)
+            history = fit(module, data, train_cfg, "poisson")
+            model = LDA(config, adata.var_names, batch_key, cats, layer, history.as_dict(), module)
+            if history.interrupted:
+                warnings.warn(
+                    "Training was interrupted (Ctrl-C): adata was left unchanged. The returned model holds the "
+                    "best weights so far; use model.transform(adata) or model.save(path), or train again.",
+                    stacklevel=2,
+                )
+                return model
+            proportions = model._proportions(data)
+        log_lik = model._cell_log_lik(data, proportions)
+    counts = np.asarray(data.X.sum(1)).ravel()
+
+    def perplexity(idx):
+        return float(np.exp(-log_lik[idx].sum() / max(counts[idx].sum(), 1.0))) if len(idx) else float("nan")
+
+    target = adata.copy() if copy else adata
+    params = params_record(method=method, batch_key=batch_key, layer=layer, **dataclasses.asdict(config),
+                           **dataclasses.asdict(train_cfg))
+    uns = {"params": params, "history": model.history, "perplexity": perplexity(val_idx),
+           "train_perplexity": perplexity(train_idx),
+           "key_added": key_added, "varm_key": varm_key}
+    write_results(target, obsm={key_added: proportions}, varm={varm_key: model.topic_gene_matrix()},
+                  uns={uns_key: uns})
+    return (target, model) if copy else model

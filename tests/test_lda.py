@@ -1,0 +1,235 @@
+"""tl.lda (ProdLDA with batch background, and classic VB LDA), the LDA model objects,
+pl.topics and the CLI's --model lda, on the shared real data."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import scanpy as sc
+
+import scgen_ae as sa
+from scgen_ae.data import to_csr32, train_validation_split
+from scgen_ae.models.topic import perplexity_from_probs
+
+from .conftest import FAST
+
+PROD = dict(n_topics=6, max_epochs=40, seed=0, **FAST)
+TINY = dict(n_topics=3, n_hidden=16, max_epochs=3, **FAST)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Transforms run outside training's thread cap: keep them on one thread, as CI's budget assumes."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="session")
+def lda_batch(cellbench_hvg):
+    """(annotated copy of cellbench_hvg, batch-aware ProdLDA). Do not modify."""
+    return sa.tl.lda(cellbench_hvg, batch_key="batch", copy=True, **PROD)
+
+
+@pytest.fixture(scope="session")
+def lda_plain(cellbench_hvg):
+    """The same ProdLDA without batch_key."""
+    return sa.tl.lda(cellbench_hvg, copy=True, **PROD)
+
+
+@pytest.fixture(scope="session")
+def lda_classic(cellbench_hvg):
+    """Classic VB LDA, 6 topics, 10 EM iterations."""
+    return sa.tl.lda(cellbench_hvg, n_topics=6, method="classic", copy=True, **FAST)
+
+
+def _held_out(adata, seed=0):
+    return train_validation_split(adata.n_obs, 0.1, np.random.default_rng(seed))
+
+
+# ---------------------------------------------------------------- outputs
+
+@pytest.mark.parametrize("fixture", ["lda_batch", "lda_classic"])
+def test_outputs_non_negative_and_normalised(fixture, request, cellbench_hvg):
+    adata, model = request.getfixturevalue(fixture)
+    theta = adata.obsm["X_lda"]
+    assert theta.shape == (adata.n_obs, 6)
+    assert (theta >= 0).all()
+    np.testing.assert_allclose(theta.sum(1), 1.0, atol=1e-4)
+    topics = adata.varm["lda_topics"]
+    assert topics.shape == (adata.n_vars, 6)
+    assert (topics >= 0).all()
+    np.testing.assert_allclose(topics.sum(0), 1.0, atol=1e-4)
+    uns = adata.uns["lda"]
+    assert uns["key_added"] == "X_lda" and uns["varm_key"] == "lda_topics"
+    assert uns["params"]["n_topics"] == 6
+    assert uns["params"]["method"] == ("classic" if fixture == "lda_classic" else "prodlda")
+    assert 1.0 < uns["train_perplexity"] < adata.n_vars and 1.0 < uns["perplexity"] < adata.n_vars
+    assert isinstance(model, sa.LDA)
+    assert "X_lda" not in cellbench_hvg.obsm and "lda" not in cellbench_hvg.uns  # copy=True
+
+
+@pytest.mark.parametrize("fixture", ["lda_batch", "lda_classic"])
+def test_reconstruction_loss_decreases(fixture, request):
+    adata, _ = request.getfixturevalue(fixture)
+    loss = np.asarray(adata.uns["lda"]["history"]["train_loss"])
+    assert np.isfinite(loss).all()
+    assert loss[-1] < loss[0]
+    if fixture == "lda_classic":  # batch VB: the per-cell negative log-likelihood falls at every iteration here
+        assert (np.diff(loss) < 0).mean() >= 0.8
+
+
+def test_reported_perplexity_is_held_out_and_reproducible(lda_batch, lda_classic):
+    for adata, model in (lda_batch, lda_classic):
+        _, val = _held_out(adata)
+        cells = adata[val]
+        direct = perplexity_from_probs(to_csr32(cells.X), model.predictive(cells))
+        assert direct == pytest.approx(adata.uns["lda"]["perplexity"], rel=1e-4)
+        assert model.perplexity(cells) == pytest.approx(direct, rel=1e-6)
+
+
+def test_classic_perplexity_at_least_as_good_as_sklearn(lda_classic):
+    """Same model, same priors, same 10 batch-VB iterations, same held-out cells."""
+    from sklearn.decomposition import LatentDirichletAllocation
+
+    adata, _ = lda_classic
+    train, val = _held_out(adata)
+    X = to_csr32(adata.X)
+    ref = LatentDirichletAllocation(6, learning_method="batch", max_iter=10, random_state=0).fit(X[train])
+    probs = ref.transform(X[val]) @ (ref.components_ / ref.components_.sum(1, keepdims=True))
+    assert adata.uns["lda"]["perplexity"] <= 1.01 * perplexity_from_probs(X[val], probs)
+
+
+# ---------------------------------------------------------------- science
+
+def test_batch_aware_mixes_better_and_keeps_cell_lines(lda_batch, lda_plain):
+    with_batch, _ = lda_batch
+    plain, _ = lda_plain
+    mixed = sa.metrics.batch_entropy(with_batch.obsm["X_lda"], with_batch.obs["batch"])
+    apart = sa.metrics.batch_entropy(plain.obsm["X_lda"], plain.obs["batch"])
+    assert mixed > apart + 0.1, (mixed, apart)
+    assert sa.metrics.clustering_ari(with_batch.obsm["X_lda"], with_batch.obs["cell_type"]) >= 0.9
+
+
+# ---------------------------------------------------------------- reproducibility, new cells, files
+
+@pytest.mark.parametrize("method", ["prodlda", "classic"])
+def test_seeds_reproduce(method, cellbench_3protocols):
+    kw = dict(TINY, batch_key="batch") if method == "prodlda" else dict(n_topics=3, method=method, max_iter=2, **FAST)
+    a = sa.tl.lda(cellbench_3protocols, copy=True, seed=3, **kw)[0].obsm["X_lda"]
+    b = sa.tl.lda(cellbench_3protocols, copy=True, seed=3, **kw)[0].obsm["X_lda"]
+    c = sa.tl.lda(cellbench_3protocols, copy=True, seed=4, **kw)[0].obsm["X_lda"]
+    assert np.array_equal(a, b)
+    assert not np.allclose(a, c, atol=1e-3)
+
+
+@pytest.mark.parametrize("fixture", ["lda_batch", "lda_classic"])
+def test_transform_new_cells_reordered_genes_and_files(fixture, request, tmp_path):
+    adata, model = request.getfixturevalue(fixture)
+    theta = model.transform(adata)
+    if fixture == "lda_classic":
+        # held-out cells: the same cold E-step; training cells were warm-started from the fit
+        _, val = _held_out(adata)
+        np.testing.assert_allclose(theta[val], adata.obsm["X_lda"][val], atol=1e-4)
+        assert np.abs(theta - adata.obsm["X_lda"]).mean() < 0.01
+        assert (theta.argmax(1) == adata.obsm["X_lda"].argmax(1)).mean() > 0.95
+    else:
+        np.testing.assert_allclose(theta, adata.obsm["X_lda"], atol=1e-5)
+    # new cells with shuffled, extra genes: matched by name
+    sub = adata[:40].copy()
+    perm = np.random.default_rng(0).permutation(sub.n_vars)
+    shuffled = sub[:, perm].copy()
+    np.testing.assert_allclose(model.transform(shuffled), theta[:40], atol=1e-5)
+    path = model.save(tmp_path / "lda.npz")
+    loaded = sa.LDA.load(path, adata=adata)
+    assert type(loaded) is type(model)
+    np.testing.assert_allclose(loaded.transform(sub), theta[:40], atol=1e-5)
+    np.testing.assert_allclose(loaded.topic_gene_matrix(), adata.varm["lda_topics"], atol=1e-6)
+    with pytest.raises(sa.ModelFileError, match="not a VAE"):
+        sa.VAE.load(path)
+
+
+# ---------------------------------------------------------------- errors leave adata unchanged
+
+def test_classic_with_batch_key_refused(cellbench_3protocols, snapshot):
+    adata = cellbench_3protocols.copy()
+    snap = snapshot(adata)
+    with pytest.raises(sa.InputError, match="method='classic' is the textbook LDA without batch"):
+        sa.tl.lda(adata, method="classic", batch_key="batch", **FAST)
+    snap.assert_unchanged(adata)
+
+
+def test_bad_arguments_refused(cellbench_3protocols, snapshot):
+    adata = cellbench_3protocols.copy()
+    snap = snapshot(adata)
+    with pytest.raises(ValueError, match="method='nmf'"):
+        sa.tl.lda(adata, method="nmf")
+    with pytest.raises(TypeError, match="max_epoch"):
+        sa.tl.lda(adata, max_epoch=3, **FAST)
+    with pytest.raises(TypeError, match="max_epochs"):  # an EM method has no epochs
+        sa.tl.lda(adata, method="classic", max_epochs=3, **FAST)
+    with pytest.raises(ValueError, match="n_topics must be at least 2"):
+        sa.tl.lda(adata, n_topics=1, **FAST)
+    snap.assert_unchanged(adata)
+
+
+def test_log_normalised_input_refused(cellbench_3protocols, snapshot):
+    adata = cellbench_3protocols.copy()
+    sc.pp.normalize_total(adata, target_sum=1e4)
+    sc.pp.log1p(adata)
+    snap = snapshot(adata)
+    for method in ("prodlda", "classic"):
+        with pytest.raises(sa.InputError, match="non-integer values"):
+            sa.tl.lda(adata, method=method, **FAST)
+    snap.assert_unchanged(adata)
+
+
+def test_unseen_batch_refused_on_transform(lda_batch):
+    adata, model = lda_batch
+    new = adata[:20].copy()
+    new.obs["batch"] = pd.Categorical(["other-protocol"] * 20)
+    with pytest.raises(sa.InputError, match="not trained on"):
+        model.transform(new)
+
+
+# ---------------------------------------------------------------- plots
+
+def test_pl_topics_reads_loadings_of_lda_and_nmf_alike(lda_classic):
+    adata, _ = lda_classic
+    fig = sa.pl.topics(adata, key="lda", n_genes=5)
+    assert sum(ax.has_data() for ax in fig.axes) == 6
+    table = sa.pl.top_genes(adata, key="lda", n_genes=5)
+    loadings = adata.varm["lda_topics"]
+    for j in range(6):
+        assert table[f"topic {j}"][0] == adata.var_names[int(np.argmax(loadings[:, j]))]
+    # tl.nmf's layout: varm["nmf_loadings"] named by uns["nmf"]["varm_key"]
+    nmf_like = adata.copy()
+    nmf_like.varm["nmf_loadings"] = np.asarray(loadings[:, :3])
+    nmf_like.uns["nmf"] = {"varm_key": "nmf_loadings", "key_added": "X_nmf"}
+    fig = sa.pl.topics(nmf_like, key="nmf", n_genes=4, topics=[0, 2])
+    assert sum(ax.has_data() for ax in fig.axes) == 2
+    with pytest.raises(KeyError, match="holds no 'varm_key'"):
+        sa.pl.topics(adata, key="vae")
+    with pytest.raises(ValueError, match="choose among 0..5"):
+        sa.pl.topics(adata, key="lda", topics=[6])
+
+
+# ---------------------------------------------------------------- CLI
+
+def test_cli_integrate_with_lda(tmp_path, capsys):
+    import anndata as ad
+
+    from scgen_ae.cli import main
+
+    src = sa.datasets.find("cellbench_3cl_3protocols_800genes")
+    out = tmp_path / "out.h5ad"
+    rc = main(["integrate", str(src), "--batch-key", "batch", "--label-key", "cell_type", "--model", "lda",
+               "--n-latent", "5", "--max-epochs", "5", "--threads", "1", "--quiet", "-o", str(out)])
+    assert rc == 0
+    assert "training tl.lda" in capsys.readouterr().out
+    result = ad.read_h5ad(out)
+    assert result.obsm["X_lda"].shape == (result.n_obs, 5)
+    assert result.varm["lda_topics"].shape == (result.n_vars, 5)
