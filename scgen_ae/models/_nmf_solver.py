@@ -1,0 +1,330 @@
+"""Solvers for (integrative) NMF on sparse CSR chunks of cells, in plain torch (CPU or CUDA).
+
+Notation: cells x genes data ``X_b`` of batch ``b`` (one block when there are no
+batches), cell factors ``W_b`` (cells x k), shared gene loadings ``H`` (k x genes) and,
+for integrative NMF (LIGER's iNMF), batch-specific loadings ``V_b`` (k x genes)::
+
+    sum_b 1/2 ||X_b - W_b (H + V_b)||^2 + lam/2 ||W_b V_b||^2        (Frobenius)
+    generalised KL(X || W H)                                       (KL / Poisson, plain NMF)
+
+Frobenius uses HALS (block-coordinate descent on columns / rows, several cheap sweeps per
+sparse product, as Gillis & Glineur's accelerated HALS) or multiplicative updates; KL
+uses multiplicative updates (Lee & Seung). The gene-side updates only need the
+sufficient statistics ``A_b = W_b^T W_b`` (k x k) and ``B_b = W_b^T X_b`` (k x genes),
+kept up to date chunk by chunk; so after every chunk of cells H and V can be updated
+(online NMF, Mairal et al. 2010), and the dense working set is O(chunk x k + k x genes),
+independent of the number of cells. X is never densified.
+"""
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+_EPS = 1e-10
+
+
+def _csr(X: sp.csr_matrix, device: torch.device) -> torch.Tensor:
+    with warnings.catch_warnings():  # "sparse CSR support is in beta"
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.sparse_csr_tensor(torch.from_numpy(X.indptr.astype(np.int32)),
+                                       torch.from_numpy(X.indices.astype(np.int32)),
+                                       torch.from_numpy(np.ascontiguousarray(X.data, dtype=np.float32)),
+                                       X.shape, device=device)
+
+
+@dataclass
+class Chunk:
+    """Rows ``start:stop`` of block ``block``: X and X^T as torch CSR, and the row of each non-zero."""
+
+    block: int
+    start: int
+    stop: int
+    X: torch.Tensor
+    XT: torch.Tensor
+    rows: torch.Tensor
+    t_perm: torch.Tensor  # X^T's values are X's values[t_perm]
+    sq_norm: float
+
+    @classmethod
+    def of(cls, X: sp.csr_matrix, block: int, start: int, stop: int, device) -> "Chunk":
+        sub = X[start:stop]
+        rows = np.repeat(np.arange(sub.shape[0]), np.diff(sub.indptr))
+        order = sp.csr_matrix((np.arange(1, sub.nnz + 1, dtype=np.float64), sub.indices, sub.indptr), sub.shape)
+        t_perm = order.T.tocsr().data.astype(np.int64) - 1
+        return cls(block, start, stop, _csr(sub, device), _csr(sub.T.tocsr(), device),
+                   torch.from_numpy(rows).to(device), torch.from_numpy(t_perm).to(device),
+                   float(np.square(sub.data, dtype=np.float64).sum()))
+
+    def mm(self, D: torch.Tensor) -> torch.Tensor:
+        """X_c @ D for dense D (genes x k)."""
+        return self.X @ D.contiguous()
+
+    def tmm(self, D: torch.Tensor) -> torch.Tensor:
+        """X_c^T @ D for dense D (cells x k)."""
+        return self.XT @ D.contiguous()
+
+    def at_nonzeros(self, W: torch.Tensor, H: torch.Tensor) -> torch.Tensor:
+        """(W H) at the non-zeros of X_c, without forming W H."""
+        return (W[self.rows] * H.T[self.X.col_indices()]).sum(1)
+
+    def mm_values(self, values: torch.Tensor, D: torch.Tensor) -> torch.Tensor:
+        """S @ D, S with X_c's pattern and ``values`` (in X_c's order)."""
+        return _same_pattern(self.X, values) @ D.contiguous()
+
+    def tmm_values(self, values: torch.Tensor, D: torch.Tensor) -> torch.Tensor:
+        """S^T @ D, S with X_c's pattern and ``values`` (in X_c's order)."""
+        return _same_pattern(self.XT, values[self.t_perm]) @ D.contiguous()
+
+
+def _same_pattern(M: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.sparse_csr_tensor(M.crow_indices(), M.col_indices(), values, M.shape)
+
+
+def make_chunks(blocks: list[sp.csr_matrix], chunk_size: int | None, device) -> list[Chunk]:
+    out = []
+    for b, X in enumerate(blocks):
+        step = X.shape[0] if not chunk_size else int(chunk_size)
+        for s in range(0, X.shape[0], step):
+            out.append(Chunk.of(X, b, s, min(s + step, X.shape[0]), device))
+    return out
+
+
+# ---------------------------------------------------------------- HALS / MU kernels
+
+def hals_columns(W: torch.Tensor, R: torch.Tensor, G: torch.Tensor, sweeps: int) -> torch.Tensor:
+    """``sweeps`` HALS passes for min_{W>=0} 1/2 ||X - W M||^2 given R = X M^T, G = M M^T.
+
+    Works on W^T, so that each factor is a contiguous row (column writes are strided)."""
+    return hals_rows(W.T.contiguous(), R.T.contiguous(), G, sweeps).T
+
+
+def hals_rows(H: torch.Tensor, B: torch.Tensor, A: torch.Tensor, sweeps: int) -> torch.Tensor:
+    """HALS for min_{H>=0} over rows of H, given B = W^T X and A = W^T W (the transposed problem)."""
+    diag = A.diagonal()
+    # a component whose other factor vanished has no curvature: leave it alone, not divide by ~0
+    live = (diag > 1e-12 * diag.max().clamp_min(_EPS)).tolist()
+    for _ in range(sweeps):
+        for j in (j for j in range(H.shape[0]) if live[j]):
+            step = (B[j] - A[j] @ H).div_(diag[j]).add_(H[j])
+            H[j] = step.clamp_min_(0.0)
+    return H
+
+
+def _mu(M: torch.Tensor, numer: torch.Tensor, denom: torch.Tensor) -> torch.Tensor:
+    return M.mul_(numer.clamp_min(0.0) / denom.clamp_min(_EPS))
+
+
+# ---------------------------------------------------------------- initialisation
+
+def randomized_svd(chunks: list[Chunk], shape: tuple[int, int], k: int, gen: torch.Generator, device,
+                   n_iter: int = 2, oversample: int = 10):
+    """Top-k SVD of the row-stacked chunks by randomized range finding (Halko et al.)."""
+    n, g = shape
+    q = min(k + oversample, n, g)
+
+    def X_mm(D):  # X @ D, (n, q)
+        return torch.cat([c.mm(D) for c in chunks])
+
+    def XT_mm(D):  # X^T @ D, (g, q)
+        out, pos = torch.zeros(g, D.shape[1], device=device), 0
+        for c in chunks:
+            out += c.tmm(D[pos:pos + c.stop - c.start])
+            pos += c.stop - c.start
+        return out
+
+    Y = X_mm(torch.randn(g, q, generator=gen).to(device))
+    for _ in range(n_iter):
+        Q, _ = torch.linalg.qr(Y)
+        Y = X_mm(torch.linalg.qr(XT_mm(Q))[0])
+    Q, _ = torch.linalg.qr(Y)
+    U, S, Vt = torch.linalg.svd(XT_mm(Q).T, full_matrices=False)
+    return (Q @ U)[:, :k], S[:k], Vt[:k]
+
+
+def nndsvd(U, S, Vt, fill: float | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Boutsidis & Gallopoulos' NNDSVD from an SVD; zeros are filled with ``fill`` (nndsvda) if given."""
+    W = torch.zeros(U.shape[0], len(S), device=U.device)
+    H = torch.zeros(len(S), Vt.shape[1], device=U.device)
+    for j in range(len(S)):
+        u, v = U[:, j], Vt[j]
+        if j == 0:  # the leading singular vectors of a non-negative matrix share one sign
+            u, v = u.abs(), v.abs()
+        else:
+            up, un, vp, vn = u.clamp_min(0), (-u).clamp_min(0), v.clamp_min(0), (-v).clamp_min(0)
+            pos = up.norm() * vp.norm()
+            neg = un.norm() * vn.norm()
+            u, v = (up, vp) if pos >= neg else (un, vn)
+            scale = max(float(pos), float(neg))
+            u, v = u / u.norm().clamp_min(_EPS) * math.sqrt(scale), v / v.norm().clamp_min(_EPS) * math.sqrt(scale)
+        s = math.sqrt(float(S[j]))
+        W[:, j], H[j] = s * u, s * v
+    if fill is not None:
+        W[W == 0] = fill
+        H[H == 0] = fill
+    return W, H
+
+
+# ---------------------------------------------------------------- fitting
+
+@dataclass
+class Fit:
+    W: list[torch.Tensor]  # per block, (n_b, k)
+    H: torch.Tensor  # (k, genes)
+    V: torch.Tensor  # (n_blocks, k, genes); zeros for plain NMF
+    loss: list = field(default_factory=list)  # objective per cell, one value per pass over the cells
+    seconds: list = field(default_factory=list)  # cumulative wall time at the end of each pass
+    converged: bool = False
+
+
+def fit(blocks: list[sp.csr_matrix], k: int, *, loss: str = "frobenius", solver: str = "hals",
+        init: str = "nndsvda", max_iter: int = 200, tol: float = 1e-4, lam: float = 0.0,
+        integrative: bool = False, chunk_size: int | None = None, sweeps: int = 3, extrapolate: bool = True,
+        seed: int = 0, device: torch.device | str = "cpu") -> Fit:
+    """Fit (i)NMF to the cells of ``blocks`` (one CSR per batch); see the module docstring.
+
+    One iteration is one pass over all cells. Stops when the objective improves by less
+    than ``tol`` (relative) over one pass, or after ``max_iter`` passes.
+    """
+    device = torch.device(device)
+    start = time.perf_counter()
+    gen = torch.Generator().manual_seed(int(seed))
+    n_cells = sum(X.shape[0] for X in blocks)
+    n_genes = blocks[0].shape[1]
+    chunks = make_chunks(blocks, chunk_size, device)
+    W, H = _initial(chunks, blocks, k, init, gen, device)
+    n_blocks = len(blocks)
+    V = torch.zeros(n_blocks, k, n_genes, device=device)
+    Ws = list(torch.split(W, [X.shape[0] for X in blocks]))
+    Ws = [w.contiguous() for w in Ws]
+    out = Fit(Ws, H, V)
+    if loss == "kl":
+        _fit_kl(out, chunks, max_iter, tol, n_cells, start)
+        return out
+    # sufficient statistics per block, float64 so that chunk-wise updates do not drift
+    A = torch.zeros(n_blocks, k, k, dtype=torch.float64, device=device)
+    B = torch.zeros(n_blocks, k, n_genes, dtype=torch.float64, device=device)
+    for c in chunks:
+        w = Ws[c.block][c.start:c.stop]
+        A[c.block] += (w.T @ w).double()
+        B[c.block] += c.tmm(w).T.double()
+    gene_sweeps = sweeps if solver == "hals" else 1
+    sq_norm = sum(c.sq_norm for c in chunks)
+    beta, prev = 0.5, None  # extrapolation of the gene loadings (Ang & Gillis 2019), HALS only
+    for _ in range(max_iter):
+        for c in chunks:
+            b = c.block
+            Hb = H + V[b]
+            G = Hb @ Hb.T + (lam * V[b] @ V[b].T if integrative else 0.0)
+            R = c.mm(Hb.T)
+            old = Ws[b][c.start:c.stop]
+            new = hals_columns(old.clone(), R, G, sweeps) if solver == "hals" else _mu(old.clone(), R, old @ G)
+            A[b] += (new.T @ new - old.T @ old).double()
+            B[b] += c.tmm(new - old).T.double()
+            Ws[b][c.start:c.stop] = new
+            _update_genes(H, V, A, B, b, lam, integrative, solver, gene_sweeps)
+        _balance(Ws, H, V, A, B, prev)
+        out.loss.append(objective(A, B, H, V, lam, sq_norm) / n_cells)
+        out.seconds.append(time.perf_counter() - start)
+        if not math.isfinite(out.loss[-1]):
+            break
+        if len(out.loss) > 1 and abs(out.loss[-2] - out.loss[-1]) < tol * abs(out.loss[-2]):
+            out.converged = True
+            break
+        if extrapolate and solver == "hals":
+            # the next pass starts from H + beta (H - H_prev): grow beta while the objective
+            # falls, shrink it (and skip one step) when it rises
+            improved = len(out.loss) < 2 or out.loss[-1] < out.loss[-2]
+            beta = min(1.0, beta * 1.1) if improved else beta / 2.0
+            current = (H.clone(), V.clone())
+            if prev is not None and improved:
+                H.add_(H - prev[0], alpha=beta).clamp_min_(0.0)
+                V.add_(V - prev[1], alpha=beta).clamp_min_(0.0)
+            prev = current
+    return out
+
+
+def _balance(Ws, H, V, A, B, prev) -> None:
+    """Rescale W_j by d_j and (H_j, V_j) by 1/d_j so both have the same norm: W H is unchanged,
+    but neither factor drifts towards float32 over- or underflow."""
+    w_norm = torch.sqrt(sum((w * w).sum(0) for w in Ws))
+    h_norm = torch.sqrt((H * H).sum(1) + (V * V).sum((0, 2)))
+    ok = (w_norm > 0) & (h_norm > 0)
+    d = torch.where(ok, torch.sqrt(h_norm / w_norm.clamp_min(_EPS)), torch.ones_like(w_norm))
+    for w in Ws:
+        w.mul_(d)
+    for M in (H, V) + (tuple(prev) if prev is not None else ()):
+        M.div_(d[:, None])
+    B.mul_(d.double()[:, None])
+    for b, w in enumerate(Ws):  # exact again (cheap: cells x k^2), so chunk-wise round-off cannot pile up
+        A[b] = (w.T @ w).double()
+
+
+def objective(A, B, H, V, lam, sq_norm) -> float:
+    """sum_b 1/2 ||X_b - W_b (H + V_b)||^2 + lam/2 ||W_b V_b||^2 from the statistics (exact)."""
+    Hb = (H[None] + V).double()
+    fit = sq_norm - 2.0 * float((B * Hb).sum()) + float((A * (Hb @ Hb.transpose(1, 2))).sum())
+    Vd = V.double()
+    return 0.5 * (fit + lam * float((A * (Vd @ Vd.transpose(1, 2))).sum()))
+
+
+def _update_genes(H, V, A, B, b, lam, integrative, solver, sweeps) -> None:
+    """Shared loadings from all blocks' statistics; then block b's own loadings (iNMF)."""
+    Af, Bf = A.float(), B.float()
+    if integrative:
+        rhs = (Bf - Af @ V).sum(0)
+        gram = Af.sum(0)
+        hals_rows(H, rhs, gram, sweeps)
+        hals_rows(V[b], Bf[b] - Af[b] @ H, (1.0 + lam) * Af[b], sweeps)
+    elif solver == "hals":
+        hals_rows(H, Bf.sum(0), Af.sum(0), sweeps)
+    else:
+        _mu(H, Bf.sum(0), Af.sum(0) @ H)
+
+
+def _initial(chunks, blocks, k, init, gen, device):
+    n = sum(X.shape[0] for X in blocks)
+    g = blocks[0].shape[1]
+    total = sum(float(X.data.sum(dtype=np.float64)) for X in blocks)
+    mean = total / (n * g)
+    if init == "random":
+        scale = math.sqrt(mean / k)
+        W = (torch.randn(n, k, generator=gen).abs() * scale).to(device)
+        H = (torch.randn(k, g, generator=gen).abs() * scale).to(device)
+        return W, H
+    U, S, Vt = randomized_svd(chunks, (n, g), k, gen, device)
+    return nndsvd(U, S, Vt, fill=mean if init == "nndsvda" else None)
+
+
+def _fit_kl(out: Fit, chunks, max_iter: int, tol: float, n_cells: int, start: float) -> None:
+    """Multiplicative updates for the generalised KL divergence (plain NMF, one block)."""
+    H = out.H
+    W = out.W[0]
+    for _ in range(max_iter):
+        for c in chunks:  # W step, chunk by chunk (rows are independent given H)
+            w = W[c.start:c.stop]
+            ratio = c.X.values() / c.at_nonzeros(w, H).clamp_min(_EPS)
+            _mu(w, c.mm_values(ratio, H.T), H.sum(1)[None, :])
+        numer = torch.zeros_like(H.T)
+        kl_nz = 0.0
+        for c in chunks:  # H step with the new W, and the objective on the way
+            w = W[c.start:c.stop]
+            x, wh = c.X.values(), c.at_nonzeros(w, H).clamp_min(_EPS)
+            kl_nz += float((x * torch.log(x / wh) - x).sum())
+            numer += c.tmm_values(x / wh, w)  # (genes, k)
+        total = kl_nz + float(W.sum(0) @ H.sum(1))
+        _mu(H, numer.T, W.sum(0)[:, None])
+        out.loss.append(total / n_cells)
+        out.seconds.append(time.perf_counter() - start)
+        if not math.isfinite(out.loss[-1]):
+            break
+        if len(out.loss) > 1 and out.loss[-2] - out.loss[-1] < tol * abs(out.loss[-2]):
+            out.converged = True
+            break
