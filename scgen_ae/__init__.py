@@ -10,30 +10,13 @@ try:
 except PackageNotFoundError:  # running from a source tree without installing
     __version__ = "0.1.0.dev0"
 
-from . import datasets, metrics, models, pl, pp, tl  # noqa: E402
+from . import datasets, metrics, models, ondisk, pl, pp, tl  # noqa: E402
 from ._validate import InputError  # noqa: E402
 from .io import ModelFileError  # noqa: E402
-from .models import VAE  # noqa: E402
+from .models import DAE, LDA, VAE, ClassicLDA  # noqa: E402
+from .ondisk import read_backed  # noqa: E402
 from .train import TrainConfig, TrainingDivergedError  # noqa: E402
 
-# --- scale (issue 8): out-of-core data, checkpoints, DDP
-from . import ondisk  # noqa: E402
-from .ondisk import read_backed  # noqa: E402
-
-__all_scale__ = ["ondisk", "read_backed"]
-# --- end scale
-
-__all__ = ["pp", "tl", "pl", "datasets", "metrics", "models", "VAE", "TrainConfig",
+__all__ = ["pp", "tl", "pl", "datasets", "metrics", "models", "ondisk", "read_backed",
+           "VAE", "DAE", "LDA", "ClassicLDA", "TrainConfig",
            "InputError", "ModelFileError", "TrainingDivergedError", "__version__"]
-
-# issue 5: denoising
-from .models import DAE  # noqa: E402
-
-__all__ += ["DAE"]
-           "InputError", "ModelFileError", "TrainingDivergedError", "__version__"] + __all_scale__
-# --- topic models (issue 6, LDA half)
-from .models import LDA, ClassicLDA  # noqa: E402
-
-__all__ = ["pp", "tl", "pl", "datasets", "metrics", "models", "VAE", "TrainConfig",
-           "InputError", "ModelFileError", "TrainingDivergedError", "__version__"]
-__all__ += ["LDA", "ClassicLDA"]  # issue 6, LDA half
