@@ -28,6 +28,7 @@ import pandas as pd
 import scipy.sparse as sp
 from anndata import AnnData
 
+#: The shared real datasets: name -> one-line description (cells x genes, labels).
 SHARED = {
     "cellbench_3cl": "CellBench, 3 cell lines, CEL-seq2 vs Drop-seq (499 x 15,073, labels)",
     "cellbench_3cl_3protocols_800genes": "CellBench, 3 cell lines, 10x/CEL-seq2/Drop-seq (1,394 x 799, labels)",
@@ -46,6 +47,7 @@ class Source:
 
 
 _R_SYMBOLS = "needs R: Ensembl IDs were mapped to symbols with Bioconductor org.Hs.eg.db 3.16"
+#: Name -> :class:`Source`: the public original of each shared dataset and its checksum.
 SOURCES = {
     "cellbench_3cl": Source(
         "https://github.com/LuyiTian/sc_mixology, data/csv/sc_celseq2.count.csv.gz, sc_celseq2.metadata.csv.gz, "
