@@ -51,7 +51,7 @@ MAX_EPOCHS = 15 if SMALL else None  # None: the default schedule (up to 400 epoc
 FIGURES = Path(os.environ.get("SCGEN_AE_TUTORIAL_FIGURES", "figures"))
 FIGURES.mkdir(parents=True, exist_ok=True)
 sc.settings.verbosity = 0
-print(f"scgen_ae {sa.__version__}, scanpy {sc.__version__}; small settings: {SMALL}")
+print(f"scgen_ae {sa.__version__}; small settings: {SMALL}")
 
 # %% [markdown]
 # ## The data
