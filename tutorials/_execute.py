@@ -17,7 +17,9 @@ kernel does with a notebook is what this does with the ``.py``:
 IPython magics (``%time``, ``!pip``) would not run here: they are refused up front, and
 the tutorials use none, so the ``.py`` stays a plain script too. ``--small`` sets
 ``SCGEN_AE_TUTORIAL_SMALL=1``, the switch every tutorial reads in its first code cell
-to lower epochs and sizes for the CI run.
+to lower epochs and sizes for the CI run. ``--without MODULE`` makes ``import MODULE``
+fail as if it were not installed, to check a tutorial's path for a missing optional
+dependency on a machine that has it.
 """
 from __future__ import annotations
 
@@ -108,7 +110,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("tutorial", help="a percent-format .py tutorial")
     parser.add_argument("--small", action="store_true", help="small settings (what CI runs)")
+    parser.add_argument("--without", action="append", default=[], metavar="MODULE",
+                        help="run as if MODULE were not installed (repeatable)")
     args = parser.parse_args(argv)
+    for name in args.without:
+        sys.modules[name] = None  # the import system raises ImportError for a None entry
     if args.small:
         os.environ["SCGEN_AE_TUTORIAL_SMALL"] = "1"
     return run(args.tutorial)
