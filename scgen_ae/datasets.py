@@ -1,11 +1,26 @@
 """Datasets: a built-in simulation (no network needed) and loaders for the real data.
 
-The real files are looked up, in order, in ``data_dir``, ``$SCGEN_AE_DATA``,
-``./shared/data``, ``../shared/data`` and the user cache ``~/.cache/scgen_ae``.
+:func:`load` reads a local copy of a shared real dataset when there is one, looked up in
+order in ``data_dir``, ``$SCGEN_AE_DATA``, ``./shared/data``, ``../shared/data`` and the
+user cache (``$SCGEN_AE_CACHE``, default ``~/.cache/scgen_ae``). Otherwise it downloads
+the ready ``.h5ad`` from a mirror into the cache, when one is configured, and checks it
+against the SHA-256 of the reference build (:data:`SOURCES`).
+
+Why a mirror and not the public originals: none of the originals is an ``.h5ad``. They
+are CSV tables, an R ``.rda`` SingleCellExperiment, R ``.RData`` and ``.rds`` sparse
+matrices in GitHub repositories, and building the shared files from them needs R
+(Bioconductor ``org.Hs.eg.db`` for the gene symbols, ``SingleCellExperiment`` and
+``Matrix`` to read the objects; see ``shared/data/README.md``). Rebuilding them at run
+time in Python would give different files (other gene names), so :func:`load` does not
+pretend to: its error names the original and says how to get the file.
 """
 from __future__ import annotations
 
+import hashlib
 import os
+import tempfile
+import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -13,11 +28,48 @@ import pandas as pd
 import scipy.sparse as sp
 from anndata import AnnData
 
+#: The shared real datasets: name -> one-line description (cells x genes, labels).
 SHARED = {
     "cellbench_3cl": "CellBench, 3 cell lines, CEL-seq2 vs Drop-seq (499 x 15,073, labels)",
     "cellbench_3cl_3protocols_800genes": "CellBench, 3 cell lines, 10x/CEL-seq2/Drop-seq (1,394 x 799, labels)",
     "kang_ifnb_pbmc_subset": "Kang 2018 PBMC, IFN-b ctrl vs stim (2,000 x 9,015, no labels)",
     "pbmc_10x_chemistries": "PBMC, 3 10x chemistries (2,860 x 11,221, no labels)",
+}
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where a shared dataset comes from, and why it is not converted automatically."""
+
+    original: str  #: the public original (repository and files)
+    why_no_conversion: str  #: what rebuilding the ``.h5ad`` from it would need
+    sha256: str  #: checksum of the reference ``.h5ad`` (a mirror must serve exactly this file)
+
+
+_R_SYMBOLS = "needs R: Ensembl IDs were mapped to symbols with Bioconductor org.Hs.eg.db 3.16"
+#: Name -> :class:`Source`: the public original of each shared dataset and its checksum.
+SOURCES = {
+    "cellbench_3cl": Source(
+        "https://github.com/LuyiTian/sc_mixology, data/csv/sc_celseq2.count.csv.gz, sc_celseq2.metadata.csv.gz, "
+        "sc_dropseq.count.csv.gz, sc_dropseq.metadata.csv.gz (CSV tables; GEO GSE118767)",
+        f"CSV count tables, not .h5ad; the symbol mapping {_R_SYMBOLS}",
+        "8e51146d9e26000ed9a46c07455281cbd23fbd18cbc790524076d5350b8597b4"),
+    "cellbench_3cl_3protocols_800genes": Source(
+        "https://github.com/PYangLab/Cepo, data/cellbench.rda (10x cells) plus the sc_mixology CSV tables "
+        "of cellbench_3cl",
+        "an R .rda SingleCellExperiment (readable only with R's SingleCellExperiment), intersected with "
+        f"cellbench_3cl, whose symbol mapping {_R_SYMBOLS}",
+        "2559932c1195ac17a55297adb570dfb4e51d23135d2efc0cebafc00decd8a620"),
+    "kang_ifnb_pbmc_subset": Source(
+        "https://github.com/immunogenomics/harmony, data/pbmc_stim.RData (objects pbmc.ctrl, pbmc.stim; "
+        "GEO GSE96583)",
+        "an R .RData file of dgCMatrix objects (readable only with R's Matrix package)",
+        "cabad0eb758966a91ef0b767d833f86500d50f3c6767885b65f5bc13edf28426"),
+    "pbmc_10x_chemistries": Source(
+        "https://github.com/baj12/scWGParis, data/1k_PBMC_v2_filt.rds, 1k_PBMC_v3_filt.rds, "
+        "5prime_PBMC_filt_1kcells.rds (10x Genomics public PBMC data sets)",
+        "R .rds files of dgTMatrix objects (readable only with R's Matrix package)",
+        "6df893b9e5cbe93e1c0391b6e5466358876f6269048edeae87fa35e4d6c900e7"),
 }
 
 
@@ -55,16 +107,31 @@ def simulate(n_cells: int = 1500, n_genes: int = 1000, n_batches: int = 3, n_gro
     return adata[:, keep].copy()
 
 
+def cache_dir() -> Path:
+    """The download cache: ``$SCGEN_AE_CACHE``, default ``~/.cache/scgen_ae``."""
+    return Path(os.environ.get("SCGEN_AE_CACHE") or Path.home() / ".cache" / "scgen_ae")
+
+
 def _candidates(data_dir) -> list[Path]:
     dirs = [data_dir, os.environ.get("SCGEN_AE_DATA"), "shared/data", "../shared/data",
-            Path(__file__).resolve().parents[2] / "shared" / "data", Path.home() / ".cache" / "scgen_ae"]
+            Path(__file__).resolve().parents[2] / "shared" / "data", cache_dir()]
     return [Path(d) for d in dirs if d]
 
 
-def find(name: str, data_dir: str | os.PathLike | None = None) -> Path:
-    """Path of the shared dataset ``name`` (see :data:`SHARED`)."""
+def _check_name(name: str) -> None:
     if name not in SHARED:
         raise ValueError(f"Unknown dataset {name!r}; known: {sorted(SHARED)}.")
+
+
+def find(name: str, data_dir: str | os.PathLike | None = None) -> Path:
+    """Path of a local copy of the shared dataset ``name`` (see :data:`SHARED`); never downloads.
+
+    Raises
+    ------
+    FileNotFoundError
+        No folder searched holds ``{name}.h5ad``; the message lists them.
+    """
+    _check_name(name)
     for d in _candidates(data_dir):
         path = d / f"{name}.h5ad"
         if path.exists():
@@ -76,8 +143,101 @@ def find(name: str, data_dir: str | os.PathLike | None = None) -> Path:
     )
 
 
-def load(name: str, data_dir: str | os.PathLike | None = None) -> AnnData:
-    """Read a shared real dataset (raw counts in ``X``, ``obs['batch']``, maybe ``obs['cell_type']``)."""
+def _fetch(url: str, dest: Path) -> None:
+    """Download ``url`` to ``dest`` (the one place that touches the network)."""
+    with urllib.request.urlopen(url, timeout=60) as response, open(dest, "wb") as out:  # noqa: S310
+        while chunk := response.read(1 << 20):
+            out.write(chunk)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def download(name: str, base_url: str) -> Path:
+    """Download ``{base_url}/{name}.h5ad`` into :func:`cache_dir` and return its path.
+
+    The file is written to a temporary name, checked against ``SOURCES[name].sha256`` and
+    only then renamed, so a failed or tampered download never leaves a file in the cache.
+
+    Raises
+    ------
+    OSError
+        The download failed (offline, HTTP error) or the checksum does not match.
+    """
+    _check_name(name)
+    url = f"{base_url.rstrip('/')}/{name}.h5ad"
+    folder = cache_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".part")
+    os.close(fd)
+    try:
+        _fetch(url, Path(tmp))
+        got = _sha256(Path(tmp))
+        if got != SOURCES[name].sha256:
+            raise OSError(f"{url} is not the reference {name}.h5ad (SHA-256 {got[:12]}..., expected "
+                          f"{SOURCES[name].sha256[:12]}...); nothing was kept.")
+        dest = folder / f"{name}.h5ad"
+        os.replace(tmp, dest)  # atomic: the cache never holds a partial file
+        return dest
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def load(name: str, data_dir: str | os.PathLike | None = None, *, base_url: str | None = None) -> AnnData:
+    """Read a shared real dataset; download it into the cache first when it is not local.
+
+    Local copies are looked up as described in :func:`find`. When there is none and a
+    mirror is set (``base_url`` or ``$SCGEN_AE_DATA_URL``: a folder URL holding the
+    ``.h5ad`` files), the file is downloaded into :func:`cache_dir` and checked against
+    the reference checksum. The public originals (:data:`SOURCES`) are CSV tables and R
+    objects, not ``.h5ad``: converting them needs R (see the module docstring), so they
+    are not downloaded automatically; the error message names the original of ``name``.
+
+    Parameters
+    ----------
+    name
+        One of :data:`SHARED`: ``"cellbench_3cl"``, ``"cellbench_3cl_3protocols_800genes"``,
+        ``"kang_ifnb_pbmc_subset"``, ``"pbmc_10x_chemistries"``.
+    data_dir
+        A folder searched first.
+    base_url
+        Mirror URL (overrides ``$SCGEN_AE_DATA_URL``).
+
+    Returns
+    -------
+    AnnData
+        Raw counts (CSR float32) in ``X``, ``obs["batch"]``, ``obs["cell_type"]`` where the
+        data has labels, ``uns["source"]``.
+
+    Raises
+    ------
+    FileNotFoundError
+        Neither a local copy nor a download worked; the message says where it looked, why
+        the download failed or was not tried, and where the public original is.
+    """
     import anndata as ad
 
-    return ad.read_h5ad(find(name, data_dir))
+    try:
+        return ad.read_h5ad(find(name, data_dir))
+    except FileNotFoundError as err:
+        local_error = err
+    src = SOURCES[name]
+    base_url = base_url or os.environ.get("SCGEN_AE_DATA_URL")
+    if base_url:
+        try:
+            return ad.read_h5ad(download(name, base_url))
+        except OSError as err:
+            tried = f"Downloading it from {base_url} failed: {err}."
+    else:
+        tried = "No download was tried: no mirror is set (base_url= or $SCGEN_AE_DATA_URL)."
+    raise FileNotFoundError(
+        f"{local_error} {tried} The public original is {src.original}; it is not downloaded automatically "
+        f"because it is {src.why_no_conversion}. Get {name}.h5ad from a colleague or a mirror of the "
+        "scgen_ae data, or build it as shared/data/README.md describes."
+    ) from None

@@ -18,10 +18,16 @@ from ._base import BaseModel
 class VAEConfig:
     """Architecture of a :class:`VAE`.
 
-    dispersion : "gene" (one theta per gene) or "gene-batch" (per gene and batch)
-    encode_batch : inject the batch into the encoder as well as the decoder
-    batch_gene_offsets : let the decoder add a per-batch, per-gene shift to its output
-    mmd_weight : weight of a maximum-mean-discrepancy penalty between the batches'
+    Attributes
+    ----------
+    dispersion
+        "gene" (one theta per gene) or "gene-batch" (per gene and batch).
+    encode_batch
+        Inject the batch into the encoder as well as the decoder.
+    batch_gene_offsets
+        Let the decoder add a per-batch, per-gene shift to its output.
+    mmd_weight
+        Weight of a maximum-mean-discrepancy penalty between the batches'
         latent distributions (0 = off); pushes what the decoder's batch terms did not
         absorb out of ``z``. On by default (see BENCHMARKS.md: it is what lifts the scIB
         batch score above linear corrections); set 0 for a plain conditional VAE. It
@@ -161,11 +167,16 @@ class VAE(BaseModel):
                                   pad_missing: bool = False) -> np.ndarray:
         """Decoded expression ``(n_cells, n_genes)`` from the posterior mean.
 
-        transform_batch : decode every cell as if it came from this batch (batch
-            correction); None decodes each cell in its own batch.
-        library_size : a number (counts per cell, default 1e4), or "observed" for the
-            expected counts at each cell's own library size. Ignored for gaussian.
-        genes : optional subset of gene names to return (saves memory).
+        Parameters
+        ----------
+        transform_batch
+            Decode every cell as if it came from this batch (batch correction); None
+            decodes each cell in its own batch.
+        library_size
+            A number (counts per cell, default 1e4), or "observed" for the expected
+            counts at each cell's own library size. Ignored for gaussian.
+        genes
+            Optional subset of gene names to return (saves memory).
         """
         b = self._batch_index(transform_batch)
         cols = None if genes is None else torch.as_tensor(

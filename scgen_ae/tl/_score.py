@@ -167,14 +167,16 @@ def score_integration(
 
     Returns
     -------
-    One row per basis (index name ``"Embedding"``): the individual metric columns
-    (``"Isolated labels"``, ``"KMeans NMI"``, ``"KMeans ARI"``, ``"Silhouette label"``,
-    ``"cLISI"``, ``"BRAS"``, ``"iLISI"``, ``"KBET"``, ``"Graph connectivity"``,
-    ``"PCR comparison"``, as computed) and ``"Bio conservation"``, ``"Batch
-    correction"``, ``"Total"``, all floats. ``attrs`` holds ``"metric_type"`` (column
-    -> group), ``"note"`` and ``"seconds"``.
+    pandas.DataFrame
+        One row per basis (index name ``"Embedding"``); the individual metric columns
+        (``"Isolated labels"``, ``"KMeans NMI"``, ``"KMeans ARI"``, ``"Silhouette label"``,
+        ``"cLISI"``, ``"BRAS"``, ``"iLISI"``, ``"KBET"``, ``"Graph connectivity"``,
+        ``"PCR comparison"``, as computed) and ``"Bio conservation"``,
+        ``"Batch correction"``, ``"Total"``, all floats. ``attrs`` holds ``"metric_type"``
+        (column -> group), ``"note"`` and ``"seconds"``.
 
     Sets
+    ----
 
     - ``adata.uns[key_added]["values"]``: (n_bases, n_columns) float array of the table.
     - ``adata.uns[key_added]["index"]`` / ``["columns"]``: the bases / column names;

@@ -74,10 +74,13 @@ def vae(
 
     Returns
     -------
-    The trained :class:`~scgen_ae.models.VAE` (or ``(adata, model)`` with ``copy=True``).
-    On Ctrl-C the model with the best weights so far is returned and ``adata`` is not
-    modified. Errors (bad input, diverging loss) leave ``adata`` unchanged too.
+    VAE
+        The trained :class:`~scgen_ae.models.VAE` (or ``(adata, model)`` with ``copy=True``).
+        On Ctrl-C the model with the best weights so far is returned and ``adata`` is not
+        modified. Errors (bad input, diverging loss) leave ``adata`` unchanged too.
+
     Sets
+    ----
 
     - ``adata.obsm[key_added]``: (n_cells, n_latent) posterior means.
     - ``adata.uns[uns_key]["params"]``: the arguments used.
