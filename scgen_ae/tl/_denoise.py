@@ -171,7 +171,8 @@ def denoise(
         ``method="dae"``: architecture (``n_latent`` 32, ``n_hidden`` 128, ``n_layers`` 1,
         ``dropout_rate`` 0, ``dispersion`` "gene"/"gene-batch"/"gene-cell",
         ``corruption`` "mask"/"thinning"/"gaussian"/"none", ``corruption_rate`` 0.1,
-        ``encode_batch``, ``batch_gene_offsets``) and training options of
+        ``hidden_loss_weight`` 0, ``mean_link`` "softmax"/"exp", ``encode_batch``,
+        ``batch_gene_offsets``; see :class:`~scgen_ae.models.dae.DAEConfig`) and training options of
         :class:`scgen_ae.train.TrainConfig` (``max_epochs``: default
         :func:`default_epochs`, early stopping on the masked validation loss with
         ``patience`` 10 by default, ``seed``,
