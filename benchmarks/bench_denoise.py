@@ -152,6 +152,7 @@ def main(argv=None) -> int:
     import scgen_ae as sa
 
     rows = []
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="bench_denoise_") as tmp:
         work = Path(tmp)
         for name in args.datasets:
@@ -167,6 +168,8 @@ def main(argv=None) -> int:
                     pred[ok] = np.load(work / f"{tag}.npy")
                     res.update(sa.tl.heldout_errors(truth, pred))
                     runs[tool].append(res)
+                    with args.out.with_suffix(".runs.jsonl").open("a") as fh:  # kept if the run is cut short
+                        fh.write(json.dumps(dict(res, dataset=name, tool=tool, round=r)) + "\n")
                     print(f"[bench_denoise] {tag}: fit {res['fit_seconds']:.1f} s, median AE {res['median_ae']:.3f}",
                           flush=True)
             base = sa.tl.heldout_errors(truth, baseline)

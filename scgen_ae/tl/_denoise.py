@@ -64,6 +64,8 @@ def _train_dae(adata, layer, batch_key, likelihood, kwargs) -> DAE:
         raise TypeError(f"denoise() got unexpected keyword arguments {sorted(rest)}.")
     if "kl_warmup_epochs" not in kwargs:  # no KL term: compare validation losses from the first epoch
         train_cfg = dataclasses.replace(train_cfg, kl_warmup_epochs=0)
+    if "patience" not in kwargs:  # the validation loss is a held-out error: it turns within ~10 epochs
+        train_cfg = dataclasses.replace(train_cfg, patience=10)
     if "max_epochs" not in kwargs:
         train_cfg = dataclasses.replace(train_cfg, max_epochs=default_epochs(adata.n_obs))
     data, cats = training_data(adata, layer, batch_key, likelihood)
@@ -169,9 +171,11 @@ def denoise(
         ``method="dae"``: architecture (``n_latent`` 32, ``n_hidden`` 128, ``n_layers`` 1,
         ``dropout_rate`` 0, ``dispersion`` "gene"/"gene-batch"/"gene-cell",
         ``corruption`` "mask"/"thinning"/"gaussian"/"none", ``corruption_rate`` 0.1,
-        ``encode_batch``, ``batch_gene_offsets``) and training options of
+        ``hidden_loss_weight`` 0, ``mean_link`` "softmax"/"exp", ``encode_batch``,
+        ``batch_gene_offsets``; see :class:`~scgen_ae.models.dae.DAEConfig`) and training options of
         :class:`scgen_ae.train.TrainConfig` (``max_epochs``: default
-        :func:`default_epochs`, early stopping on the masked validation loss, ``seed``,
+        :func:`default_epochs`, early stopping on the masked validation loss with
+        ``patience`` 10 by default, ``seed``,
         ``n_threads``, ...). ``method="vae"``: any :func:`scgen_ae.tl.vae` option.
 
     Memory
