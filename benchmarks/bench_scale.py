@@ -48,6 +48,25 @@ def _open(source: str, path: str):
     return sa.read_backed(path)
 
 
+class _FirstCells:
+    """A data source that ends each pass after ``max_cells`` training cells (``--max-cells``:
+    a partial epoch, to measure throughput and memory on 10^6 cells within the time at hand)."""
+
+    def __init__(self, data, max_cells: int):
+        self.data, self.max_cells = data, max_cells
+
+    def __getattr__(self, name):
+        return getattr(self.data, name)
+
+    def iterate(self, idx, batch_size, rng=None, **kw):
+        seen = 0
+        for mb in self.data.iterate(idx, batch_size, rng, **kw):
+            if seen >= self.max_cells:
+                return
+            seen += mb.x.shape[0]
+            yield mb
+
+
 def _fit_ours(spec: dict) -> dict:
     import scgen_ae as sa
 
@@ -57,10 +76,12 @@ def _fit_ours(spec: dict) -> dict:
     cpu = {}
     fit = front.fit
 
-    def timed_fit(*args, **kwargs):  # process CPU time (all threads) of the training loop alone
+    def timed_fit(module, data, *args, **kwargs):  # process CPU time (all threads) of the training loop alone
+        if spec.get("max_cells"):
+            data = _FirstCells(data, spec["max_cells"])
         t0 = time.process_time()
         try:
-            return fit(*args, **kwargs)
+            return fit(module, data, *args, **kwargs)
         finally:
             cpu["s"] = time.process_time() - t0
 
@@ -72,7 +93,7 @@ def _fit_ours(spec: dict) -> dict:
                       early_stopping=False, n_threads=1, progress=False)
     return {"open_s": opened - start, "call_s": time.perf_counter() - opened,
             "epoch_s": model.history["seconds"] / spec["epochs"], "epoch_cpu_s": cpu["s"] / spec["epochs"],
-            "n_cells": adata.n_obs}
+            "n_cells": adata.n_obs, "cells_per_epoch": min(adata.n_obs, spec.get("max_cells") or adata.n_obs)}
 
 
 def _fit_scvi(spec: dict) -> dict:
@@ -90,10 +111,10 @@ def _fit_scvi(spec: dict) -> dict:
     class EpochTimer(Callback):
         total, cpu, t0, c0 = 0.0, 0.0, None, None
 
-        def on_train_epoch_start(self, trainer, pl_module):
+        def on_train_start(self, trainer, pl_module):  # whole training: also ends on max_steps mid-epoch
             self.t0, self.c0 = time.perf_counter(), time.process_time()
 
-        def on_train_epoch_end(self, trainer, pl_module):
+        def on_train_end(self, trainer, pl_module):
             self.total += time.perf_counter() - self.t0
             self.cpu += time.process_time() - self.c0
 
@@ -104,11 +125,12 @@ def _fit_scvi(spec: dict) -> dict:
     scvi.model.SCVI.setup_anndata(adata, batch_key="batch")
     model = scvi.model.SCVI(adata, n_hidden=128, n_latent=10, n_layers=1, gene_likelihood="zinb")
     model.train(max_epochs=spec["epochs"], train_size=1.0, batch_size=128, early_stopping=False,
-                accelerator="cpu", devices=1, enable_progress_bar=False, callbacks=[timer])
+                accelerator="cpu", devices=1, enable_progress_bar=False, callbacks=[timer],
+                **({"max_steps": -(-spec["max_cells"] // 128)} if spec.get("max_cells") else {}))
     model.get_latent_representation()
     return {"open_s": opened - start, "call_s": time.perf_counter() - opened,
             "epoch_s": timer.total / spec["epochs"], "epoch_cpu_s": timer.cpu / spec["epochs"],
-            "n_cells": adata.n_obs}
+            "n_cells": adata.n_obs, "cells_per_epoch": min(adata.n_obs, spec.get("max_cells") or adata.n_obs)}
 
 
 def _reader(spec: dict) -> dict:
@@ -165,6 +187,8 @@ def main(argv=None) -> int:
     p.add_argument("--configs", nargs="+", default=CONFIGS, choices=CONFIGS)
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--max-cells", type=int, default=None,
+                   help="end each epoch after this many training cells (a partial epoch; throughput, memory)")
     p.add_argument("--reader", action="store_true", help="time the loader alone over chunk sizes")
     p.add_argument("--timeout", type=float, default=3600)
     p.add_argument("--out", type=Path, default=Path("bench_out/bench_scale.jsonl"))
@@ -184,7 +208,8 @@ def main(argv=None) -> int:
         else:
             for cfg in args.configs:
                 tool, source = cfg.split("-")
-                specs.append({"label": cfg, "tool": tool, "source": source, "epochs": args.epochs})
+                specs.append({"label": cfg, "tool": tool, "source": source, "epochs": args.epochs,
+                              "max_cells": args.max_cells})
         for spec in specs:
             suffix = "zarr" if spec["source"] == "zarr" else "h5ad"
             spec["path"] = str(args.data / f"pbmc_{n}.{suffix}")
