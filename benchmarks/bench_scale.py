@@ -165,6 +165,40 @@ def _worker(spec_json: str) -> None:
     print("RESULT " + json.dumps(result), flush=True)
 
 
+# --------------------------------------------------------------------------- table
+
+def table(paths: list[Path]) -> str:
+    """Markdown table of result files: per (cells, configuration) the best epoch of the repeats.
+
+    Throughput is cells trained per second of process CPU time (all threads of the
+    process): on a machine shared with other jobs, wall time measures the others' load
+    as much as ours, CPU time much less so. The ratio is against ours-memory at that size.
+    """
+    rows = [json.loads(ln) for path in paths for ln in path.read_text().splitlines() if ln.strip()]
+    best: dict[tuple, list[dict]] = {}
+    for r in rows:
+        best.setdefault((r["cells"], r["label"], r.get("max_cells")), []).append(r)
+    out = ["| cells in file | configuration | cells trained per epoch | epoch CPU s | epoch wall s | "
+           "cells / CPU s | vs ours-memory | peak RSS MB | runs |", "|---|---|---|---|---|---|---|---|---|"]
+    speed = {}
+    for (n, label, cap), runs in sorted(best.items(), key=lambda kv: (kv[0][0], kv[0][2] or 0, CONFIGS.index(kv[0][1]))):
+        ok = [r for r in runs if r["status"] == "ok"]
+        if not ok:
+            out.append(f"| {n:,} | {label} | {cap or n:,} | - | - | - | - | - | {runs[0]['status'][:90]} |")
+            continue
+        r = min(ok, key=lambda r: r["epoch_cpu_s"])
+        cells = r.get("cells_per_epoch", n)
+        rate = cells / r["epoch_cpu_s"]
+        speed[(n, label, cap)] = rate
+        ref = speed.get((n, "ours-memory", cap))
+        out.append(f"| {n:,} | {label} | {cells:,} | {r['epoch_cpu_s']:.1f} | {r['epoch_s']:.0f} | {rate:,.0f} | "
+                   f"{rate / ref:.2f} | {max(x['peak_rss_mb'] for x in ok):,.0f} | {len(ok)} of {len(runs)} |"
+                   if ref else
+                   f"| {n:,} | {label} | {cells:,} | {r['epoch_cpu_s']:.1f} | {r['epoch_s']:.0f} | {rate:,.0f} | - | "
+                   f"{max(x['peak_rss_mb'] for x in ok):,.0f} | {len(ok)} of {len(runs)} |")
+    return "\n".join(out)
+
+
 # --------------------------------------------------------------------------- driver
 
 def _run(spec: dict, timeout: float) -> dict:
@@ -192,7 +226,11 @@ def main(argv=None) -> int:
     p.add_argument("--reader", action="store_true", help="time the loader alone over chunk sizes")
     p.add_argument("--timeout", type=float, default=3600)
     p.add_argument("--out", type=Path, default=Path("bench_out/bench_scale.jsonl"))
+    p.add_argument("--table", type=Path, nargs="+", help="print the markdown table of these result files and exit")
     args = p.parse_args(argv)
+    if args.table:
+        print(table(args.table))
+        return 0
     args.out.parent.mkdir(parents=True, exist_ok=True)
     rows = []
     for n in args.cells:
