@@ -38,6 +38,7 @@ from .likelihoods import COUNT_LIKELIHOODS, Minibatch
 CHUNK_CELLS = 256  # contiguous rows per read
 WINDOW_CHUNKS = 64  # chunks shuffled together (16,384 cells by default)
 SCAN_CELLS = 16_384  # rows per block in the validation pass
+PREFETCH = True  # read the next window in a background thread
 
 
 def _csr_dataset(adata: AnnData, layer: str | None):
@@ -90,15 +91,29 @@ class OnDiskCellData:
 
     def __init__(self, group, batch: np.ndarray, library: np.ndarray, log1p_input: bool = True,
                  columns: np.ndarray | None = None, chunk_cells: int = CHUNK_CELLS,
-                 window_chunks: int = WINDOW_CHUNKS, prefetch: bool = True):
+                 window_chunks: int = WINDOW_CHUNKS, prefetch: bool | None = None):
         self.data_array, self.indices_array = group["data"], group["indices"]
         self.indptr = np.asarray(group["indptr"][:], dtype=np.int64)
         self.n_stored_genes = int(group.attrs["shape"][1])
         self.batch, self.library, self.log1p_input = batch, library, log1p_input
         self.columns = columns
-        self.chunk_size = int(chunk_cells)  # rows read together: the unit of sharding across ranks
-        self.window_cells = int(chunk_cells) * int(window_chunks)
-        self.prefetch = prefetch
+        self.chunk_size = max(int(chunk_cells), self._rows_per_compressed_chunk())  # also the unit of sharding
+        self.window_cells = max(int(chunk_cells) * int(window_chunks), 4 * self.chunk_size)
+        self.prefetch = PREFETCH if prefetch is None else prefetch
+
+    def _rows_per_compressed_chunk(self) -> int:
+        """Rows in one storage chunk of a compressed ``data`` array (0 if uncompressed).
+
+        A compressed chunk is decompressed whole for any read that touches it, so reading
+        fewer rows than it holds multiplies the work (zarr's 1M-value chunks at 200 values
+        per cell: 20x): reads are widened to whole storage chunks then.
+        """
+        arr = self.data_array
+        compressed = getattr(arr, "compression", None) is not None or type(arr).__module__.startswith("zarr")
+        chunks = getattr(arr, "chunks", None)
+        if not compressed or not chunks or self.indptr[-1] == 0:
+            return 0
+        return int(np.ceil(chunks[0] * self.n_cells / self.indptr[-1]))
 
     @property
     def n_cells(self) -> int:
