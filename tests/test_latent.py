@@ -211,3 +211,134 @@ def test_remove_batch_label_free_and_label_aware(cellbench_3protocols):
     rows = (batch == largest).to_numpy()
     assert np.array_equal(adata.obsm["X_free"][rows], z[rows].astype(np.float32))  # the anchor batch stays
     assert list(adata.uns["X_free"]["merge_order"])[0] == largest
+
+
+# ---------------------------------------------------------------- prediction (scGen) on Kang
+
+HOLD = "CD14_mono"
+
+
+@pytest.fixture(scope="session")
+def kang_labelled():
+    """Kang with the annotation (sa.pp.annotate_markers per condition), 500 HVGs, log data in X and
+    counts in layers["counts"]. Do not modify."""
+    adata = load_shared("kang_ifnb_pbmc_subset")
+    sa.pp.annotate_markers(adata, groupby="batch")
+    sa.pp.highly_variable(adata, n_top_genes=500, batch_key="batch")
+    sa.pp.drop_empty(adata)
+    adata.layers["counts"] = adata.X.copy()
+    sc.pp.normalize_total(adata, target_sum=1e4)
+    sc.pp.log1p(adata)
+    return adata
+
+
+@pytest.fixture(scope="session")
+def kang_prediction(kang_labelled):
+    """(zinb model trained without the stimulated CD14_mono cells, its prediction of them)."""
+    a = kang_labelled
+    hold = ((a.obs["cell_type"] == HOLD) & (a.obs["batch"] == "stim")).to_numpy()
+    model = sa.tl.vae(a[~hold].copy(), batch_key=None, layer="counts", n_latent=10, max_epochs=40, seed=0, **FAST)
+    pred = sa.tl.predict(model, a, condition_key="batch", ctrl="ctrl", stim="stim", cell_type_key="cell_type",
+                         predict=HOLD)
+    return model, pred
+
+
+def _top_de(adata, cell_type, n=100):
+    """Top ``n`` genes of stim vs ctrl (wilcoxon on the real log data) within one cell type."""
+    sub = adata[(adata.obs["cell_type"] == cell_type).to_numpy()].copy()
+    sc.tl.rank_genes_groups(sub, "batch", groups=["stim"], reference="ctrl", method="wilcoxon")
+    return list(sub.uns["rank_genes_groups"]["names"]["stim"][:n])
+
+
+def _other_types_shift(adata, pred, scale, X):
+    """Baseline: control means + the mean stim-ctrl shift of the other cell types."""
+    shifts = []
+    for other in pred.uns["predict"]["cell_types_used"]:
+        rows = (adata.obs["cell_type"] == other).to_numpy()
+        m = [sa.tl.mean_expression(X[rows & (adata.obs["batch"] == c).to_numpy()], scale) for c in ("ctrl", "stim")]
+        shifts.append(m[1] - m[0])
+    return np.mean(shifts, 0)
+
+
+def test_predict_record_and_shape(kang_labelled, kang_prediction):
+    a = kang_labelled
+    model, pred = kang_prediction
+    n_ctrl = int(((a.obs["cell_type"] == HOLD) & (a.obs["batch"] == "ctrl")).sum())
+    assert pred.shape == (n_ctrl, a.n_vars) and list(pred.var_names) == list(a.var_names)
+    assert (pred.obs["batch"] == "pred").all() and (pred.obs["cell_type"] == HOLD).all()
+    rec = pred.uns["predict"]
+    assert rec["scale"] == "counts" and rec["delta"].shape == (10,)
+    assert HOLD not in set(rec["cell_types_used"]) and len(rec["cell_types_used"]) >= 3
+    X = np.asarray(pred.X)
+    assert np.isfinite(X).all() and (X >= 0).all()
+    # decoded expected counts keep each control cell's library size (the decoder's softmax x library)
+    lib = np.asarray(a.layers["counts"][(a.obs["cell_type"] == HOLD).to_numpy() & (a.obs["batch"] == "ctrl").to_numpy()]
+                     .sum(1)).ravel()
+    assert np.corrcoef(X.sum(1), lib)[0, 1] > 0.9
+    # the shifted latents are the control latents + delta
+    ctrl = a[(a.obs["cell_type"] == HOLD).to_numpy() & (a.obs["batch"] == "ctrl").to_numpy()]
+    np.testing.assert_allclose(pred.obsm["X_vae"], model.get_latent(ctrl) + rec["delta"], rtol=1e-5, atol=1e-5)
+
+
+def test_predict_beats_both_baselines_on_de_genes(kang_labelled, kang_prediction):
+    a = kang_labelled
+    _, pred = kang_prediction
+    means = sa.tl.response_means(a, pred, cell_type=HOLD, cell_type_key="cell_type")
+    top = np.isin(np.asarray(pred.var_names), _top_de(a, HOLD))
+    shifted = means["ctrl"] + _other_types_shift(a, pred, "counts", a.layers["counts"])
+    real = means["stim"]
+    r2 = {name: (sa.tl.r_squared(real, y), sa.tl.r_squared(real[top], y[top]))
+          for name, y in (("pred", means["pred"]), ("no change", means["ctrl"]), ("shift", shifted))}
+    assert r2["pred"][0] > r2["no change"][0] and r2["pred"][1] > r2["no change"][1] + 0.2, r2
+    assert r2["pred"][1] > r2["shift"][1], r2
+
+
+def test_predict_gaussian_on_log_data(kang_labelled):
+    a = kang_labelled
+    hold = ((a.obs["cell_type"] == HOLD) & (a.obs["batch"] == "stim")).to_numpy()
+    model = sa.tl.vae(a[~hold].copy(), batch_key=None, likelihood="gaussian", n_latent=10, max_epochs=15, seed=0,
+                      **FAST)
+    pred = sa.tl.predict(model, a, condition_key="batch", ctrl="ctrl", stim="stim", cell_type_key="cell_type",
+                         predict=HOLD)
+    assert pred.uns["predict"]["scale"] == "log"
+    means = sa.tl.response_means(a, pred, cell_type=HOLD, cell_type_key="cell_type")
+    top = np.isin(np.asarray(pred.var_names), _top_de(a, HOLD))
+    assert sa.tl.r_squared(means["stim"][top], means["pred"][top]) > sa.tl.r_squared(means["stim"][top],
+                                                                                     means["ctrl"][top]) + 0.2
+
+
+def test_pl_response_draws_both_r2(kang_labelled, kang_prediction):
+    _, pred = kang_prediction
+    top = _top_de(kang_labelled, HOLD, 20)
+    fig = sa.pl.response(kang_labelled, pred, condition_key="batch", cell_type=HOLD, genes=top)
+    labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert labels[0].startswith("all genes: R² = ") and labels[1].startswith("20 selected genes: R² = ")
+    with pytest.raises(sa.InputError, match="condition_key='condition'"):
+        sa.pl.response(kang_labelled, pred, condition_key="condition")
+
+
+@pytest.mark.parametrize("case, match", [
+    ("condition_is_batch", "the condition itself"),
+    ("no_condition", "condition_key='stimulus' is not a column"),
+    ("bad_ctrl", "ctrl='control' is not a value"),
+    ("unknown_type", "predict='Tcells' must name a cell type"),
+    ("only_type", "No cell type other than"),
+])
+def test_predict_errors_leave_adata_unchanged(sim3, case, match):
+    adata = sim3.copy()
+    adata.obs["condition"] = np.where(np.arange(adata.n_obs) % 2, "stim", "ctrl")
+    model = sa.tl.vae(adata, batch_key="condition" if case == "condition_is_batch" else None, n_latent=3,
+                      n_hidden=16, max_epochs=1, **FAST)
+    kwargs = dict(condition_key="condition", ctrl="ctrl", stim="stim", cell_type_key="cell_type", predict="group0")
+    if case == "no_condition":
+        kwargs["condition_key"] = "stimulus"
+    elif case == "bad_ctrl":
+        kwargs["ctrl"] = "control"
+    elif case == "unknown_type":
+        kwargs["predict"] = "Tcells"
+    elif case == "only_type":
+        adata.obs["cell_type"] = "group0"
+    snap = Snapshot(adata)
+    with pytest.raises(sa.InputError, match=match):
+        sa.tl.predict(model, adata, **kwargs)
+    snap.assert_unchanged(adata)
