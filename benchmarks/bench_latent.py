@@ -256,6 +256,11 @@ def main():
     if args.worker:
         job = json.loads(args.worker)
         res = predict_worker(job) if job["kind"] == "predict" else mapping_worker(job)
+        # every job's raw result is kept, so an interrupted run keeps what it measured
+        log = Path(__file__).resolve().parent.parent / "bench_out" / "latent_jobs.jsonl"
+        log.parent.mkdir(exist_ok=True)
+        with log.open("a") as fh:
+            fh.write(json.dumps({"job": job, "result": res}) + "\n")
         print(json.dumps(res))
         return
     parts = []
