@@ -13,7 +13,7 @@ import torch
 from anndata import AnnData
 
 from .. import _validate as v
-from ._common import params_record, write_results
+from ._common import params_record
 
 
 # ------------------------------------------------------------------ helpers
