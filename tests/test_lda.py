@@ -42,7 +42,7 @@ def lda_plain(cellbench_hvg):
 
 @pytest.fixture(scope="session")
 def lda_classic(cellbench_hvg):
-    """Classic VB LDA, 6 topics, 10 EM iterations."""
+    """Classic VB LDA, 6 topics, its default 20 (warm-started) EM iterations."""
     return sa.tl.lda(cellbench_hvg, n_topics=6, method="classic", copy=True, **FAST)
 
 
@@ -92,7 +92,7 @@ def test_reported_perplexity_is_held_out_and_reproducible(lda_batch, lda_classic
 
 
 def test_classic_perplexity_at_least_as_good_as_sklearn(lda_classic):
-    """Same model, same priors, same 10 batch-VB iterations, same held-out cells."""
+    """Same model, same priors, same held-out cells; sklearn with its default 10 batch-VB iterations."""
     from sklearn.decomposition import LatentDirichletAllocation
 
     adata, _ = lda_classic

@@ -7,7 +7,8 @@ sweep is one gather over the non-zero entries and one scatter-add, so the cost i
 O(nnz x k) per sweep and the dense (cells x genes) matrix is never formed. Cells whose
 gamma has converged (mean absolute change below ``mean_change_tol``) are frozen, as in
 sklearn. Unlike sklearn, gamma is warm-started from the previous EM iteration instead of
-re-drawn at random, which needs far fewer sweeps for the same fixed point.
+re-drawn at random, which needs far fewer sweeps per iteration; it also moves the topics
+less per iteration, so the default is 20 EM iterations (sklearn: 10) for the same perplexity.
 """
 from __future__ import annotations
 
@@ -34,7 +35,10 @@ class VBLDAConfig:
     n_topics: int = 20
     doc_topic_prior: float | None = None
     topic_word_prior: float | None = None
-    max_iter: int = 10
+    # 20 EM iterations, not sklearn's 10: warm-started E-steps move the topics less per
+    # iteration than sklearn's random restarts; 10 ended ~0.7 % above sklearn's held-out
+    # perplexity on cellbench_3cl, 20 match it, and each iteration is cheap
+    max_iter: int = 20
     max_doc_update_iter: int = 100
     mean_change_tol: float = 1e-3
     # E-step sweeps per EM iteration while fitting: gamma is warm-started, so a few sweeps

@@ -101,7 +101,8 @@ def lda(
         prodlda: options of :class:`scgen_ae.train.TrainConfig`; here the defaults are
         ``max_epochs=100``, ``batch_size=256``, ``lr=1e-2``, ``patience=15`` (others as for
         ``tl.vae``: ``seed``, ``n_threads``, ``device``, ``validation_fraction`` ...).
-        classic: ``max_iter`` (10 EM iterations), ``max_doc_update_iter`` (100),
+        classic: ``max_iter`` (20 warm-started EM iterations: the perplexity of sklearn's 10
+        with random restarts), ``max_doc_update_iter`` (100),
         ``mean_change_tol`` (1e-3), ``doc_topic_prior`` / ``topic_word_prior`` (1 / k),
         plus ``seed``, ``n_threads``, ``validation_fraction`` (0.1), ``progress``.
 
