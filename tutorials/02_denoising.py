@@ -46,6 +46,7 @@ FIGURES = Path(os.environ.get("SCGEN_AE_TUTORIAL_FIGURES", "figures"))
 FIGURES.mkdir(parents=True, exist_ok=True)
 sc.settings.verbosity = 0
 TRAIN = dict(max_epochs=MAX_EPOCHS, n_threads=1, progress=False)
+print(f"scgen_ae {sa.__version__}, scanpy {sc.__version__}; small settings: {SMALL}")
 
 # %% [markdown]
 # ## The data
