@@ -14,7 +14,9 @@ from . import datasets, metrics, models, pl, pp, tl  # noqa: E402
 from ._validate import InputError  # noqa: E402
 from .io import ModelFileError  # noqa: E402
 from .models import VAE  # noqa: E402
+from .models import NMF  # noqa: E402  (nmf, issue 6)
 from .train import TrainConfig, TrainingDivergedError  # noqa: E402
 
 __all__ = ["pp", "tl", "pl", "datasets", "metrics", "models", "VAE", "TrainConfig",
            "InputError", "ModelFileError", "TrainingDivergedError", "__version__"]
+__all__ += ["NMF"]  # nmf (issue 6)
