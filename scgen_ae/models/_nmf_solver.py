@@ -111,10 +111,11 @@ def hals_rows(H: torch.Tensor, B: torch.Tensor, A: torch.Tensor, sweeps: int) ->
     diag = A.diagonal()
     # a component whose other factor vanished has no curvature: leave it alone, not divide by ~0
     live = (diag > 1e-12 * diag.max().clamp_min(_EPS)).tolist()
+    inv = (1.0 / diag.clamp_min(_EPS)).tolist()
+    HT = H.T  # addmv on the transposed view: one fused gemv per row, no temporaries
     for _ in range(sweeps):
         for j in (j for j in range(H.shape[0]) if live[j]):
-            step = (B[j] - A[j] @ H).div_(diag[j]).add_(H[j])
-            H[j] = step.clamp_min_(0.0)
+            H[j].add_(torch.addmv(B[j], HT, A[j], alpha=-1.0), alpha=inv[j]).clamp_min_(0.0)
     return H
 
 
