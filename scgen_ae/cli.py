@@ -22,19 +22,18 @@ def _integrate(adata, args, out_h5ad: Path | None, plots: Path | None) -> None:
     if args.n_top_genes and adata.n_vars > args.n_top_genes:
         sa.pp.highly_variable(adata, n_top_genes=args.n_top_genes, batch_key=args.batch_key, layer=args.layer)
         print(f"selected {adata.n_vars} highly variable genes")
-    print(f"training tl.vae on {adata.n_obs} cells x {adata.n_vars} genes, batches from obs[{args.batch_key!r}]")
-    model = sa.tl.vae(adata, batch_key=args.batch_key, layer=args.layer, likelihood=args.likelihood,
-                      n_latent=args.n_latent, max_epochs=args.max_epochs, seed=args.seed,
-                      n_threads=args.threads, progress=not args.quiet)
-    hist = model.history
-    print(f"trained {len(hist['train_loss'])} epochs in {hist['seconds']:.1f} s (best epoch {hist['best_epoch'] + 1})")
+    kind = getattr(args, "model", "vae")
+    if kind not in TRAINERS:
+        raise sa.InputError(f"--model {kind} is not available in this build; choose one of {sorted(TRAINERS)}.")
+    print(f"training tl.{kind} on {adata.n_obs} cells x {adata.n_vars} genes, batches from obs[{args.batch_key!r}]")
+    model, basis = TRAINERS[kind](adata, args)
     # uncorrected baseline for the summary: PCA of log-normalised counts
     base = sc.AnnData(adata.layers[args.layer] if args.layer else adata.X.copy())
     sc.pp.normalize_total(base, target_sum=1e4)
     sc.pp.log1p(base)
     sc.pp.pca(base, n_comps=min(30, min(base.shape) - 1))
     adata.obsm["X_pca_uncorrected"] = base.obsm["X_pca"]
-    table = sa.metrics.summary(adata, ["X_pca_uncorrected", "X_vae"], batch_key=args.batch_key,
+    table = sa.metrics.summary(adata, ["X_pca_uncorrected", basis], batch_key=args.batch_key,
                                label_key=args.label_key)
     print("\nintegration summary (batch_entropy / ilisi: 1 = batches mixed; ari: clusters vs labels)")
     print(table.round(3).to_string())
@@ -43,15 +42,41 @@ def _integrate(adata, args, out_h5ad: Path | None, plots: Path | None) -> None:
     if plots is not None:
         plots.mkdir(parents=True, exist_ok=True)
         color = [args.batch_key] + ([args.label_key] if args.label_key else [])
-        sa.pl.latent(adata, basis="X_vae", color=color, method="umap", save=plots / "vae_umap.png")
+        sa.pl.latent(adata, basis=basis, color=color, method="umap", save=plots / f"{kind}_umap.png")
         sa.pl.latent(adata, basis="X_pca_uncorrected", color=color, method="umap", save=plots / "uncorrected_umap.png")
-        sa.pl.history(adata, key="vae", save=plots / "vae_history.png")
+        sa.pl.history(adata, key=kind, save=plots / f"{kind}_history.png")
         print(f"plots written to {plots}/")
     if out_h5ad is not None:
         adata.write_h5ad(out_h5ad)
         print(f"annotated AnnData written to {out_h5ad}")
     if getattr(args, "save_model", None):
         print(f"model saved to {model.save(args.save_model)}")
+
+
+def _train_vae(adata, args):
+    import scgen_ae as sa
+
+    model = sa.tl.vae(adata, batch_key=args.batch_key, layer=args.layer, likelihood=args.likelihood,
+                      n_latent=args.n_latent, max_epochs=args.max_epochs, seed=args.seed,
+                      n_threads=args.threads, progress=not args.quiet)
+    hist = model.history
+    print(f"trained {len(hist['train_loss'])} epochs in {hist['seconds']:.1f} s (best epoch {hist['best_epoch'] + 1})")
+    return model, "X_vae"
+
+
+# --- nmf (issue 6) ---
+def _train_nmf(adata, args):
+    import scgen_ae as sa
+
+    model = sa.tl.nmf(adata, n_components=args.n_latent, batch_key=args.batch_key, layer=args.layer,
+                      max_iter=args.max_epochs or 200, seed=args.seed, n_threads=args.threads)
+    hist = model.history
+    print(f"fitted integrative NMF (k = {args.n_latent}) in {hist['n_iter']} passes, {hist['seconds'][-1]:.1f} s")
+    return model, "X_nmf"
+# --- end nmf ---
+
+
+TRAINERS = {"vae": _train_vae, "nmf": _train_nmf}  # --model; each returns (model, obsm key)
 
 
 def _add_training_args(p: argparse.ArgumentParser) -> None:
@@ -69,13 +94,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="scgen-ae", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("integrate", help="batch-correct an .h5ad of raw counts with tl.vae")
+    p = sub.add_parser("integrate", help="batch-correct an .h5ad of raw counts with tl.vae (or --model nmf)")
     p.add_argument("input", type=Path)
     p.add_argument("--batch-key", required=True)
     p.add_argument("--label-key", default=None, help="obs column of known cell types (for the summary)")
     p.add_argument("-o", "--output", type=Path, default=None)
     p.add_argument("--plots", type=Path, default=None, help="folder for UMAP and loss-curve PNGs")
     p.add_argument("--save-model", type=Path, default=None)
+    p.add_argument("--model", default="vae", choices=["vae", "nmf", "lda"],
+                   help="vae (default), nmf (integrative NMF; --n-latent factors, --max-epochs passes) or lda")
     _add_training_args(p)
 
     p = sub.add_parser("demo", help="the main job on a built-in simulated dataset (no network needed)")
