@@ -103,9 +103,25 @@ def split_by_batch(X: sp.csr_matrix, codes: np.ndarray, n_batches: int) -> tuple
 
 # ---------------------------------------------------------------- quantile alignment
 
-def _cluster_scaled(Z: np.ndarray, codes: np.ndarray, scales: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _cluster_scaled(Z: np.ndarray, codes: np.ndarray, scales: np.ndarray, knn: int = 20) -> tuple[np.ndarray, np.ndarray]:
+    """Scaled factors, and each cell's cluster: its largest factor, smoothed by a majority vote
+    over its ``knn`` nearest cells of the same batch (LIGER's refinement; argmax alone splits
+    cell types between two similar factors)."""
+    from sklearn.neighbors import NearestNeighbors
+
     S = Z / scales[codes]
-    return S, S.argmax(1)
+    top = S.argmax(1)
+    cluster = top.copy()
+    for b in np.unique(codes):
+        rows = np.flatnonzero(codes == b)
+        n_nb = min(knn, len(rows))
+        if n_nb < 2:
+            continue
+        nn = NearestNeighbors(n_neighbors=n_nb).fit(S[rows]).kneighbors(S[rows], return_distance=False)
+        votes = np.zeros((len(rows), S.shape[1]), dtype=np.int64)
+        np.add.at(votes, (np.repeat(np.arange(len(rows)), n_nb), top[rows][nn].ravel()), 1)
+        cluster[rows] = votes.argmax(1)
+    return S, cluster
 
 
 def fit_alignment(Z: np.ndarray, codes: np.ndarray, cfg: NMFConfig) -> dict[str, np.ndarray]:
