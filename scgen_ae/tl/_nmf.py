@@ -17,19 +17,19 @@ INITS = ("nndsvda", "nndsvd", "random")
 
 def _check_options(loss, solver_name, init, batch_key, n_components, max_iter, tol, batch_size) -> None:
     if solver_name not in SOLVERS:
-        raise ValueError(f"solver={solver_name!r}; choose one of {SOLVERS}.")
+        raise v.InputError(f"solver={solver_name!r}; choose one of {SOLVERS}.")
     if init not in INITS:
-        raise ValueError(f"init={init!r}; choose one of {INITS}.")
+        raise v.InputError(f"init={init!r}; choose one of {INITS}.")
     if loss == "kl" and solver_name != "mu":
-        raise ValueError("loss='kl' is fitted by multiplicative updates: pass solver='mu'.")
+        raise v.InputError("loss='kl' is fitted by multiplicative updates: pass solver='mu'.")
     if batch_key is not None and (loss != "frobenius" or solver_name != "hals"):
-        raise ValueError("With batch_key, integrative NMF is fitted with loss='frobenius' and solver='hals'; "
+        raise v.InputError("With batch_key, integrative NMF is fitted with loss='frobenius' and solver='hals'; "
                          f"got loss={loss!r}, solver={solver_name!r}. Pass those, or batch_key=None.")
     if int(n_components) < 1 or int(max_iter) < 1 or tol < 0:
-        raise ValueError(f"n_components and max_iter must be positive and tol >= 0; got {n_components!r}, "
+        raise v.InputError(f"n_components and max_iter must be positive and tol >= 0; got {n_components!r}, "
                          f"{max_iter!r}, {tol!r}.")
     if batch_size is not None and int(batch_size) < 1:
-        raise ValueError(f"batch_size must be a positive integer or None, got {batch_size!r}.")
+        raise v.InputError(f"batch_size must be a positive integer or None, got {batch_size!r}.")
 
 
 def _check_values(X, layer, transform) -> None:
