@@ -179,8 +179,13 @@ def test_objective_from_chunk_statistics_is_exact():
 
 def test_loadings_plot_and_its_errors(integrated):
     adata = integrated[0].copy()
-    fig = sa.pl.loadings(adata, basis="X_nmf", components=[0, 1, 2])
-    assert len([ax for ax in fig.axes if ax.get_title()]) == 3
+    adata.obsm["X_2d"] = adata.obsm["X_nmf"][:, :2].copy()  # a given 2-D layout: no UMAP to compute
+    fig = sa.pl.loadings(adata, basis="X_nmf", components=[0, 1, 2], layout="X_2d")
+    titled = [ax for ax in fig.axes if ax.get_title()]
+    assert [ax.get_title() for ax in titled] == [f"X_nmf factor {j} on X_2d" for j in range(3)]
+    # each panel is coloured by that factor's usage
+    for ax, j in zip(titled, range(3)):
+        np.testing.assert_allclose(ax.collections[0].get_array(), adata.obsm["X_nmf"][:, j], rtol=1e-6)
     snap = Snapshot(adata)
     with pytest.raises(sa.InputError, match=f"obsm\\['X_nmf'\\] has {K} factors, so pass indices 0..{K - 1}"):
         sa.pl.loadings(adata, basis="X_nmf", components=[0, K])

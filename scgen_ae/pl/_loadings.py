@@ -42,9 +42,9 @@ def loadings(adata: AnnData, *, basis: str = "X_nmf", components: int | Sequence
     components
         Factor indices (0-based) to show; None: the first three.
     layout
-        ``obsm`` key whose 2-D ``method`` embedding places the cells; None: ``basis`` itself.
-        The 2-D coordinates are cached as in :func:`scgen_ae.pl.latent`
-        (``obsm[f"{layout}_{method}"]``).
+        ``obsm`` key that places the cells; None: ``basis`` itself. A 2-column layout (e.g.
+        scanpy's ``"X_umap"``) is drawn as it is; otherwise its 2-D ``method`` embedding is
+        computed and cached as in :func:`scgen_ae.pl.latent` (``obsm[f"{layout}_{method}"]``).
     method, recompute, seed, ncols, point_size, save, show
         As in :func:`scgen_ae.pl.latent`.
 
@@ -55,14 +55,17 @@ def loadings(adata: AnnData, *, basis: str = "X_nmf", components: int | Sequence
     layout = basis if layout is None else layout
     if layout not in adata.obsm:
         raise v.InputError(f"layout={layout!r} is not in adata.obsm (available: {list(adata.obsm.keys())}).")
-    xy = cached_embedding(adata, layout, method, recompute, seed=seed)
+    # a 2-D layout (e.g. scanpy's obsm["X_umap"]) is drawn as it is
+    two_d = np.asarray(adata.obsm[layout]).shape[1] == 2
+    xy = np.asarray(adata.obsm[layout]) if two_d else cached_embedding(adata, layout, method, recompute, seed=seed)
+    where = layout if two_d else f"{layout} {method.upper()}"
     ncols = min(ncols, len(chosen))
     nrows = math.ceil(len(chosen) / ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(4.6 * ncols, 4 * nrows), squeeze=False)
     size = point_size or max(2.0, 120000 / max(adata.n_obs, 1) ** 1.2)
     for ax, j in zip(axes.flat, chosen):
         values = pd.Series(Z[:, j], index=adata.obs_names, name=f"{basis}[{j}]")
-        _scatter(ax, xy, values, f"{basis} factor {j} on {layout} {method.upper()}", size, adata)
+        _scatter(ax, xy, values, f"{basis} factor {j} on {where}", size, adata)
     for ax in list(axes.flat)[len(chosen):]:
         ax.axis("off")
     fig.tight_layout()
