@@ -13,7 +13,7 @@ Frobenius loss, one thread, each fit in its own fresh subprocess:
 - ``sa_tight``: the same with ``tol=1e-6`` (runs until the objective stalls), used for
   the time to reach sklearn's final loss: the call's overhead (validation, init, writing
   results) plus the in-fit seconds at the first pass whose loss is <= sklearn's;
-- ``sa_inmf``: ``sa.tl.nmf(batch_key="batch", transform="none")`` (iNMF + quantile alignment).
+- ``sa_inmf``: ``sa.tl.nmf(batch_key="batch", transform="none")`` (iNMF, lam 20, + quantile alignment).
 
 Every timed fit is repeated ``--repeats`` times, interleaved across tools, and the best
 wall time is kept. The loss of every fit is recomputed here the same way for all tools:

@@ -60,7 +60,7 @@ def nmf(
     init: str = "nndsvda",
     max_iter: int = 200,
     tol: float = 1e-4,
-    lam: float = 5.0,
+    lam: float = 20.0,
     batch_size: int | None = None,
     seed: int = 0,
     device: str = "auto",
@@ -105,7 +105,9 @@ def nmf(
         At most ``max_iter`` passes over the cells; stop earlier when the objective
         changes by less than ``tol`` (relative) over one pass.
     lam
-        iNMF's penalty on the batch-specific loadings (with ``batch_key`` only).
+        iNMF's penalty on the batch-specific loadings (with ``batch_key`` only). The
+        default 20 (LIGER's is 5) kept the three cell lines of ``cellbench_3cl`` apart
+        more reliably after alignment (KMeans ARI 0.91-0.92 vs 0.50-0.92 with 5).
     batch_size
         None: full-batch updates. An integer: online updates, the loadings are updated
         after every chunk of ``batch_size`` cells, and the dense working memory is
