@@ -12,7 +12,7 @@ from scgen_ae.models import _nmf_solver
 
 from .conftest import Snapshot
 
-K = 8
+K = 10  # the default and the k
 NMF_KW = dict(n_components=K, n_threads=1, seed=0)
 
 
@@ -147,7 +147,7 @@ def test_non_integer_values_refused_for_log1p(cellbench_hvg):
 def test_too_many_components_refused(cellbench_hvg):
     adata = cellbench_hvg[:6].copy()
     sa.pp.drop_empty(adata)
-    _refused(adata, r"n_components=8 is more than min\(n_cells, n_genes\) = 6")
+    _refused(adata, r"n_components=10 is more than min\(n_cells, n_genes\) = 6")
 
 
 @pytest.mark.parametrize("kwargs, match", [
