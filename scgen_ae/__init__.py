@@ -13,10 +13,10 @@ except PackageNotFoundError:  # running from a source tree without installing
 from . import datasets, metrics, models, ondisk, pl, pp, tl  # noqa: E402
 from ._validate import InputError  # noqa: E402
 from .io import ModelFileError  # noqa: E402
-from .models import DAE, LDA, VAE, ClassicLDA  # noqa: E402
+from .models import DAE, LDA, NMF, VAE, ClassicLDA  # noqa: E402
 from .ondisk import read_backed  # noqa: E402
 from .train import TrainConfig, TrainingDivergedError  # noqa: E402
 
 __all__ = ["pp", "tl", "pl", "datasets", "metrics", "models", "ondisk", "read_backed",
-           "VAE", "DAE", "LDA", "ClassicLDA", "TrainConfig",
+           "VAE", "DAE", "LDA", "ClassicLDA", "NMF", "TrainConfig",
            "InputError", "ModelFileError", "TrainingDivergedError", "__version__"]

@@ -22,15 +22,11 @@ def _integrate(adata, args, out_h5ad: Path | None, plots: Path | None) -> None:
     if args.n_top_genes and adata.n_vars > args.n_top_genes:
         sa.pp.highly_variable(adata, n_top_genes=args.n_top_genes, batch_key=args.batch_key, layer=args.layer)
         print(f"selected {adata.n_vars} highly variable genes")
-    name = getattr(args, "model", "vae")
-    print(f"training tl.{name} on {adata.n_obs} cells x {adata.n_vars} genes, batches from obs[{args.batch_key!r}]")
-    common = dict(batch_key=args.batch_key, layer=args.layer, seed=args.seed, n_threads=args.threads,
-                  progress=not args.quiet)
-    if args.max_epochs is not None:
-        common["max_epochs"] = args.max_epochs
-    model, basis = _train(name, adata, args, common)
-    hist = model.history
-    print(f"trained {len(hist['train_loss'])} epochs in {hist['seconds']:.1f} s (best epoch {hist['best_epoch'] + 1})")
+    kind = getattr(args, "model", "vae")
+    if kind not in TRAINERS:
+        raise sa.InputError(f"--model {kind} is not available in this build; choose one of {sorted(TRAINERS)}.")
+    print(f"training tl.{kind} on {adata.n_obs} cells x {adata.n_vars} genes, batches from obs[{args.batch_key!r}]")
+    model, basis = TRAINERS[kind](adata, args)
     # uncorrected baseline for the summary: PCA of log-normalised counts
     base = sc.AnnData(adata.layers[args.layer] if args.layer else adata.X.copy())
     sc.pp.normalize_total(base, target_sum=1e4)
@@ -46,17 +42,56 @@ def _integrate(adata, args, out_h5ad: Path | None, plots: Path | None) -> None:
     if plots is not None:
         plots.mkdir(parents=True, exist_ok=True)
         color = [args.batch_key] + ([args.label_key] if args.label_key else [])
-        sa.pl.latent(adata, basis=basis, color=color, method="umap", save=plots / f"{name}_umap.png")
+        sa.pl.latent(adata, basis=basis, color=color, method="umap", save=plots / f"{kind}_umap.png")
         sa.pl.latent(adata, basis="X_pca_uncorrected", color=color, method="umap", save=plots / "uncorrected_umap.png")
-        sa.pl.history(adata, key=name, save=plots / f"{name}_history.png")
-        if name == "lda":  # --- topic models (issue 6, LDA half)
-            sa.pl.topics(adata, key="lda", n_genes=10, save=plots / "lda_topics.png")
+        sa.pl.history(adata, key=kind, save=plots / f"{kind}_history.png")
+        if kind in ("lda", "nmf"):  # top genes per topic / factor
+            sa.pl.topics(adata, key=kind, n_genes=10, save=plots / f"{kind}_topics.png")
         print(f"plots written to {plots}/")
     if out_h5ad is not None:
         adata.write_h5ad(out_h5ad)
         print(f"annotated AnnData written to {out_h5ad}")
     if getattr(args, "save_model", None):
         print(f"model saved to {model.save(args.save_model)}")
+
+
+def _train_vae(adata, args):
+    import scgen_ae as sa
+
+    model = sa.tl.vae(adata, batch_key=args.batch_key, layer=args.layer, likelihood=args.likelihood,
+                      n_latent=args.n_latent, max_epochs=args.max_epochs, seed=args.seed,
+                      n_threads=args.threads, progress=not args.quiet)
+    hist = model.history
+    print(f"trained {len(hist['train_loss'])} epochs in {hist['seconds']:.1f} s (best epoch {hist['best_epoch'] + 1})")
+    return model, "X_vae"
+
+
+# --- nmf (issue 6) ---
+def _train_nmf(adata, args):
+    import scgen_ae as sa
+
+    model = sa.tl.nmf(adata, n_components=args.n_latent, batch_key=args.batch_key, layer=args.layer,
+                      max_iter=args.max_epochs or 200, seed=args.seed, n_threads=args.threads)
+    hist = model.history
+    print(f"fitted integrative NMF (k = {args.n_latent}) in {hist['n_iter']} passes, {hist['seconds'][-1]:.1f} s")
+    return model, "X_nmf"
+# --- end nmf ---
+
+
+# --- topic models (issue 6, LDA half) ---
+def _train_lda(adata, args):
+    import scgen_ae as sa
+
+    train = dict(max_epochs=args.max_epochs) if args.max_epochs is not None else {}
+    model = sa.tl.lda(adata, n_topics=args.n_latent, batch_key=args.batch_key, layer=args.layer, seed=args.seed,
+                      n_threads=args.threads, progress=not args.quiet, **train)
+    hist = model.history
+    print(f"trained {len(hist['train_loss'])} epochs in {hist['seconds']:.1f} s (best epoch {hist['best_epoch'] + 1})")
+    return model, "X_lda"
+# --- end topic models ---
+
+
+TRAINERS = {"vae": _train_vae, "nmf": _train_nmf, "lda": _train_lda}  # --model; each returns (model, obsm key)
 
 
 # issue 5: denoising ------------------------------------------------------------
@@ -104,23 +139,50 @@ def _add_denoise_parser(sub) -> None:
     p.add_argument("--save-model", type=Path, default=None)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 # ------------------------------------------------------------ end of issue 5 block
-def _train(name: str, adata, args, common: dict):
-    """Train the chosen model; returns (model, obsm key of its embedding)."""
+
+
+# --- evaluation (issue 4): `scgen-ae score` ---
+def _score(args) -> None:
+    import anndata as ad
+
     import scgen_ae as sa
 
-    if name == "vae":
-        return sa.tl.vae(adata, likelihood=args.likelihood, n_latent=args.n_latent, **common), "X_vae"
-    # --- topic models (issue 6, LDA half)
-    if name == "lda":
-        return sa.tl.lda(adata, n_topics=args.n_latent, **common), "X_lda"
-    raise ValueError(f"unknown model {name!r}")
+    adata = ad.read_h5ad(args.input)
+    table = sa.tl.score_integration(adata, bases=args.bases, batch_key=args.batch_key, label_key=args.label_key,
+                                    n_jobs=args.threads or 1, key_added=args.key_added)
+    print("integration scores (scIB, unscaled; Total = 0.6 Bio conservation + 0.4 Batch correction)")
+    print(table.round(3).to_string())
+    if table.attrs.get("note"):
+        print(f"note: {table.attrs['note']}")
+    if args.csv is not None:
+        table.to_csv(args.csv)
+        print(f"table written to {args.csv}")
+    if args.plot is not None:
+        sa.pl.scores(adata, key=args.key_added, save=args.plot)
+        print(f"figure written to {args.plot}")
+    if args.output is not None:
+        adata.write_h5ad(args.output)
+        print(f"AnnData with uns[{args.key_added!r}] written to {args.output}")
+
+
+def _add_score_parser(sub) -> None:
+    p = sub.add_parser("score", help="scIB integration scores of obsm embeddings (needs scgen-ae[metrics])")
+    p.add_argument("input", type=Path, help=".h5ad with the embeddings in obsm")
+    p.add_argument("--bases", nargs="+", required=True, help="obsm keys to score, e.g. X_pca X_vae")
+    p.add_argument("--batch-key", required=True)
+    p.add_argument("--label-key", default=None, help="obs column of cell types (none: batch metrics only)")
+    p.add_argument("--key-added", default="integration_scores", help="uns key of the stored results")
+    p.add_argument("-o", "--output", type=Path, default=None, help="write the AnnData with the scores")
+    p.add_argument("--csv", type=Path, default=None, help="write the table as CSV")
+    p.add_argument("--plot", type=Path, default=None, help="write the table as a figure (sa.pl.scores)")
+    p.add_argument("--threads", type=int, default=None, help="threads for the neighbour search (default 1)")
+# --- end evaluation ---
 
 
 def _add_training_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--layer", default=None, help="layer with raw counts (default: X)")
     p.add_argument("--likelihood", default="zinb", choices=["zinb", "nb", "poisson", "gaussian"])
-    p.add_argument("--model", default="vae", choices=["vae", "lda"], help="vae (default) or lda (topic model)")
-    p.add_argument("--n-latent", type=int, default=10, help="latent dimensions (vae) or topics (lda)")
+    p.add_argument("--n-latent", type=int, default=10)
     p.add_argument("--n-top-genes", type=int, default=2000, help="HVGs to keep (0: all genes)")
     p.add_argument("--max-epochs", type=int, default=None, help="default: scvi-tools' heuristic, early stopping")
     p.add_argument("--seed", type=int, default=0)
@@ -132,13 +194,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="scgen-ae", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("integrate", help="batch-correct an .h5ad of raw counts with tl.vae or tl.lda")
+    p = sub.add_parser("integrate", help="batch-correct an .h5ad of raw counts with tl.vae (or --model nmf / lda)")
     p.add_argument("input", type=Path)
     p.add_argument("--batch-key", required=True)
     p.add_argument("--label-key", default=None, help="obs column of known cell types (for the summary)")
     p.add_argument("-o", "--output", type=Path, default=None)
     p.add_argument("--plots", type=Path, default=None, help="folder for UMAP and loss-curve PNGs")
     p.add_argument("--save-model", type=Path, default=None)
+    p.add_argument("--model", default="vae", choices=["vae", "nmf", "lda"],
+                   help="vae (default), nmf (integrative NMF; --n-latent factors, --max-epochs passes) or lda (--n-latent topics)")
     _add_training_args(p)
 
     p = sub.add_parser("demo", help="the main job on a built-in simulated dataset (no network needed)")
@@ -147,6 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     _add_training_args(p)
 
     _add_denoise_parser(sub)  # issue 5
+    _add_score_parser(sub)  # issue 4
 
     args = parser.parse_args(argv)
     import anndata as ad
@@ -159,13 +224,15 @@ def main(argv: list[str] | None = None) -> int:
             _integrate(adata, args, args.output, args.plots)
         elif args.command == "denoise":  # issue 5
             _denoise(ad.read_h5ad(args.input), args)
+        elif args.command == "score":  # issue 4
+            _score(args)
         elif args.command == "demo":
             args.batch_key, args.label_key = "batch", "cell_type"
             adata = sa.datasets.simulate(n_cells=args.n_cells)
             print(f"simulated {adata.n_obs} cells x {adata.n_vars} genes, 3 batches, 4 cell groups")
             args.out.mkdir(parents=True, exist_ok=True)
             _integrate(adata, args, args.out / "demo.h5ad", args.out / "plots")
-    except (sa.InputError, sa.ModelFileError, sa.TrainingDivergedError, FileNotFoundError) as err:
+    except (sa.InputError, sa.ModelFileError, sa.TrainingDivergedError, FileNotFoundError, ImportError) as err:
         print(f"scgen-ae: error: {err}", file=sys.stderr)
         return 2
     return 0

@@ -111,10 +111,11 @@ def hals_rows(H: torch.Tensor, B: torch.Tensor, A: torch.Tensor, sweeps: int) ->
     diag = A.diagonal()
     # a component whose other factor vanished has no curvature: leave it alone, not divide by ~0
     live = (diag > 1e-12 * diag.max().clamp_min(_EPS)).tolist()
+    inv = (1.0 / diag.clamp_min(_EPS)).tolist()
+    HT = H.T  # addmv on the transposed view: one fused gemv per row, no temporaries
     for _ in range(sweeps):
         for j in (j for j in range(H.shape[0]) if live[j]):
-            step = (B[j] - A[j] @ H).div_(diag[j]).add_(H[j])
-            H[j] = step.clamp_min_(0.0)
+            H[j].add_(torch.addmv(B[j], HT, A[j], alpha=-1.0), alpha=inv[j]).clamp_min_(0.0)
     return H
 
 
@@ -182,6 +183,7 @@ class Fit:
     loss: list = field(default_factory=list)  # objective per cell, one value per pass over the cells
     seconds: list = field(default_factory=list)  # cumulative wall time at the end of each pass
     converged: bool = False
+    interrupted: bool = False  # Ctrl-C: the factors are those of the last finished update
 
 
 def fit(blocks: list[sp.csr_matrix], k: int, *, loss: str = "frobenius", solver: str = "hals",
@@ -205,9 +207,20 @@ def fit(blocks: list[sp.csr_matrix], k: int, *, loss: str = "frobenius", solver:
     Ws = list(torch.split(W, [X.shape[0] for X in blocks]))
     Ws = [w.contiguous() for w in Ws]
     out = Fit(Ws, H, V)
-    if loss == "kl":
-        _fit_kl(out, chunks, max_iter, tol, n_cells, start)
-        return out
+    try:
+        if loss == "kl":
+            _fit_kl(out, chunks, max_iter, tol, n_cells, start)
+        else:
+            _fit_frobenius(out, chunks, solver, max_iter, tol, lam, integrative, sweeps, extrapolate, n_cells, start)
+    except KeyboardInterrupt:
+        out.interrupted = True
+    return out
+
+
+def _fit_frobenius(out: Fit, chunks, solver, max_iter, tol, lam, integrative, sweeps, extrapolate, n_cells, start):
+    Ws, H, V = out.W, out.H, out.V
+    n_blocks, k, n_genes = V.shape
+    device = H.device
     # sufficient statistics per block, float64 so that chunk-wise updates do not drift
     A = torch.zeros(n_blocks, k, k, dtype=torch.float64, device=device)
     B = torch.zeros(n_blocks, k, n_genes, dtype=torch.float64, device=device)
@@ -217,8 +230,10 @@ def fit(blocks: list[sp.csr_matrix], k: int, *, loss: str = "frobenius", solver:
         B[c.block] += c.tmm(w).T.double()
     gene_sweeps = sweeps if solver == "hals" else 1
     sq_norm = sum(c.sq_norm for c in chunks)
-    beta, prev = 0.5, None  # extrapolation of the gene loadings (Ang & Gillis 2019), HALS only
-    for _ in range(max_iter):
+    # extrapolation of the loadings (Ang & Gillis 2019): plain NMF with HALS only; with iNMF it
+    # let the batch-specific loadings grow without bound on cellbench_3cl
+    beta, prev = 0.5, None
+    for it in range(max_iter):
         for c in chunks:
             b = c.block
             Hb = H + V[b]
@@ -238,7 +253,7 @@ def fit(blocks: list[sp.csr_matrix], k: int, *, loss: str = "frobenius", solver:
         if len(out.loss) > 1 and abs(out.loss[-2] - out.loss[-1]) < tol * abs(out.loss[-2]):
             out.converged = True
             break
-        if extrapolate and solver == "hals":
+        if extrapolate and solver == "hals" and not integrative and it < max_iter - 1:
             # the next pass starts from H + beta (H - H_prev): grow beta while the objective
             # falls, shrink it (and skip one step) when it rises
             improved = len(out.loss) < 2 or out.loss[-1] < out.loss[-2]
@@ -248,7 +263,6 @@ def fit(blocks: list[sp.csr_matrix], k: int, *, loss: str = "frobenius", solver:
                 H.add_(H - prev[0], alpha=beta).clamp_min_(0.0)
                 V.add_(V - prev[1], alpha=beta).clamp_min_(0.0)
             prev = current
-    return out
 
 
 def _balance(Ws, H, V, A, B, prev) -> None:
@@ -256,7 +270,9 @@ def _balance(Ws, H, V, A, B, prev) -> None:
     but neither factor drifts towards float32 over- or underflow."""
     w_norm = torch.sqrt(sum((w * w).sum(0) for w in Ws))
     h_norm = torch.sqrt((H * H).sum(1) + (V * V).sum((0, 2)))
-    ok = (w_norm > 0) & (h_norm > 0)
+    # a (nearly) dead component is left alone: scaling it up would also scale up the
+    # round-off in its row of B, which is updated incrementally
+    ok = (w_norm > 1e-6 * w_norm.max()) & (h_norm > 1e-6 * h_norm.max())
     d = torch.where(ok, torch.sqrt(h_norm / w_norm.clamp_min(_EPS)), torch.ones_like(w_norm))
     for w in Ws:
         w.mul_(d)
@@ -328,3 +344,36 @@ def _fit_kl(out: Fit, chunks, max_iter: int, tol: float, n_cells: int, start: fl
         if len(out.loss) > 1 and out.loss[-2] - out.loss[-1] < tol * abs(out.loss[-2]):
             out.converged = True
             break
+
+
+@torch.no_grad()
+def solve_cells(X: sp.csr_matrix, H: torch.Tensor, Vb: torch.Tensor, lam: float, loss: str,
+                max_iter: int = 200, tol: float = 1e-5, chunk_size: int = 4096) -> torch.Tensor:
+    """Cell factors (cells x k) of X with the loadings fixed (``H + Vb``), chunk by chunk.
+
+    Frobenius: non-negative least squares by HALS from the clipped unconstrained solution;
+    KL: multiplicative updates. Stops when the factors change by less than ``tol`` (relative).
+    """
+    device = H.device
+    Hb = H + Vb
+    out = []
+    for c in make_chunks([X], chunk_size, device):
+        if loss == "kl":
+            W = torch.full((c.stop - c.start, H.shape[0]), float(c.X.values().mean()) / max(float(Hb.sum()), _EPS),
+                           device=device) if c.X.values().numel() else torch.zeros(c.stop - c.start, H.shape[0])
+            colsum = Hb.sum(1)[None, :]
+        else:
+            G = Hb @ Hb.T + lam * Vb @ Vb.T
+            R = c.mm(Hb.T)
+            W = (R @ torch.linalg.pinv(G)).clamp_min(0.0)
+        for _ in range(max_iter):
+            before = W.clone()
+            if loss == "kl":
+                ratio = c.X.values() / c.at_nonzeros(W, Hb).clamp_min(_EPS)
+                _mu(W, c.mm_values(ratio, Hb.T), colsum)
+            else:
+                W = hals_columns(W, R, G, 1)
+            if float((W - before).norm()) <= tol * max(float(W.norm()), _EPS):
+                break
+        out.append(W)
+    return torch.cat(out) if out else torch.zeros(0, H.shape[0], device=device)

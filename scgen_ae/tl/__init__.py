@@ -2,6 +2,7 @@
 from ._denoise import denoise
 from ._denoise_benchmark import denoise_benchmark, gene_share_baseline, heldout_errors, holdout_nonzeros
 from ._lda import lda
+from ._nmf import nmf
 from ._predict import mean_expression, predict, r_squared, response_means
 from ._remove_batch import remove_batch
 from ._score import score_integration
@@ -9,7 +10,7 @@ from ._transfer import transfer_labels
 from ._vae import vae
 
 __all__ = [
-    "vae", "denoise", "lda", "score_integration",                              # models and scores
-    "denoise_benchmark", "holdout_nonzeros", "gene_share_baseline", "heldout_errors",  # issue 5
-    "predict", "remove_batch", "transfer_labels", "mean_expression", "r_squared", "response_means",  # issue 7
+    "vae", "denoise", "nmf", "lda", "score_integration",                         # models and scores
+    "denoise_benchmark", "holdout_nonzeros", "gene_share_baseline", "heldout_errors",  # held-out denoising
+    "predict", "remove_batch", "transfer_labels", "mean_expression", "r_squared", "response_means",  # latent
 ]

@@ -1,0 +1,196 @@
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+from anndata import AnnData
+
+from .. import _validate as v
+from ..models import _nmf_solver
+from ..models.nmf import NMF, NMFConfig, check_nonnegative, fit_alignment, apply_alignment, preprocess, split_by_batch
+from ..train import resolve_device, seeded_threads
+from ._common import params_record, write_results
+
+SOLVERS = ("hals", "mu")
+INITS = ("nndsvda", "nndsvd", "random")
+
+
+def _check_options(loss, solver_name, init, batch_key, n_components, max_iter, tol, batch_size) -> None:
+    if solver_name not in SOLVERS:
+        raise v.InputError(f"solver={solver_name!r}; choose one of {SOLVERS}.")
+    if init not in INITS:
+        raise v.InputError(f"init={init!r}; choose one of {INITS}.")
+    if loss == "kl" and solver_name != "mu":
+        raise v.InputError("loss='kl' is fitted by multiplicative updates: pass solver='mu'.")
+    if batch_key is not None and (loss != "frobenius" or solver_name != "hals"):
+        raise v.InputError("With batch_key, integrative NMF is fitted with loss='frobenius' and solver='hals'; "
+                         f"got loss={loss!r}, solver={solver_name!r}. Pass those, or batch_key=None.")
+    if int(n_components) < 1 or int(max_iter) < 1 or tol < 0:
+        raise v.InputError(f"n_components and max_iter must be positive and tol >= 0; got {n_components!r}, "
+                         f"{max_iter!r}, {tol!r}.")
+    if batch_size is not None and int(batch_size) < 1:
+        raise v.InputError(f"batch_size must be a positive integer or None, got {batch_size!r}.")
+
+
+def _check_values(X, layer, transform) -> None:
+    """NMF needs non-negative data; transform='log1p' normalises, so it needs counts."""
+    check_nonnegative(X, layer)
+    if transform == "log1p":
+        frac = np.abs(X.data - np.round(X.data)) > 1e-3
+        if frac.any():
+            where = f"adata.layers[{layer!r}]" if layer is not None else "adata.X"
+            raise v.InputError(
+                f"{where} has {int(frac.sum())} non-integer values (e.g. {float(X.data[frac][0]):.4g}), but "
+                "transform='log1p' normalises raw counts. Pass the counts via layer= (keep them with "
+                "adata.layers['counts'] = adata.X.copy() before normalising), or transform='none' to "
+                "factorise the values as they are (e.g. already log-normalised)."
+            )
+
+
+def nmf(
+    adata: AnnData,
+    *,
+    n_components: int = 10,
+    batch_key: str | None = None,
+    layer: str | None = None,
+    loss: str = "frobenius",
+    solver: str = "hals",
+    transform: str = "log1p",
+    target_sum: float = 1e4,
+    init: str = "nndsvda",
+    max_iter: int = 200,
+    tol: float = 1e-4,
+    lam: float = 20.0,
+    batch_size: int | None = None,
+    seed: int = 0,
+    device: str = "auto",
+    n_threads: int | None = None,
+    key_added: str = "X_nmf",
+    varm_key: str = "nmf_loadings",
+    uns_key: str = "nmf",
+    copy: bool = False,
+) -> NMF | tuple[AnnData, NMF]:
+    """Non-negative matrix factorisation of cells x genes, batch-aware with ``batch_key``.
+
+    Without ``batch_key``: ``X ~ W H`` (sklearn's ``NMF``). With it: integrative NMF
+    (LIGER's iNMF), ``X_b ~ W_b (H + V_b)`` with loadings ``H`` shared by all batches,
+    batch-specific ``V_b`` penalised by ``lam/2 ||W_b V_b||^2``, followed by LIGER's
+    quantile alignment of the cell factors, so ``obsm[key_added]`` is batch corrected.
+    Fitted in torch on sparse CSR input (never densified), on the CPU or CUDA.
+
+    Parameters
+    ----------
+    adata
+        Cells x genes; raw counts in ``X`` or ``layers[layer]`` (sparse or dense).
+    n_components
+        Number of factors k.
+    batch_key
+        ``obs`` column with the batch of each cell; None fits plain NMF.
+    layer
+        Layer with the data; None uses ``X``.
+    loss
+        "frobenius" (1/2 ||X - W H||^2) or "kl" (generalised Kullback-Leibler, i.e.
+        Poisson NMF; plain NMF with ``solver="mu"``).
+    solver
+        "hals" (hierarchical alternating least squares with extrapolation; Frobenius) or
+        "mu" (multiplicative updates; Frobenius or KL).
+    transform
+        What is factorised: "log1p" (default: each cell normalised to ``target_sum``
+        counts, then log1p, as ``sc.pp.normalize_total`` + ``sc.pp.log1p``; needs counts)
+        or "none" (the non-negative values as given, e.g. counts for ``loss="kl"``).
+    init
+        "nndsvda" (NNDSVD, zeros filled with the mean; default), "nndsvd", or "random"
+        (seeded by ``seed``).
+    max_iter, tol
+        At most ``max_iter`` passes over the cells; stop earlier when the objective
+        changes by less than ``tol`` (relative) over one pass.
+    lam
+        iNMF's penalty on the batch-specific loadings (with ``batch_key`` only). The
+        default 20 (LIGER's is 5) kept the three cell lines of ``cellbench_3cl`` apart
+        more reliably after alignment (KMeans ARI 0.91-0.92 vs 0.50-0.92 with 5).
+    batch_size
+        None: full-batch updates. An integer: online updates, the loadings are updated
+        after every chunk of ``batch_size`` cells, and the dense working memory is
+        O(batch_size x k + k x n_genes), independent of the number of cells.
+    seed, device, n_threads
+        Random seed (initialisation), "auto"/"cpu"/"cuda", and CPU threads (None: torch's).
+    key_added, varm_key, uns_key
+        Where the cell factors, the loadings and the parameters go.
+    copy
+        Work on a copy and return ``(adata_copy, model)``.
+
+    Returns
+    -------
+    The fitted :class:`~scgen_ae.models.NMF` (or ``(adata, model)`` with ``copy=True``).
+    Errors leave ``adata`` unchanged; so does Ctrl-C (with a warning; the model so far is returned).
+    Sets
+
+    - ``adata.obsm[key_added]``: (n_cells, k) non-negative cell factors. Without
+      ``batch_key``: ``W``, with ``X ~ W @ varm[varm_key].T``. With ``batch_key``: each
+      batch's factors scaled to unit root-mean-square per factor, then quantile-aligned to
+      the largest batch (batch corrected; not a reconstruction of X).
+    - ``adata.varm[varm_key]``: (n_genes, k) non-negative shared gene loadings, each
+      factor (column) with unit L2 norm.
+    - ``adata.uns[uns_key]["params"]``: the arguments used.
+    - ``adata.uns[uns_key]["history"]``: ``train_loss`` (objective per cell after each
+      pass: 1/2 squared Frobenius error (+ iNMF penalty), or generalised KL),
+      ``seconds`` (cumulative), ``n_iter``, ``converged``, plus ``validation_loss``
+      (empty) and ``best_epoch`` so ``sa.pl.history(adata, key=uns_key)`` draws it.
+    - ``adata.uns[uns_key]["key_added"]``, ``["varm_key"]``: the keys above (read by
+      the generic top-genes / loadings plots).
+    """
+    _check_options(loss, solver, init, batch_key, n_components, max_iter, tol, batch_size)
+    X = v.get_matrix(adata, layer)
+    _check_values(X, layer, transform)
+    v.check_not_empty(X, layer)
+    codes, cats = v.batch_codes(adata, batch_key)
+    k = int(n_components)
+    if k > min(X.shape):
+        raise v.InputError(f"n_components={k} is more than min(n_cells, n_genes) = {min(X.shape)}; "
+                           "choose fewer components.")
+    config = NMFConfig(n_genes=adata.n_vars, n_components=k, n_batches=len(cats), loss=loss, transform=transform,
+                       target_sum=target_sum, lam=lam if batch_key is not None else 0.0,
+                       aligned=batch_key is not None)
+    dev = resolve_device(device)
+    dev = dev if dev.type in ("cpu", "cuda") else resolve_device("cpu")  # sparse CSR kernels: CPU / CUDA only
+    Xp = preprocess(X, transform, target_sum)
+    blocks, idx = split_by_batch(Xp, codes, len(cats))
+    with seeded_threads(seed, n_threads):
+        result = _nmf_solver.fit(blocks, k, loss=loss, solver=solver, init=init, max_iter=max_iter, tol=tol,
+                            lam=config.lam, integrative=config.aligned, chunk_size=batch_size, seed=seed,
+                            device=dev)
+        norms = result.H.norm(dim=1).clamp_min(1e-12)[:, None]  # unit-norm loadings; W H unchanged
+        model = NMF(config, adata.var_names, batch_key, cats, layer, _history(result))
+        model.module.to(dev)
+        model.set_factors(result.H / norms, result.V / norms[None])
+        Z = np.zeros((adata.n_obs, k), dtype=np.float32)
+        for block, rows, W in zip(blocks, idx, result.W):
+            Z[rows] = (W * norms.T).cpu().numpy()
+        if result.interrupted:
+            warnings.warn("Fitting was interrupted (Ctrl-C): adata was left unchanged. The returned model holds "
+                          "the loadings so far; use model.transform(adata) or model.save(path).", stacklevel=2)
+            return model
+        if config.aligned:
+            tables = fit_alignment(Z, codes, config)
+            model.set_alignment(tables)
+            Z = apply_alignment(Z, codes, tables)
+    target = adata.copy() if copy else adata
+    params = params_record(n_components=k, batch_key=batch_key, layer=layer, loss=loss, solver=solver,
+                           transform=transform, target_sum=target_sum, init=init, max_iter=max_iter, tol=tol,
+                           lam=config.lam, batch_size=batch_size, seed=seed, device=str(dev), n_threads=n_threads)
+    write_results(target, obsm={key_added: Z}, varm={varm_key: model.loadings.copy()},
+                  uns={uns_key: {"params": params, "history": model.history, "key_added": key_added,
+                                 "varm_key": varm_key}})
+    return (target, model) if copy else model
+
+
+def _history(result: _nmf_solver.Fit) -> dict:
+    return {
+        "train_loss": np.asarray(result.loss, dtype=np.float64),
+        "validation_loss": np.zeros(0, dtype=np.float64),
+        "seconds": np.asarray(result.seconds, dtype=np.float64),
+        "n_iter": len(result.loss),
+        "converged": bool(result.converged),
+        "interrupted": bool(result.interrupted),
+        "best_epoch": len(result.loss) - 1,
+    }

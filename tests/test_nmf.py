@@ -1,0 +1,207 @@
+"""tl.nmf / models.NMF / pl.loadings / ``scgen-ae integrate --model nmf`` on the shared real data."""
+from __future__ import annotations
+
+import anndata as ad
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+import scgen_ae as sa
+from scgen_ae.cli import main
+from scgen_ae.models import _nmf_solver
+
+from .conftest import Snapshot
+
+K = 10  # the default and the issue's k
+NMF_KW = dict(n_components=K, n_threads=1, seed=0)
+
+
+def frobenius(X, W, H) -> float:
+    """1/2 ||X - W H||^2 by brute force on the dense matrix (test data is small)."""
+    X = X.toarray() if sp.issparse(X) else np.asarray(X)
+    return 0.5 * float(np.square(X - W.astype(np.float64) @ H.astype(np.float64)).sum())
+
+
+def lognorm(adata):
+    X = sa.models.nmf.preprocess(sp.csr_matrix(adata.X), "log1p", 1e4)
+    return X
+
+
+@pytest.fixture(scope="session")
+def plain(cellbench_hvg):
+    """(annotated copy, model) of plain NMF on cellbench_3cl's 1,000 HVGs."""
+    return sa.tl.nmf(cellbench_hvg, copy=True, **NMF_KW)
+
+
+@pytest.fixture(scope="session")
+def integrated(cellbench_hvg):
+    """The same with batch_key: iNMF + quantile alignment."""
+    return sa.tl.nmf(cellbench_hvg, batch_key="batch", copy=True, **NMF_KW)
+
+
+# ---------------------------------------------------------------- what is written
+
+def test_plain_nmf_writes_documented_keys(plain, cellbench_hvg):
+    adata, model = plain
+    Z, L = adata.obsm["X_nmf"], adata.varm["nmf_loadings"]
+    assert Z.shape == (adata.n_obs, K) and L.shape == (adata.n_vars, K)
+    assert (Z >= 0).all() and (L >= 0).all()
+    np.testing.assert_allclose(np.linalg.norm(L, axis=0), 1.0, rtol=1e-5)
+    u = adata.uns["nmf"]
+    assert u["key_added"] == "X_nmf" and u["varm_key"] == "nmf_loadings"
+    assert u["params"]["n_components"] == K and u["params"]["batch_key"] == "None"
+    hist = u["history"]
+    assert len(hist["train_loss"]) == hist["n_iter"] == len(hist["seconds"])
+    assert "X_nmf" not in cellbench_hvg.obsm  # copy=True left the input alone
+
+
+def test_history_is_the_reconstruction_error(plain, cellbench_hvg):
+    """The last loss in uns is 1/2 ||X - W H||^2 per cell of the stored factors."""
+    adata, _ = plain
+    X = lognorm(cellbench_hvg)
+    direct = frobenius(X, adata.obsm["X_nmf"], adata.varm["nmf_loadings"].T) / adata.n_obs
+    assert adata.uns["nmf"]["history"]["train_loss"][-1] == pytest.approx(direct, rel=1e-4)
+
+
+def test_loss_decreases(plain):
+    loss = plain[0].uns["nmf"]["history"]["train_loss"]
+    assert loss[-1] < 0.8 * loss[0]
+    assert loss[-1] <= loss.min() * (1 + 1e-3)
+
+
+@pytest.mark.parametrize("loss, transform", [("frobenius", "log1p"), ("kl", "none")])
+def test_multiplicative_updates_never_increase_the_loss(cellbench_hvg, loss, transform):
+    model = sa.tl.nmf(cellbench_hvg.copy(), loss=loss, solver="mu", transform=transform, max_iter=15, tol=0,
+                      **NMF_KW)
+    hist = np.asarray(model.history["train_loss"])
+    assert len(hist) == 15 and np.isfinite(hist).all()
+    assert (np.diff(hist) <= 1e-6 * np.abs(hist[:-1])).all()
+
+
+def test_same_seed_reproduces_and_random_init_depends_on_it(cellbench_hvg):
+    a, b, c = (cellbench_hvg.copy() for _ in range(3))
+    for adata, seed in ((a, 1), (b, 1), (c, 2)):
+        sa.tl.nmf(adata, init="random", max_iter=20, n_components=K, n_threads=1, seed=seed)
+    np.testing.assert_array_equal(a.obsm["X_nmf"], b.obsm["X_nmf"])
+    assert not np.allclose(a.obsm["X_nmf"], c.obsm["X_nmf"])
+
+
+def test_transform_solves_cells_at_least_as_well(plain, cellbench_hvg):
+    """With the loadings fixed, transform's cell factors are the NNLS optimum: no worse than training's."""
+    adata, model = plain
+    X, H = lognorm(cellbench_hvg), adata.varm["nmf_loadings"].T
+    W = model.transform(cellbench_hvg)
+    assert W.shape == (adata.n_obs, K) and (W >= 0).all()
+    assert frobenius(X, W, H) <= frobenius(X, adata.obsm["X_nmf"], H) * (1 + 1e-5)
+
+
+def test_online_updates_reach_the_full_batch_loss(plain, cellbench_hvg):
+    model = sa.tl.nmf(cellbench_hvg.copy(), batch_size=128, **NMF_KW)
+    assert model.history["train_loss"][-1] <= plain[1].history["train_loss"][-1] * 1.01
+
+
+def test_save_load_roundtrip(integrated, cellbench_hvg, tmp_path):
+    adata, model = integrated
+    path = model.save(tmp_path / "nmf.npz")
+    loaded = sa.NMF.load(path, adata=cellbench_hvg)
+    np.testing.assert_array_equal(loaded.loadings, model.loadings)
+    np.testing.assert_allclose(loaded.transform(cellbench_hvg), model.transform(cellbench_hvg), rtol=1e-5, atol=1e-6)
+
+
+# ---------------------------------------------------------------- integration
+
+def test_inmf_mixes_batches_and_keeps_cell_lines(plain, integrated):
+    """iNMF + alignment mixes the two protocols clearly better than plain NMF; cell lines stay apart."""
+    (a_plain, _), (a_int, model) = plain, integrated
+    ent_plain = sa.metrics.batch_entropy(a_plain.obsm["X_nmf"], a_plain.obs["batch"])
+    ent_int = sa.metrics.batch_entropy(a_int.obsm["X_nmf"], a_int.obs["batch"])
+    assert ent_int > ent_plain + 0.15
+    assert sa.metrics.clustering_ari(a_int.obsm["X_nmf"], a_int.obs["cell_type"]) >= 0.9
+    assert (a_int.obsm["X_nmf"] >= 0).all()
+    # new cells go through the same alignment: applying the model to its training cells agrees
+    Z = model.transform(a_int)
+    assert np.corrcoef(Z.ravel(), a_int.obsm["X_nmf"].ravel())[0, 1] > 0.95
+
+
+# ---------------------------------------------------------------- errors leave adata unchanged
+
+def _refused(adata, match, **kwargs):
+    snap = Snapshot(adata)
+    with pytest.raises(sa.InputError, match=match):
+        sa.tl.nmf(adata, **{**NMF_KW, **kwargs})
+    snap.assert_unchanged(adata)
+
+
+def test_negative_values_refused(cellbench_hvg):
+    adata = cellbench_hvg[:50].copy()
+    adata.X = adata.X.toarray() - 1.0
+    _refused(adata, "negative values; NMF needs non-negative data", transform="none")
+
+
+def test_non_integer_values_refused_for_log1p(cellbench_hvg):
+    adata = cellbench_hvg[:50].copy()
+    adata.X = adata.X * 0.5
+    _refused(adata, "non-integer values .* transform='log1p' normalises raw counts")
+
+
+def test_too_many_components_refused(cellbench_hvg):
+    adata = cellbench_hvg[:6].copy()
+    sa.pp.drop_empty(adata)
+    _refused(adata, r"n_components=10 is more than min\(n_cells, n_genes\) = 6")
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(solver="cd"), "solver='cd'; choose one of"),
+    (dict(loss="kl"), "loss='kl' is fitted by multiplicative updates: pass solver='mu'"),
+    (dict(batch_key="batch", solver="mu"), "With batch_key, integrative NMF is fitted with loss='frobenius'"),
+    (dict(batch_key="protocol_typo"), "batch_key='protocol_typo' is not a column"),
+    (dict(batch_size=0), "batch_size must be a positive integer"),
+])
+def test_bad_options_refused(cellbench_hvg, kwargs, match):
+    _refused(cellbench_hvg.copy(), match, **kwargs)
+
+
+# ---------------------------------------------------------------- solver internals
+
+def test_objective_from_chunk_statistics_is_exact():
+    """iNMF on small sparse chunks: the objective kept from per-chunk statistics equals the dense one."""
+    X = sp.random(57, 23, density=0.3, format="csr", random_state=1, dtype=np.float32)
+    fit = _nmf_solver.fit([X[:30], X[30:]], 4, max_iter=30, chunk_size=7, integrative=True, lam=2.0, seed=3)
+    W = np.vstack([w.numpy() for w in fit.W])
+    Hb = [(fit.H + fit.V[b]).numpy() for b in range(2)]
+    direct = sum(frobenius(Xb, w.numpy(), h) + 1.0 * np.square(w.numpy() @ fit.V[b].numpy()).sum()
+                 for b, (Xb, w, h) in enumerate(zip([X[:30], X[30:]], fit.W, Hb)))
+    assert fit.loss[-1] == pytest.approx(direct / X.shape[0], rel=1e-4)
+    assert (W >= 0).all() and (fit.V.numpy() >= 0).all()
+
+
+# ---------------------------------------------------------------- plot and CLI
+
+def test_loadings_plot_and_its_errors(integrated):
+    adata = integrated[0].copy()
+    adata.obsm["X_2d"] = adata.obsm["X_nmf"][:, :2].copy()  # a given 2-D layout: no UMAP to compute
+    fig = sa.pl.loadings(adata, basis="X_nmf", components=[0, 1, 2], layout="X_2d")
+    titled = [ax for ax in fig.axes if ax.get_title()]
+    assert [ax.get_title() for ax in titled] == [f"X_nmf factor {j} on X_2d" for j in range(3)]
+    # each panel is coloured by that factor's usage
+    for ax, j in zip(titled, range(3)):
+        np.testing.assert_allclose(ax.collections[0].get_array(), adata.obsm["X_nmf"][:, j], rtol=1e-6)
+    snap = Snapshot(adata)
+    with pytest.raises(sa.InputError, match=f"obsm\\['X_nmf'\\] has {K} factors, so pass indices 0..{K - 1}"):
+        sa.pl.loadings(adata, basis="X_nmf", components=[0, K])
+    with pytest.raises(sa.InputError, match="basis='X_lda' is not in adata.obsm"):
+        sa.pl.loadings(adata, basis="X_lda")
+    snap.assert_unchanged(adata)
+
+
+def test_cli_integrate_with_nmf(cellbench_raw, tmp_path, capsys):
+    src, out, model_path = tmp_path / "in.h5ad", tmp_path / "out.h5ad", tmp_path / "nmf.npz"
+    cellbench_raw.write_h5ad(src)
+    rc = main(["integrate", str(src), "--model", "nmf", "--batch-key", "batch", "--label-key", "cell_type",
+               "-o", str(out), "--save-model", str(model_path), "--n-top-genes", "500", "--threads", "1", "--quiet"])
+    assert rc == 0
+    assert "X_nmf" in capsys.readouterr().out
+    result = ad.read_h5ad(out)
+    assert result.obsm["X_nmf"].shape == (result.n_obs, 10) and result.uns["nmf"]["varm_key"] == "nmf_loadings"
+    model = sa.NMF.load(model_path, adata=result)
+    np.testing.assert_array_equal(model.loadings, result.varm["nmf_loadings"])
