@@ -103,7 +103,13 @@ for name, ad in [("from disk", backed), ("in memory", in_memory)]:
     print(f"{name:>10}: best validation loss {min(h['validation_loss']):.2f}, {h['seconds']:.1f} s")
 
 # %%
-fig = sa.pl.latent(backed, basis="X_vae", color=["batch"], method="umap")
+fig, ax = plt.subplots(figsize=(5, 3.5))
+for name, ad in [("from disk", backed), ("in memory", in_memory)]:
+    h = ad.uns["vae"]["history"]
+    ax.plot(np.arange(1, len(h["validation_loss"]) + 1), h["validation_loss"], marker="o", label=name)
+ax.set(xlabel="epoch", ylabel="validation loss (-ELBO per cell)", title=f"tl.vae on {backed.n_obs:,} cells")
+ax.legend()
+fig.tight_layout()
 fig.savefig(FIGURES / "05_scaling.png", dpi=72)
 plt.show()
 
