@@ -14,7 +14,7 @@ from anndata import AnnData
 from .. import _validate as v
 
 _INSTALL_HINT = (
-    'score_integration needs scib-metrics: pip install "scgen-ae[bench]" (or pip install scib-metrics).'
+    'score_integration needs scib-metrics: pip install "scgen-ae[metrics]" (or pip install scib-metrics).'
 )
 _BIO, _BATCH, _TOTAL = "Bio conservation", "Batch correction", "Total"
 _AGGREGATES = (_BIO, _BATCH, _TOTAL)
@@ -126,7 +126,7 @@ def score_integration(
     silhouette, cLISI) and the default ``BatchCorrection`` set (BRAS, iLISI, kBET per
     label, graph connectivity, PCR comparison) on every embedding in ``bases``.
     Aggregates follow scIB: ``Total = 0.6 * Bio conservation + 0.4 * Batch correction``.
-    Needs the optional dependency scib-metrics (``pip install "scgen-ae[bench]"``).
+    Needs the optional dependency scib-metrics (``pip install "scgen-ae[metrics]"``).
 
     Parameters
     ----------
