@@ -65,6 +65,43 @@ def _add_training_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+
+# evalbridge: `scgen-ae score`
+def _score(args) -> None:
+    import anndata as ad
+
+    import scgen_ae as sa
+
+    adata = ad.read_h5ad(args.input)
+    table = sa.tl.score_integration(adata, bases=args.bases, batch_key=args.batch_key, label_key=args.label_key,
+                                    n_jobs=args.threads or 1, key_added=args.key_added)
+    print("integration scores (scIB, unscaled; Total = 0.6 Bio conservation + 0.4 Batch correction)")
+    print(table.round(3).to_string())
+    if table.attrs.get("note"):
+        print(f"note: {table.attrs['note']}")
+    if args.csv is not None:
+        table.to_csv(args.csv)
+        print(f"table written to {args.csv}")
+    if args.plot is not None:
+        sa.pl.scores(adata, key=args.key_added, save=args.plot)
+        print(f"figure written to {args.plot}")
+    if args.output is not None:
+        adata.write_h5ad(args.output)
+        print(f"AnnData with uns[{args.key_added!r}] written to {args.output}")
+
+
+def _add_score_parser(sub) -> None:
+    p = sub.add_parser("score", help="scIB integration scores of obsm embeddings (needs scgen-ae[metrics])")
+    p.add_argument("input", type=Path, help=".h5ad with the embeddings in obsm")
+    p.add_argument("--bases", nargs="+", required=True, help="obsm keys to score, e.g. X_pca X_vae")
+    p.add_argument("--batch-key", required=True)
+    p.add_argument("--label-key", default=None, help="obs column of cell types (none: batch metrics only)")
+    p.add_argument("--key-added", default="integration_scores", help="uns key of the stored results")
+    p.add_argument("-o", "--output", type=Path, default=None, help="write the AnnData with the scores")
+    p.add_argument("--csv", type=Path, default=None, help="write the table as CSV")
+    p.add_argument("--plot", type=Path, default=None, help="write the table as a figure (sa.pl.scores)")
+    p.add_argument("--threads", type=int, default=None, help="threads for the neighbour search (default 1)")
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="scgen-ae", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -83,6 +120,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n-cells", type=int, default=1500)
     _add_training_args(p)
 
+    _add_score_parser(sub)  # evalbridge
+
     args = parser.parse_args(argv)
     import anndata as ad
 
@@ -98,7 +137,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"simulated {adata.n_obs} cells x {adata.n_vars} genes, 3 batches, 4 cell groups")
             args.out.mkdir(parents=True, exist_ok=True)
             _integrate(adata, args, args.out / "demo.h5ad", args.out / "plots")
-    except (sa.InputError, sa.ModelFileError, sa.TrainingDivergedError, FileNotFoundError) as err:
+        elif args.command == "score":  # evalbridge
+            _score(args)
+    except (sa.InputError, sa.ModelFileError, sa.TrainingDivergedError, FileNotFoundError, ImportError) as err:
         print(f"scgen-ae: error: {err}", file=sys.stderr)
         return 2
     return 0
