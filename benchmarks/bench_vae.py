@@ -439,6 +439,25 @@ def _quality_markdown(df) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _merge(csvs: list, out: Path) -> int:
+    """One table from several runs; score_integration's untimed PCA row only where no timed one exists."""
+    import pandas as pd
+
+    df = pd.concat([pd.read_csv(c) for c in csvs], ignore_index=True)
+    timed = set(df.loc[df["tool"] == "pca", "dataset"])
+    df = df[~((df["tool"] == "uncorrected") & df["dataset"].isin(timed))]
+    df = df.drop_duplicates(subset=["dataset", "tool", "threads"], keep="first")
+    order = {t: i for i, t in enumerate(TOOLS + ["uncorrected"])}
+    df = df.sort_values(["dataset", "tool"], key=lambda c: c.map(order) if c.name == "tool" else c.map(
+        {d: i for i, d in enumerate(DATASETS)}))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    df.to_csv(out.with_suffix(".csv"), index=False)
+    md = _markdown(df, str(df["mode"].iloc[0])) + ("\n" + _quality_markdown(df) if "scib_total" in df else "")
+    out.with_suffix(".md").write_text(md)
+    print(md)
+    return 0
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--datasets", nargs="+", default=DATASETS, choices=DATASETS, metavar="NAME",
@@ -474,11 +493,16 @@ def main(argv=None) -> int:
     p.add_argument("--workdir", default=None,
                    help="work directory to use (and keep) instead of a fresh one; fits that finished there "
                         "(result .json + embedding .npy) are reused, so an interrupted run can be resumed")
+    p.add_argument("--merge", nargs="+", default=None, metavar="CSV",
+                   help="only combine the CSVs of earlier runs (e.g. data sets or tools run in parallel) into one "
+                        "<out>.md / <out>.csv")
     p.add_argument("--_worker", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args._worker:
         _worker(args._worker)
         return 0
+    if args.merge:
+        return _merge(args.merge, Path(args.out or "bench_out/bench_vae_merged"))
 
     import warnings
 
