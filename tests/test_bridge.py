@@ -73,7 +73,7 @@ def test_linear_scvi_loadings_in_varm(cellbench_hvg, snapshot):
     (dict(mmd_weight=0.5), sa.InputError, "mmd_weight=0.5 has no counterpart"),
     (dict(backend="native", linear_decoder=True), ValueError, "linear_decoder=True needs backend='scvi-tools'"),
     (dict(backend="scvitools"), ValueError, "backend='scvitools'; choose 'native' or 'scvi-tools'"),
-    (dict(batch_key="protocol"), sa.InputError, "batch_key='protocol' is not a column"),
+    (dict(batch_key="batch_typo"), sa.InputError, "batch_key=.batch_typo. is not a column"),
 ])
 def test_refused_arguments_leave_adata_unchanged(cellbench_hvg, snapshot, kwargs, error, message):
     adata = cellbench_hvg.copy()

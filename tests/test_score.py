@@ -54,7 +54,7 @@ def test_results_stored_in_uns_and_rebuilt_by_pl(scored):
 
 
 def test_without_labels_batch_metrics_only(trained):
-    adata = trained[0][:200].copy()  # 200 cells: small, still > 90 neighbours
+    adata = _both_batches(trained[0], 100)  # 200 cells: small, still > 90 neighbours
     table = sa.tl.score_integration(adata, bases="X_vae", batch_key="batch")
     row = table.loc["X_vae"]
     assert np.isnan(row["Bio conservation"]) and row["Total"] == row["Batch correction"]
@@ -67,8 +67,8 @@ def test_without_labels_batch_metrics_only(trained):
     (dict(bases=["X_nope"]), "bases ['X_nope'] are not in adata.obsm"),
     (dict(bases=[]), "bases is empty"),
     (dict(bases=["X_vae", "X_vae"]), "bases contains duplicates"),
-    (dict(bases="X_vae", batch_key="protocol"), "batch_key='protocol' is not a column of adata.obs"),
-    (dict(bases="X_vae", label_key="cell_line"), "label_key='cell_line' is not a column of adata.obs"),
+    (dict(bases="X_vae", batch_key="batch_typo"), "batch_key='batch_typo' is not a column of adata.obs"),
+    (dict(bases="X_vae", label_key="label_typo"), "label_key='label_typo' is not a column of adata.obs"),
     (dict(bases="X_vae", neighbors="annoy"), "neighbors='annoy'"),
 ])
 def test_bad_arguments_refused_adata_unchanged(trained, snapshot, kwargs, message):
@@ -77,6 +77,13 @@ def test_bad_arguments_refused_adata_unchanged(trained, snapshot, kwargs, messag
     with pytest.raises(sa.InputError, match=message.replace("[", r"\[").replace("]", r"\]")):
         sa.tl.score_integration(adata, **{"batch_key": "batch", **kwargs})
     snap.assert_unchanged(adata)
+
+
+def _both_batches(adata, per_batch: int):
+    """The first ``per_batch`` cells of each batch (the file is sorted by batch)."""
+    keep = np.concatenate([np.flatnonzero(adata.obs["batch"].to_numpy() == b)[:per_batch]
+                           for b in adata.obs["batch"].unique()])
+    return adata[keep].copy()
 
 
 def _broken(adata, what):
@@ -97,7 +104,7 @@ def _broken(adata, what):
     ("too few cells", "need more than 90 cells"),
 ])
 def test_bad_data_refused_adata_unchanged(trained, snapshot, what, message):
-    adata = trained[0][:60].copy() if what == "too few cells" else _broken(trained[0].copy(), what)
+    adata = _both_batches(trained[0], 30) if what == "too few cells" else _broken(trained[0].copy(), what)
     snap = snapshot(adata)
     with pytest.raises(sa.InputError, match=message):
         sa.tl.score_integration(adata, bases="X_vae", batch_key="batch", label_key="cell_type")
@@ -159,5 +166,5 @@ def test_cli_score(scored, tmp_path, capsys):
     np.testing.assert_allclose(table.loc["X_vae", "Batch correction"],
                                scored[1].loc["X_vae", "Batch correction"], atol=1e-3)
     assert "integration_scores" in ad.read_h5ad(out).uns and png.stat().st_size > 0
-    assert main(["score", str(src), "--bases", "X_vae", "--batch-key", "protocol"]) == 2
-    assert "batch_key='protocol' is not a column" in capsys.readouterr().err
+    assert main(["score", str(src), "--bases", "X_vae", "--batch-key", "batch_typo"]) == 2
+    assert "batch_key='batch_typo' is not a column" in capsys.readouterr().err
