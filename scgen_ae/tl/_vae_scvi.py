@@ -41,6 +41,7 @@ def vae_scvi_tools(adata: AnnData, *, batch_key: str | None, layer: str | None, 
         n_latent=n_latent, n_hidden=n_hidden, n_layers=n_layers, dropout_rate=dropout_rate,
         dispersion=dispersion, beta=beta, encode_batch=encode_batch, batch_gene_offsets=batch_gene_offsets,
         mmd_weight=mmd_weight, **dataclasses.asdict(train_cfg),
+        norm="batch",  # scvi-tools' default batch norm in the hidden layers, as the native VAEConfig.norm
     )
     record.update(ran)  # what actually ran, not what the native defaults say
     record.update(max_epochs=fit_kwargs["max_epochs"], kl_warmup_epochs=fit_kwargs["plan_kwargs"]["n_epochs_kl_warmup"],
