@@ -339,6 +339,10 @@ def _run_fit(spec: dict, workdir: Path, timeout: float) -> dict:
     tag = f"{spec['dataset']}_{spec['tool']}_t{spec['threads']}"
     spec = dict(spec, result=str(workdir / f"{tag}.json"), embedding=str(workdir / f"{tag}.npy"),
                 tmp=str(workdir / f"{tag}_scvi_logs"))
+    if Path(spec["result"]).exists() and Path(spec["embedding"]).exists():  # --workdir: a fit that finished
+        res = json.loads(Path(spec["result"]).read_text())
+        print(f"[bench_vae] {tag}: reusing the finished fit in {workdir}", flush=True)
+        return dict(res, status="ok", process_seconds=math.nan, embedding=spec["embedding"], reused=True)
     spec_path = workdir / f"{tag}_spec.json"
     spec_path.write_text(json.dumps(spec))
     env = dict(os.environ, **QUIET_ENV, **{k: str(spec["threads"]) for k in THREAD_ENV})
@@ -435,6 +439,25 @@ def _quality_markdown(df) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _merge(csvs: list, out: Path) -> int:
+    """One table from several runs; score_integration's untimed PCA row only where no timed one exists."""
+    import pandas as pd
+
+    df = pd.concat([pd.read_csv(c) for c in csvs], ignore_index=True)
+    timed = set(df.loc[df["tool"] == "pca", "dataset"])
+    df = df[~((df["tool"] == "uncorrected") & df["dataset"].isin(timed))]
+    df = df.drop_duplicates(subset=["dataset", "tool", "threads"], keep="first")
+    order = {t: i for i, t in enumerate(TOOLS + ["uncorrected"])}
+    df = df.sort_values(["dataset", "tool"], key=lambda c: c.map(order) if c.name == "tool" else c.map(
+        {d: i for i, d in enumerate(DATASETS)}))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    df.to_csv(out.with_suffix(".csv"), index=False)
+    md = _markdown(df, str(df["mode"].iloc[0])) + ("\n" + _quality_markdown(df) if "scib_total" in df else "")
+    out.with_suffix(".md").write_text(md)
+    print(md)
+    return 0
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--datasets", nargs="+", default=DATASETS, choices=DATASETS, metavar="NAME",
@@ -467,11 +490,19 @@ def main(argv=None) -> int:
     p.add_argument("--timeout", type=float, default=4 * 3600, help="seconds allowed per fit")
     p.add_argument("--out", default=None, help="output prefix (default bench_out/bench_vae_<mode>)")
     p.add_argument("--keep", action="store_true", help="keep the work directory (subsets, embeddings, logs)")
+    p.add_argument("--workdir", default=None,
+                   help="work directory to use (and keep) instead of a fresh one; fits that finished there "
+                        "(result .json + embedding .npy) are reused, so an interrupted run can be resumed")
+    p.add_argument("--merge", nargs="+", default=None, metavar="CSV",
+                   help="only combine the CSVs of earlier runs (e.g. data sets or tools run in parallel) into one "
+                        "<out>.md / <out>.csv")
     p.add_argument("--_worker", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args._worker:
         _worker(args._worker)
         return 0
+    if args.merge:
+        return _merge(args.merge, Path(args.out or "bench_out/bench_vae_merged"))
 
     import warnings
 
@@ -486,7 +517,8 @@ def main(argv=None) -> int:
         mode += "_" + "".join(c for c in args.ours_kwargs if c.isalnum() or c in "._-")
     out = Path(args.out or f"bench_out/bench_vae_{mode}")
     out.parent.mkdir(parents=True, exist_ok=True)
-    workdir = Path(tempfile.mkdtemp(prefix="bench_vae_"))
+    workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="bench_vae_"))
+    workdir.mkdir(parents=True, exist_ok=True)
     kl_warmup = None if args.scvi_kl_warmup == "scvi" else min(400, max(1, args.epochs // 3))
     print(f"[bench_vae] mode={mode} datasets={args.datasets} threads={args.threads} tools={args.tools} "
           f"workdir={workdir}", flush=True)
@@ -555,7 +587,7 @@ def main(argv=None) -> int:
     print(md)
     print(f"[bench_vae] wrote {out.with_suffix('.csv')} and {out.with_suffix('.md')} "
           f"in {time.perf_counter() - t_all:.0f} s", flush=True)
-    if args.keep:
+    if args.keep or args.workdir:
         print(f"[bench_vae] work directory kept: {workdir}")
     else:
         import shutil

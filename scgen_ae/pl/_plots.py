@@ -78,12 +78,10 @@ def latent(adata: AnnData, *, basis: str = "X_vae", color: str | Sequence[str] |
     return _finish(fig, save, show)
 
 
-def history(adata_or_model, *, key: str = "vae", save: str | None = None, show: bool = False):
-    """Training and validation loss per epoch from ``uns[key]["history"]`` (or a model)."""
-    hist = adata_or_model.uns[key]["history"] if isinstance(adata_or_model, AnnData) else adata_or_model.history
+def draw_history(ax, hist, key: str) -> None:
+    """Training / validation loss per epoch of a ``history`` dict onto ``ax``."""
     train = np.asarray(hist["train_loss"])
     val = np.asarray(hist["validation_loss"])
-    fig, ax = plt.subplots(figsize=(5.5, 3.8))
     epochs = np.arange(1, len(train) + 1)
     ax.plot(epochs, train, label="train")
     if len(val):
@@ -99,5 +97,12 @@ def history(adata_or_model, *, key: str = "vae", save: str | None = None, show: 
     ax.set_ylabel("loss per cell (negative ELBO)")
     ax.set_title(f"{key}: training curves")
     ax.legend(frameon=False)
+
+
+def history(adata_or_model, *, key: str = "vae", save: str | None = None, show: bool = False):
+    """Training and validation loss per epoch from ``uns[key]["history"]`` (or a model)."""
+    hist = adata_or_model.uns[key]["history"] if isinstance(adata_or_model, AnnData) else adata_or_model.history
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    draw_history(ax, hist, key)
     fig.tight_layout()
     return _finish(fig, save, show)

@@ -12,9 +12,10 @@ import pandas as pd
 from anndata import AnnData
 
 from .. import _validate as v
+from ._common import write_results
 
 _INSTALL_HINT = (
-    'score_integration needs scib-metrics: pip install "scgen-ae[bench]" (or pip install scib-metrics).'
+    'score_integration needs scib-metrics: pip install "scgen-ae[metrics]" (or pip install scib-metrics).'
 )
 _BIO, _BATCH, _TOTAL = "Bio conservation", "Batch correction", "Total"
 _AGGREGATES = (_BIO, _BATCH, _TOTAL)
@@ -80,9 +81,9 @@ def _dense_embedding(adata: AnnData, key: str) -> np.ndarray:
         X = X.toarray()
     X = np.asarray(X, dtype=np.float32)
     if X.ndim != 2 or X.shape[0] != adata.n_obs or X.shape[1] < 1:
-        raise ValueError(f"obsm[{key!r}] must be a 2-d (n_cells, n_dims) array; got shape {X.shape}.")
+        raise v.InputError(f"obsm[{key!r}] must be a 2-d (n_cells, n_dims) array; got shape {X.shape}.")
     if not np.all(np.isfinite(X)):
-        raise ValueError(f"obsm[{key!r}] contains NaN or infinite values; cannot score it.")
+        raise v.InputError(f"obsm[{key!r}] contains NaN or infinite values; cannot score it.")
     return X
 
 
@@ -102,7 +103,7 @@ def _unintegrated_pca(adata: AnnData, layer: str | None, n_comps: int = 50) -> t
         how = "PCA of the values as given (not integer counts: assumed already log-normalised)"
     n_comps = int(min(n_comps, tmp.n_obs - 1, tmp.n_vars - 1))
     if n_comps < 2:
-        raise ValueError("Too few cells or genes to compute an unintegrated PCA for PCR comparison.")
+        raise v.InputError("Too few cells or genes to compute an unintegrated PCA for PCR comparison.")
     sc.pp.pca(tmp, n_comps=n_comps, svd_solver="arpack", random_state=0)
     return np.asarray(tmp.obsm["X_pca"], dtype=np.float32), f"{how} ({n_comps} components)"
 
@@ -126,7 +127,7 @@ def score_integration(
     silhouette, cLISI) and the default ``BatchCorrection`` set (BRAS, iLISI, kBET per
     label, graph connectivity, PCR comparison) on every embedding in ``bases``.
     Aggregates follow scIB: ``Total = 0.6 * Bio conservation + 0.4 * Batch correction``.
-    Needs the optional dependency scib-metrics (``pip install "scgen-ae[bench]"``).
+    Needs the optional dependency scib-metrics (``pip install "scgen-ae[metrics]"``).
 
     Parameters
     ----------
@@ -194,31 +195,33 @@ def score_integration(
 
     bases = [bases] if isinstance(bases, str) else list(bases)
     if not bases:
-        raise ValueError("bases is empty; pass at least one obsm key.")
+        raise v.InputError("bases is empty; pass at least one obsm key, e.g. bases=['X_pca', 'X_vae'].")
     if len(set(bases)) != len(bases):
-        raise ValueError(f"bases contains duplicates: {bases}.")
+        raise v.InputError(f"bases contains duplicates: {bases}; list each obsm key once.")
     missing = [b for b in bases if b not in adata.obsm and b != pre_integrated_key]
     if missing:
-        raise KeyError(f"obsm has no {missing}; available: {list(adata.obsm.keys())}.")
+        raise v.InputError(f"bases {missing} are not in adata.obsm (available: {list(adata.obsm.keys()) or 'none'}); "
+                           "compute them first, e.g. sc.pp.pca(adata) or sa.tl.vae(adata, batch_key=...).")
     for key, what in ((batch_key, "batch_key"), (label_key, "label_key")):
         if key is not None and key not in adata.obs:
-            raise KeyError(f"{what}={key!r} is not a column of adata.obs.")
+            raise v.InputError(f"{what}={key!r} is not a column of adata.obs (columns: {list(adata.obs.columns)}).")
     batches = adata.obs[batch_key]
     if batches.isna().any():
-        raise ValueError(f"obs[{batch_key!r}] has missing values.")
+        raise v.InputError(f"obs[{batch_key!r}] has {int(batches.isna().sum())} missing values; fill or drop those cells first.")
     if batches.nunique() < 2:
-        raise ValueError(f"obs[{batch_key!r}] has a single batch; batch-correction metrics need at least two.")
+        raise v.InputError(f"obs[{batch_key!r}] has a single batch; batch-correction metrics need at least two batches.")
     if label_key is not None:
         if adata.obs[label_key].isna().any():
-            raise ValueError(f"obs[{label_key!r}] has missing values.")
+            raise v.InputError(f"obs[{label_key!r}] has {int(adata.obs[label_key].isna().sum())} missing values; "
+                               "fill or drop those cells first, or pass label_key=None for batch metrics only.")
         labels = adata.obs[label_key].astype(str).to_numpy()
     else:
         labels = np.full(adata.n_obs, "all_cells", dtype=object)
     if neighbors not in ("exact", "pynndescent"):
-        raise ValueError(f"neighbors={neighbors!r}; choose 'pynndescent' or 'exact'.")
+        raise v.InputError(f"neighbors={neighbors!r}; choose 'pynndescent' or 'exact'.")
     use_exact = neighbors == "exact"
     if adata.n_obs <= _MAX_K:
-        raise ValueError(f"scIB's neighbourhood metrics use {_MAX_K} neighbours; need more than {_MAX_K} cells, "
+        raise v.InputError(f"scIB's neighbourhood metrics use {_MAX_K} neighbours; need more than {_MAX_K} cells, "
                          f"got {adata.n_obs}.")
     if scaled and len(bases) < 2:
         warnings.warn("scaled=True with a single basis: min-max scaling sets every metric to 0.", stacklevel=2)
@@ -279,7 +282,7 @@ def score_integration(
         "pre_integrated": pre_how, "layer": str(layer),
         "neighbors": "exact (scikit-learn)" if use_exact else "pynndescent",
     }
-    adata.uns[key_added] = {
+    write_results(adata, uns={key_added: {
         "values": df.to_numpy(dtype=np.float64),
         "index": np.asarray(df.index, dtype=str),
         "columns": np.asarray(df.columns, dtype=str),
@@ -287,5 +290,5 @@ def score_integration(
         "params": params,
         "note": note,
         "seconds": float(seconds),
-    }
+    }})
     return df

@@ -28,6 +28,8 @@ def vae(
     key_added: str = "X_vae",
     uns_key: str = "vae",
     copy: bool = False,
+    backend: str = "native",
+    linear_decoder: bool = False,
     **train_kwargs,
 ) -> VAE | tuple[AnnData, VAE]:
     """Train a (conditional) VAE on counts and store its latent space.
@@ -65,6 +67,31 @@ def vae(
         ``uns`` key of the parameters and history.
     copy
         Work on a copy and return ``(adata_copy, model)``.
+    backend
+        "native" (default) or "scvi-tools": scvi-tools' ``SCVI`` (``LinearSCVI`` with
+        ``linear_decoder=True``) trained behind this API, writing the same keys, so the two
+        can be swapped and compared with one argument (optional extra:
+        ``pip install "scgen-ae[scvi]"``). Mapped with this function's values (not
+        scvi-tools' defaults), so that only the implementation changes: ``n_latent``,
+        ``n_hidden``, ``n_layers``, ``dropout_rate``, ``likelihood`` ("zinb", "nb",
+        "poisson" -> ``gene_likelihood``), ``dispersion``, ``encode_batch`` ->
+        ``encode_covariates`` (scVI's own default is False), ``beta`` -> ``max_kl_weight``,
+        ``max_epochs`` (same heuristic), ``batch_size``, ``lr``, ``weight_decay``,
+        ``validation_fraction`` -> ``train_size``, ``early_stopping``, ``patience``,
+        ``min_delta``, ``kl_warmup_epochs`` -> ``n_epochs_kl_warmup`` (None: a third of the
+        epochs, as here; scVI's own default is 400), ``grad_clip`` -> ``gradient_clip_val``,
+        ``seed``, ``n_threads``, ``device``, ``precision`` ("bf16" -> lightning's
+        "bf16-mixed", else fp32), ``progress``. Not mapped (no counterpart):
+        ``likelihood="gaussian"`` is refused; ``batch_gene_offsets`` and ``mmd_weight`` (and
+        ``encode_batch`` for LinearSCVI, whose encoder takes no covariates) are accepted at
+        their default or off, are *not applied*, and ``params`` records the value that ran
+        (False / 0); any other value is refused. Differences that remain: scvi-tools keeps
+        the last epoch's weights (``history["best_epoch"]`` only says where validation was
+        lowest), draws its own validation cells, and Ctrl-C is lightning's. Returns the
+        scvi-tools model instead of a :class:`~scgen_ae.models.VAE`.
+    linear_decoder
+        With ``backend="scvi-tools"``: scvi-tools' ``LinearSCVI`` (linear decoder, gene
+        loadings in ``varm``). The native backend has no linear decoder and refuses it.
     **train_kwargs
         Options of :class:`scgen_ae.train.TrainConfig`: ``max_epochs`` (default: scvi-tools'
         heuristic, 400 epochs up to 20k cells, fewer beyond), ``batch_size`` (128), ``lr``
@@ -86,7 +113,24 @@ def vae(
     - ``adata.uns[uns_key]["params"]``: the arguments used.
     - ``adata.uns[uns_key]["history"]``: per-epoch ``train_loss``, ``validation_loss``
       (mean negative ELBO per cell), ``kl_weight``, ``best_epoch``, ``seconds``.
+    - ``adata.varm[f"{uns_key}_loadings"]``: (n_genes, n_latent) gene loadings, only with
+      ``backend="scvi-tools", linear_decoder=True``; ``params`` then also holds
+      ``backend``, ``scvi_model`` and ``scvi_tools_version``.
     """
+    if backend not in ("native", "scvi-tools"):
+        raise ValueError(f"backend={backend!r}; choose 'native' or 'scvi-tools'.")
+    if backend == "scvi-tools":
+        from ._vae_scvi import vae_scvi_tools
+
+        return vae_scvi_tools(
+            adata, batch_key=batch_key, layer=layer, likelihood=likelihood, n_latent=n_latent, n_hidden=n_hidden,
+            n_layers=n_layers, dropout_rate=dropout_rate, dispersion=dispersion, beta=beta,
+            encode_batch=encode_batch, batch_gene_offsets=batch_gene_offsets, mmd_weight=mmd_weight,
+            linear_decoder=linear_decoder, key_added=key_added, uns_key=uns_key, copy=copy,
+            train_kwargs=train_kwargs)
+    if linear_decoder:
+        raise ValueError("linear_decoder=True needs backend='scvi-tools' (scvi-tools' LinearSCVI); "
+                         "the native VAE has no linear decoder.")
     train_cfg, rest = split_kwargs(dict(train_kwargs))
     if rest:
         raise TypeError(f"vae() got unexpected keyword arguments {sorted(rest)}.")

@@ -1,0 +1,55 @@
+"""``tl.vae(backend="scvi-tools")``: scvi-tools' SCVI / LinearSCVI behind tl.vae's API and keys."""
+from __future__ import annotations
+
+import dataclasses
+
+from anndata import AnnData
+
+from ._common import params_record, split_kwargs, training_data, write_results
+
+
+def vae_scvi_tools(adata: AnnData, *, batch_key: str | None, layer: str | None, likelihood: str,
+                   n_latent: int, n_hidden: int, n_layers: int, dropout_rate: float, dispersion: str,
+                   beta: float, encode_batch: bool, batch_gene_offsets: bool, mmd_weight: float,
+                   linear_decoder: bool, key_added: str, uns_key: str, copy: bool, train_kwargs: dict):
+    """Validate like the native backend, map the arguments, train, write the same keys.
+
+    See :func:`scgen_ae.tl.vae` for the argument mapping. Returns the trained scvi-tools
+    model (``scvi.model.SCVI`` or ``LinearSCVI``), or ``(adata_copy, model)`` with ``copy=True``.
+    """
+    from ..bridge import scvi_tools as bridge
+
+    train_cfg, rest = split_kwargs(dict(train_kwargs))
+    if rest:
+        raise TypeError(f"vae() got unexpected keyword arguments {sorted(rest)}.")
+    ran = bridge.native_only_values(
+        {"batch_gene_offsets": batch_gene_offsets, "mmd_weight": mmd_weight, "encode_batch": encode_batch},
+        linear_decoder)
+    model_kwargs, fit_kwargs = bridge.vae_arguments(
+        likelihood=likelihood, dispersion=dispersion, n_latent=n_latent, n_hidden=n_hidden, n_layers=n_layers,
+        dropout_rate=dropout_rate, beta=beta, encode_batch=encode_batch, linear_decoder=linear_decoder,
+        train=train_cfg, n_cells=adata.n_obs)
+    # the same input checks (and errors) as the native backend, before scvi-tools is imported
+    _, cats = training_data(adata, layer, batch_key, likelihood)
+    result = bridge.fit_scvi(adata, batch_key=batch_key, layer=layer, model_kwargs=model_kwargs,
+                             train_kwargs=fit_kwargs, linear_decoder=linear_decoder, seed=train_cfg.seed,
+                             n_threads=train_cfg.n_threads)
+
+    scvi = bridge.import_scvi()
+    record = dict(
+        batch_key=batch_key, layer=layer, n_genes=adata.n_vars, n_batches=len(cats), likelihood=likelihood,
+        n_latent=n_latent, n_hidden=n_hidden, n_layers=n_layers, dropout_rate=dropout_rate,
+        dispersion=dispersion, beta=beta, encode_batch=encode_batch, batch_gene_offsets=batch_gene_offsets,
+        mmd_weight=mmd_weight, **dataclasses.asdict(train_cfg),
+        norm="batch",  # scvi-tools' default batch norm in the hidden layers, as the native VAEConfig.norm
+    )
+    record.update(ran)  # what actually ran, not what the native defaults say
+    record.update(max_epochs=fit_kwargs["max_epochs"], kl_warmup_epochs=fit_kwargs["plan_kwargs"]["n_epochs_kl_warmup"],
+                  backend="scvi-tools", scvi_model="LinearSCVI" if linear_decoder else "SCVI",
+                  scvi_tools_version=str(scvi.__version__), linear_decoder=linear_decoder)
+    varm = {f"{uns_key}_loadings": result.loadings} if linear_decoder else None
+    target = adata.copy() if copy else adata
+    write_results(target, obsm={key_added: result.latent}, varm=varm,
+                  uns={uns_key: {"params": params_record(**record), "history": result.history,
+                                 "key_added": key_added}})
+    return (target, result.model) if copy else result.model

@@ -1,0 +1,115 @@
+"""The scvi-tools bridge: ``tl.vae(backend="scvi-tools")`` (SCVI, LinearSCVI) writes the same keys
+as the native model, and the AmortizedLDA adapter returns proportions, topic-gene matrix and history."""
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pytest
+
+import scgen_ae as sa
+from scgen_ae.bridge import scvi_tools as bridge
+
+from .conftest import FAST, TRAINED_KW
+
+pytest.importorskip("scvi")
+
+BRIDGE_KW = dict(TRAINED_KW, max_epochs=3)
+
+
+@pytest.fixture(scope="session")
+def scvi_trained(cellbench_hvg):
+    """(annotated copy of cellbench_hvg, scvi-tools SCVI) through tl.vae. Do not modify."""
+    return sa.tl.vae(cellbench_hvg, backend="scvi-tools", copy=True, **BRIDGE_KW)
+
+
+def test_same_keys_as_native(trained, scvi_trained, cellbench_hvg):
+    native, _ = trained
+    adata, model = scvi_trained
+    assert type(model).__name__ == "SCVI"
+    assert adata.obsm["X_vae"].shape == native.obsm["X_vae"].shape == (cellbench_hvg.n_obs, 8)
+    assert np.all(np.isfinite(adata.obsm["X_vae"]))
+    assert set(adata.uns["vae"]) == set(native.uns["vae"])
+    assert set(native.uns["vae"]["params"]) <= set(adata.uns["vae"]["params"])
+    hist, native_hist = adata.uns["vae"]["history"], native.uns["vae"]["history"]
+    assert set(hist) == set(native_hist)
+    assert len(hist["train_loss"]) == len(hist["validation_loss"]) == len(hist["kl_weight"]) == 3
+    assert np.all(np.isfinite(hist["train_loss"])) and hist["seconds"] > 0
+    # arguments mapped with tl.vae's values, and what did not run is recorded as off
+    params = adata.uns["vae"]["params"]
+    assert params["backend"] == "scvi-tools" and params["scvi_model"] == "SCVI"
+    assert params["batch_gene_offsets"] is False and params["mmd_weight"] == 0.0
+    assert model.module.n_latent == 8 and model.module.encode_covariates is True
+    assert "vae_loadings" not in adata.varm
+    # the caller's object was only annotated, not given scvi-tools' setup fields
+    assert "_scvi_uuid" not in cellbench_hvg.uns and "_scvi_batch" not in adata.obs
+
+
+def test_bridge_latent_separates_cell_lines(scvi_trained):
+    """Same science: cells of one cell line sit closer together than cells of different lines."""
+    adata, _ = scvi_trained
+    z = adata.obsm["X_vae"]
+    labels = adata.obs["cell_type"].to_numpy()
+    centroids = {c: z[labels == c].mean(0) for c in np.unique(labels)}
+    own = np.mean([np.linalg.norm(z[i] - centroids[labels[i]]) for i in range(len(z))])
+    other = np.mean([np.linalg.norm(a - b) for a in centroids.values() for b in centroids.values() if a is not b])
+    assert own < other
+
+
+def test_linear_scvi_loadings_in_varm(cellbench_hvg, snapshot):
+    snap = snapshot(cellbench_hvg)
+    adata, model = sa.tl.vae(cellbench_hvg, backend="scvi-tools", linear_decoder=True, copy=True,
+                             **dict(BRIDGE_KW, max_epochs=2))
+    snap.assert_unchanged(cellbench_hvg)  # copy=True
+    assert type(model).__name__ == "LinearSCVI"
+    loadings = adata.varm["vae_loadings"]
+    assert loadings.shape == (cellbench_hvg.n_vars, 8) and np.all(np.isfinite(loadings))
+    assert adata.uns["vae"]["params"]["encode_batch"] is False  # LinearSCVI's encoder takes no covariates
+    assert adata.obsm["X_vae"].shape == (cellbench_hvg.n_obs, 8)
+
+
+@pytest.mark.parametrize("kwargs, error, message", [
+    (dict(likelihood="gaussian"), sa.InputError, "likelihood='gaussian' has no counterpart in scvi-tools"),
+    (dict(mmd_weight=0.5), sa.InputError, "mmd_weight=0.5 has no counterpart"),
+    (dict(backend="native", linear_decoder=True), ValueError, "linear_decoder=True needs backend='scvi-tools'"),
+    (dict(backend="scvitools"), ValueError, "backend='scvitools'; choose 'native' or 'scvi-tools'"),
+    (dict(batch_key="batch_typo"), sa.InputError, "batch_key=.batch_typo. is not a column"),
+])
+def test_refused_arguments_leave_adata_unchanged(cellbench_hvg, snapshot, kwargs, error, message):
+    adata = cellbench_hvg.copy()
+    snap = snapshot(adata)
+    with pytest.raises(error, match=message):
+        sa.tl.vae(adata, **{**BRIDGE_KW, "backend": "scvi-tools", **kwargs})
+    snap.assert_unchanged(adata)
+
+
+def test_missing_scvi_tools_says_how_to_install(cellbench_hvg, snapshot, monkeypatch):
+    adata = cellbench_hvg.copy()
+    snap = snapshot(adata)
+    monkeypatch.setitem(sys.modules, "scvi", None)  # import scvi now raises ImportError
+    with pytest.raises(ImportError, match=r'pip install "scgen-ae\[scvi\]"'):
+        sa.tl.vae(adata, backend="scvi-tools", **BRIDGE_KW)
+    with pytest.raises(ImportError, match=r"scgen-ae\[scvi\]"):
+        bridge.fit_amortized_lda(adata, n_topics=3, max_epochs=1)
+    snap.assert_unchanged(adata)
+
+
+def test_amortized_lda_adapter(cellbench_hvg, snapshot):
+    snap = snapshot(cellbench_hvg)
+    fit = bridge.fit_amortized_lda(cellbench_hvg, n_topics=4, max_epochs=3, n_samples=200, **FAST)
+    snap.assert_unchanged(cellbench_hvg)
+    assert fit.latent.shape == (cellbench_hvg.n_obs, 4)
+    np.testing.assert_allclose(fit.latent.sum(1), 1.0, atol=1e-4)
+    assert fit.loadings.shape == (4, cellbench_hvg.n_vars) and np.all(fit.loadings >= 0)
+    np.testing.assert_allclose(fit.loadings.sum(1), 1.0, atol=1e-3)
+    assert len(fit.history["train_loss"]) == 3 and np.all(np.isfinite(fit.history["train_loss"]))
+    assert len(fit.history["validation_loss"]) == 0 and fit.history["seconds"] > 0
+
+
+def test_amortized_lda_refuses_non_counts(cellbench_hvg, snapshot):
+    adata = cellbench_hvg.copy()
+    adata.X = adata.X * 0.5
+    snap = snapshot(adata)
+    with pytest.raises(sa.InputError, match="non-integer"):
+        bridge.fit_amortized_lda(adata, n_topics=3, max_epochs=1)
+    snap.assert_unchanged(adata)
