@@ -113,3 +113,27 @@ def test_amortized_lda_refuses_non_counts(cellbench_hvg, snapshot):
     with pytest.raises(sa.InputError, match="non-integer"):
         bridge.fit_amortized_lda(adata, n_topics=3, max_epochs=1)
     snap.assert_unchanged(adata)
+
+
+def test_lda_backend_writes_the_native_keys(cellbench_hvg):
+    adata, model = sa.tl.lda(cellbench_hvg, n_topics=4, backend="scvi-tools", max_epochs=3, copy=True, **FAST)
+    native, _ = sa.tl.lda(cellbench_hvg, n_topics=4, max_epochs=2, copy=True, **FAST)
+    assert type(model).__name__ == "AmortizedLDA"
+    assert adata.obsm["X_lda"].shape == native.obsm["X_lda"].shape
+    assert adata.varm["lda_topics"].shape == native.varm["lda_topics"].shape
+    np.testing.assert_allclose(adata.varm["lda_topics"].sum(0), 1.0, atol=1e-3)
+    assert set(native.uns["lda"]) == set(adata.uns["lda"])
+    assert adata.uns["lda"]["params"]["scvi_model"] == "AmortizedLDA"
+    assert 1.0 < adata.uns["lda"]["train_perplexity"] < cellbench_hvg.n_vars  # better than uniform over genes
+
+
+@pytest.mark.parametrize("kwargs, error, message", [
+    (dict(batch_key="batch"), sa.InputError, "no batch covariate"),
+    (dict(method="classic"), ValueError, "native only"),
+    (dict(patience=3), TypeError, "does not map"),
+])
+def test_lda_backend_refusals_leave_adata_unchanged(cellbench_hvg, snapshot, kwargs, error, message):
+    snap = snapshot(cellbench_hvg)
+    with pytest.raises(error, match=message):
+        sa.tl.lda(cellbench_hvg, n_topics=3, backend="scvi-tools", **kwargs)
+    snap.assert_unchanged(cellbench_hvg)

@@ -64,6 +64,7 @@ def lda(
     key_added: str = "X_lda",
     varm_key: str = "lda_topics",
     uns_key: str = "lda",
+    backend: str = "native",
     copy: bool = False,
     **kwargs,
 ) -> LDA | tuple[AnnData, LDA]:
@@ -95,6 +96,13 @@ def lda(
     key_added, varm_key, uns_key
         Keys of the proportions in ``obsm``, the topic-gene matrix in ``varm`` and the
         record in ``uns``.
+    backend
+        "native" (default) or "scvi-tools": scvi-tools' ``AmortizedLDA`` (needs
+        ``pip install "scgen-ae[scvi]"``) behind the same keys, for comparison. It has no
+        batch covariate (``batch_key`` is refused) and no validation split (``perplexity``
+        is on the training cells); ``n_topics``, ``n_hidden``, ``max_epochs``,
+        ``batch_size``, ``lr``, ``seed``, ``n_threads``, ``device``, ``progress`` map, other
+        options are refused. Returns the scvi-tools model.
     copy
         Work on a copy and return ``(adata_copy, model)``.
     **kwargs
@@ -126,6 +134,12 @@ def lda(
     """
     if method not in METHODS:
         raise ValueError(f"method={method!r}; choose one of {METHODS}.")
+    if backend not in ("native", "scvi-tools"):
+        raise ValueError(f"backend={backend!r}; choose 'native' or 'scvi-tools'.")
+    if backend == "scvi-tools":
+        return _lda_scvi_tools(adata, n_topics=n_topics, method=method, batch_key=batch_key, layer=layer,
+                               n_hidden=n_hidden, key_added=key_added, varm_key=varm_key, uns_key=uns_key,
+                               copy=copy, train_kwargs=kwargs)
     if method == "classic":
         train = {k: kwargs.pop(k) for k in ("seed", "n_threads", "validation_fraction", "progress") if k in kwargs}
         train_cfg, _ = split_kwargs({"progress": False, **train})
@@ -173,3 +187,40 @@ def lda(
     write_results(target, obsm={key_added: proportions}, varm={varm_key: model.topic_gene_matrix()},
                   uns={uns_key: uns})
     return (target, model) if copy else model
+
+
+SCVI_LDA_OPTIONS = ("max_epochs", "batch_size", "lr", "seed", "n_threads", "device", "progress")
+
+
+def _lda_scvi_tools(adata: AnnData, *, n_topics, method, batch_key, layer, n_hidden, key_added, varm_key,
+                    uns_key, copy, train_kwargs):
+    """``tl.lda(backend="scvi-tools")``: scvi-tools' AmortizedLDA writing tl.lda's keys."""
+    from ..bridge import scvi_tools as bridge
+
+    if method != "prodlda":
+        raise ValueError("backend='scvi-tools' runs AmortizedLDA (amortised, like method='prodlda'); "
+                         "method='classic' is native only.")
+    if batch_key is not None:
+        raise v.InputError(f"backend='scvi-tools' (AmortizedLDA) has no batch covariate, but batch_key={batch_key!r} "
+                           "was given. Use the native backend for batch-corrected topics, or pass batch_key=None.")
+    unknown = sorted(set(train_kwargs) - set(SCVI_LDA_OPTIONS))
+    if unknown:
+        raise TypeError(f"lda(backend='scvi-tools') does not map {unknown}; it maps {list(SCVI_LDA_OPTIONS)}.")
+    training_data(adata, layer, None, "poisson")  # the native input checks and errors, before scvi-tools
+    result = bridge.fit_amortized_lda(adata, n_topics=n_topics, layer=layer, n_hidden=n_hidden, **train_kwargs)
+    scvi = bridge.import_scvi()
+    X = v.get_matrix(adata, layer)
+    props, topics = result.latent.astype(np.float64), result.loadings.astype(np.float64)
+    coo = X.tocoo()
+    # multinomial probability of each observed (cell, gene) entry, without the dense matrix
+    p_nz = np.einsum("ij,ij->i", props[coo.row], topics[:, coo.col].T)
+    log_lik = np.log(np.maximum(p_nz, 1e-30)) @ coo.data
+    params = params_record(method="prodlda", batch_key=None, layer=layer, n_topics=n_topics, n_hidden=n_hidden,
+                           backend="scvi-tools", scvi_model="AmortizedLDA",
+                           scvi_tools_version=str(scvi.__version__), **train_kwargs)
+    uns = {"params": params, "history": result.history, "perplexity": float("nan"),
+           "train_perplexity": float(np.exp(-log_lik / max(coo.data.sum(), 1.0))),
+           "key_added": key_added, "varm_key": varm_key}
+    target = adata.copy() if copy else adata
+    write_results(target, obsm={key_added: result.latent}, varm={varm_key: result.loadings.T}, uns={uns_key: uns})
+    return (target, result.model) if copy else result.model
