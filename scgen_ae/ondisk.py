@@ -83,10 +83,17 @@ def read_backed(path: str | Path) -> AnnData:
 class OnDiskCellData:
     """Cells whose counts stay on disk; same interface as :class:`~scgen_ae.data.CellData`.
 
-    group : the h5py / zarr group of a CSR matrix (arrays ``data``, ``indices``, ``indptr``)
-    batch : (n_cells,) int64 batch codes;  library : (n_cells,) library sizes
-    columns : optional index of each model gene in the stored columns (-1: missing),
-        from :func:`scgen_ae._validate.align_genes`
+    Parameters
+    ----------
+    group
+        The h5py / zarr group of a CSR matrix (arrays ``data``, ``indices``, ``indptr``).
+    batch
+        (n_cells,) int64 batch codes.
+    library
+        (n_cells,) library sizes.
+    columns
+        Optional index of each model gene in the stored columns (-1: missing), from
+        :func:`scgen_ae._validate.align_genes`.
     """
 
     def __init__(self, group, batch: np.ndarray, library: np.ndarray, log1p_input: bool = True,

@@ -213,12 +213,18 @@ class DAE(BaseModel):
                 outputs=("mean", "latent")) -> dict[str, np.ndarray]:
         """Denoised values for every cell, computed ``batch_size`` cells at a time.
 
-        transform_batch : decode every cell as if from this batch; None: its own batch.
-        library_size : "observed" (expected counts at each cell's library size) or a
-            number of counts per cell.
-        genes : subset of gene names for the per-gene outputs (saves memory).
-        outputs : any of "mean" (n, g), "latent" (n, n_latent), "dropout" (n, g, zinb
-            only), "dispersion" (n, g, not poisson).
+        Parameters
+        ----------
+        transform_batch
+            Decode every cell as if from this batch; None: its own batch.
+        library_size
+            "observed" (expected counts at each cell's library size) or a number of
+            counts per cell.
+        genes
+            Subset of gene names for the per-gene outputs (saves memory).
+        outputs
+            Any of "mean" (n, g), "latent" (n, n_latent), "dropout" (n, g, zinb only),
+            "dispersion" (n, g, not poisson).
 
         Memory: the outputs plus one (batch_size x n_genes) working set.
         """

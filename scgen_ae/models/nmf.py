@@ -27,10 +27,15 @@ LOSSES = ("frobenius", "kl")
 class NMFConfig:
     """Settings of an :class:`NMF` that transforming new cells depends on.
 
-    transform : "log1p" (counts -> normalise each cell to ``target_sum``, then log1p) or
-        "none" (the non-negative values as given)
-    lam : weight of iNMF's penalty on the batch-specific part (0 without batches)
-    aligned : quantile alignment of the cell factors across batches (iNMF)
+    Attributes
+    ----------
+    transform
+        "log1p" (counts -> normalise each cell to ``target_sum``, then log1p) or "none"
+        (the non-negative values as given).
+    lam
+        Weight of iNMF's penalty on the batch-specific part (0 without batches).
+    aligned
+        Quantile alignment of the cell factors across batches (iNMF).
     """
 
     n_genes: int

@@ -31,11 +31,17 @@ from .vae import batch_mmd
 class TopicConfig:
     """Architecture of an :class:`LDA` (method "prodlda").
 
-    topic_prior : concentration alpha of the symmetric Dirichlet prior on the topic
-        proportions, approximated by a logistic normal (Laplace approximation, as ProdLDA).
-    encode_batch : inject the batch into the encoder.
-    batch_background : a per-batch, per-gene log-offset in the decoder (scETM's batch bias).
-    mmd_weight : weight of an MMD penalty between the batches' distributions of z (0 = off).
+    Attributes
+    ----------
+    topic_prior
+        Concentration alpha of the symmetric Dirichlet prior on the topic proportions,
+        approximated by a logistic normal (Laplace approximation, as ProdLDA).
+    encode_batch
+        Inject the batch into the encoder.
+    batch_background
+        A per-batch, per-gene log-offset in the decoder (scETM's batch bias).
+    mmd_weight
+        Weight of an MMD penalty between the batches' distributions of z (0 = off).
     """
 
     n_genes: int

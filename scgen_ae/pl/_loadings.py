@@ -48,7 +48,9 @@ def loadings(adata: AnnData, *, basis: str = "X_nmf", components: int | Sequence
     method, recompute, seed, ncols, point_size, save, show
         As in :func:`scgen_ae.pl.latent`.
 
-    Returns the matplotlib figure. Errors (unknown basis, out-of-range components) are
+    Returns
+    -------
+    The matplotlib figure. Errors (unknown basis, out-of-range components) are
     :class:`scgen_ae.InputError` and leave ``adata`` unchanged.
     """
     Z, chosen = _components(adata, basis, components)
