@@ -202,7 +202,7 @@ pd.crosstab(query.obs["cell_type"], query.obs["cell_type_transferred"], rownames
 
 # %% [markdown]
 # The uncertainty is what to look at on real data, where there is no truth to compare:
-# wrong labels should come with high uncertainty.
+# on average, the wrong labels come with a much higher uncertainty than the right ones.
 
 # %%
 unc = query.obs["cell_type_transferred_uncertainty"]
