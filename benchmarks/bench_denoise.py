@@ -36,22 +36,16 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_vae import DATA_DIR, DATASETS, QUIET_ENV, THREAD_ENV, _block_network  # noqa: E402
+from bench_vae import DATA_DIR, DATASETS, QUIET_ENV, THREAD_ENV, _worker_start  # noqa: E402
 
 BATCH_KEY = "batch"
 
 
 def _worker(spec_path: str) -> None:
     spec = json.loads(Path(spec_path).read_text())
-    attempts = _block_network()
-    import warnings
-
-    warnings.filterwarnings("ignore")
+    attempts = _worker_start(1)
     import numpy as np
-    import torch
 
-    torch.set_num_threads(1)
-    import torch._dynamo  # noqa: F401  (imported lazily by the first optimizer: outside the timings, for both)
     import anndata as ad
 
     adata = ad.read_h5ad(spec["data"])

@@ -49,7 +49,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_vae import (BATCH_KEY, DATASETS, LABEL_KEY, QUIET_ENV, THREAD_ENV, _block_network,  # noqa: E402
+from bench_vae import (BATCH_KEY, DATASETS, LABEL_KEY, QUIET_ENV, THREAD_ENV, _worker_start,  # noqa: E402
                        _fmt, _peak_rss_mb, _prepare)
 
 TOOLS = ["sklearn", "amortized", "classic", "prodlda", "prodlda_batch"]
@@ -59,15 +59,10 @@ TOOLS = ["sklearn", "amortized", "classic", "prodlda", "prodlda_batch"]
 
 def _worker(spec_path: str) -> None:
     spec = json.loads(Path(spec_path).read_text())
-    attempts = _block_network()
-    import warnings
-
-    warnings.filterwarnings("ignore")
+    attempts = _worker_start(1)
     import numpy as np
     import torch
 
-    torch.set_num_threads(1)
-    import torch._dynamo  # noqa: F401  (imported lazily by optimizers: outside the timings for everyone)
     import anndata as ad
 
     adata = ad.read_h5ad(spec["data"])

@@ -114,23 +114,31 @@ def _peak_rss_mb() -> float:
     return rss / 1024.0 if sys.platform != "darwin" else rss / 2**20  # KiB on Linux, bytes on macOS
 
 
-def _worker(spec_path: str) -> None:
-    spec = json.loads(Path(spec_path).read_text())
+def _worker_start(threads: int) -> list:
+    """What every benchmark worker does first: no network, quiet warnings, ``threads`` torch
+    threads, torch's lazy imports done. Returns the list of refused connection attempts."""
     attempts = _block_network()
     import warnings
 
     warnings.filterwarnings("ignore")
-    import numpy as np
     import torch
 
-    n = int(spec["threads"])
-    torch.set_num_threads(n)
+    torch.set_num_threads(threads)
     try:
-        torch.set_num_interop_threads(n)
+        torch.set_num_interop_threads(threads)
     except RuntimeError:  # already set
         pass
     import torch._dynamo  # noqa: F401  torch imports it lazily on the first optimizer (~2-3 s, once per
-    # process); scvi pays that when lightning is imported, so import it here, outside the timings, for both
+    # process); scvi pays that when lightning is imported, so import it here, outside the timings, for all
+    return attempts
+
+
+def _worker(spec_path: str) -> None:
+    spec = json.loads(Path(spec_path).read_text())
+    attempts = _worker_start(int(spec["threads"]))
+    import numpy as np
+    import torch
+
     import anndata as ad
 
     adata = ad.read_h5ad(spec["data"])

@@ -8,14 +8,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-import anndata as ad
 import numpy as np
 import pytest
-import scipy.sparse as sp
 
 import scgen_ae as sa
 from scgen_ae import ondisk
-from scgen_ae.data import CellData
 from scgen_ae.tl._common import training_data
 
 from .conftest import FAST

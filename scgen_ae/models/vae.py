@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from anndata import AnnData
 from torch import nn
 
-from ..likelihoods import COUNT_LIKELIHOODS, LIKELIHOODS, Minibatch, cell_log_prob
+from ..likelihoods import LIKELIHOODS, Minibatch, cell_log_prob
 from ..nn import CountDecoder, GaussianEncoder
 from ._base import BaseModel
 
