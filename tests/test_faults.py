@@ -68,8 +68,10 @@ def test_sigint_to_training_process_then_save(tmp_path):
     """A real SIGINT to a training process: it returns the best model, which saves and loads."""
     path = tmp_path / "interrupted.npz"
     proc = _python("""
-        import sys, scgen_ae as sa
+        import signal, sys, scgen_ae as sa
         from scgen_ae.models.vae import VAEModule
+        # a shell's background job (`pytest &`) inherits SIGINT as ignored: restore Python's handler
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         adata = sa.datasets.simulate(n_cells=600, n_genes=300)
         original, steps = VAEModule.loss, [0]
         def loss(self, mb, kl_weight):  # announce once training is really under way
