@@ -78,13 +78,15 @@ def test_online_nmf_from_disk_equals_in_memory(cells, options):
     """Same chunks of the same cells, same float operations: equal, not just close."""
     adata, path = cells
     backed, memory = sa.read_backed(path), adata.copy()
-    sa.tl.nmf(backed, batch_size=128, **NMF, **options)
+    model = sa.tl.nmf(backed, batch_size=128, **NMF, **options)
     sa.tl.nmf(memory, batch_size=128, **NMF, **options)
     assert ondisk.is_on_disk(backed)
     for got, want in zip(_outputs(backed, "X_nmf", "nmf_loadings"), _outputs(memory, "X_nmf", "nmf_loadings")):
         np.testing.assert_array_equal(got, want)
     np.testing.assert_array_equal(backed.uns["nmf"]["history"]["train_loss"], memory.uns["nmf"]["history"]["train_loss"])
     assert backed.uns["nmf"]["params"]["batch_size"] == 128
+    # new cells from disk: the same chunks solved as in memory
+    np.testing.assert_array_equal(model.transform(backed), model.transform(adata))
 
 
 def test_nmf_reads_one_chunk_at_a_time(cells, monkeypatch):
