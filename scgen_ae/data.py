@@ -36,6 +36,10 @@ class CellData:
     def n_cells(self) -> int:
         return self.X.shape[0]
 
+    def row_block(self, start: int, stop: int) -> sp.csr_matrix:
+        """Rows ``start:stop`` (what :func:`iter_row_blocks` reads, here and on disk)."""
+        return self.X[start:stop]
+
     def minibatch(self, idx: np.ndarray) -> Minibatch:
         """Densify the rows ``idx`` into a :class:`Minibatch`."""
         sub = self.X[idx]
@@ -69,6 +73,18 @@ class CellData:
         for i, s in enumerate(starts):
             end = starts[i + 1] if i + 1 < len(starts) else len(idx)
             yield self.minibatch(idx[s:end])
+
+
+ROW_BLOCK = 4096  # cells per block in whole-matrix passes: O(block x nnz per cell) memory
+
+
+def iter_row_blocks(data, block: int = ROW_BLOCK) -> Iterator[tuple[int, int, sp.csr_matrix]]:
+    """``(start, stop, rows start:stop as CSR)`` over all cells of a :class:`CellData` or an
+    :class:`~scgen_ae.ondisk.OnDiskCellData`, in order: whole-matrix statistics (gene sums,
+    log-likelihoods) then need one block at a time, one contiguous read each on disk."""
+    for start in range(0, data.n_cells, block):
+        stop = min(start + block, data.n_cells)
+        yield start, stop, data.row_block(start, stop)
 
 
 def to_csr32(X) -> sp.csr_matrix:

@@ -23,7 +23,7 @@ Memory is O(window) for the counts plus about 40 bytes per cell of bookkeeping
 """
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -32,7 +32,7 @@ import scipy.sparse as sp
 from anndata import AnnData
 
 from . import _validate as v
-from .data import CellData, to_csr32
+from .data import CellData, iter_row_blocks, to_csr32
 from .likelihoods import COUNT_LIKELIHOODS, Minibatch
 
 CHUNK_CELLS = 256  # contiguous rows per read
@@ -134,6 +134,11 @@ class OnDiskCellData:
                           shape=(stop - start, self.n_stored_genes))
         return to_csr32(X)
 
+    def row_block(self, start: int, stop: int) -> sp.csr_matrix:
+        """Rows ``start:stop`` with the model's columns (see :func:`scgen_ae.data.iter_row_blocks`)."""
+        X = self.read_span(start, stop)
+        return v.aligned_matrix(X, self.columns) if self.columns is not None else X
+
     def read_rows(self, rows: np.ndarray) -> sp.csr_matrix:
         """Rows ``rows`` (any order) with the model's columns: one read per run of adjacent chunks."""
         order = np.argsort(rows, kind="stable")
@@ -203,21 +208,21 @@ def _minibatch_bounds(n: int, batch_size: int, drop_last_if_tiny: bool) -> list[
 
 # ---------------------------------------------------------------- validation, streamed
 
-def _scan(data: OnDiskCellData, layer, likelihood: str | None) -> tuple[np.ndarray, np.ndarray]:
-    """One sequential pass: the checks of ``get_matrix`` / ``check_counts`` per block of rows,
-    library sizes, and which genes have any count. Returns (library, gene_has_counts)."""
+def counts_check(layer: str | None, likelihood: str | None) -> Callable[[sp.csr_matrix], None]:
+    """The value check of ``training_data`` for one block: counts for count likelihoods."""
     counts = likelihood in COUNT_LIKELIHOODS + (None, "counts")
+    return lambda X: v.check_counts(X, layer, likelihood or "counts") if counts else None
+
+
+def _scan(data: OnDiskCellData, check: Callable[[sp.csr_matrix], None]) -> tuple[np.ndarray, np.ndarray]:
+    """One sequential pass: NaN / Inf and ``check`` (raising InputError) per block of rows,
+    library sizes, and which genes have any count. Returns (library, gene_has_counts)."""
     library = np.zeros(data.n_cells, dtype=np.float32)  # float32 like X.sum(1) in memory: same results
     seen = np.zeros(len(data.columns) if data.columns is not None else data.n_stored_genes, dtype=bool)
-    for start in range(0, data.n_cells, SCAN_CELLS):
-        stop = min(start + SCAN_CELLS, data.n_cells)
-        X = data.read_span(start, stop)
-        if data.columns is not None:
-            X = v.aligned_matrix(X, data.columns)
+    for start, stop, X in iter_row_blocks(data, SCAN_CELLS):
         try:
             v.get_matrix(AnnData(X), None)  # NaN / Inf
-            if counts:
-                v.check_counts(X, layer, likelihood or "counts")
+            check(X)
         except v.InputError as err:
             raise v.InputError(f"In cells {start}-{stop - 1} of the on-disk matrix: {err}") from None
         library[start:stop] = np.asarray(X.sum(1)).ravel()
@@ -231,16 +236,24 @@ def _open(adata: AnnData, layer) -> OnDiskCellData:
     return OnDiskCellData(_csr_dataset(adata, layer).group, np.zeros(adata.n_obs, np.int64), None)
 
 
+def validated(adata: AnnData, layer: str | None, check: Callable[[sp.csr_matrix], None]) -> OnDiskCellData:
+    """The on-disk cells after one streamed pass of checks (``check`` per block, NaN / Inf,
+    no empty cells or genes), with their library sizes; batch codes are left at 0."""
+    data = _open(adata, layer)
+    library, seen = _scan(data, check)
+    cell_zero, gene_zero = int((library == 0).sum()), int((~seen).sum())
+    if cell_zero or gene_zero:
+        v.refuse_empty(cell_zero, gene_zero, layer)
+    data.library = library
+    return data
+
+
 def training_data(adata: AnnData, layer: str | None, batch_key: str | None, likelihood: str | None):
     """Out-of-core counterpart of :func:`scgen_ae.tl._common.training_data`: the same checks,
     streamed over the file once (nothing is kept but library sizes)."""
     codes, cats = v.batch_codes(adata, batch_key)  # obs is in memory: cheap, and the clearest error first
-    data = _open(adata, layer)
-    library, seen = _scan(data, layer, likelihood)
-    cell_zero, gene_zero = int((library == 0).sum()), int((~seen).sum())
-    if cell_zero or gene_zero:
-        v.refuse_empty(cell_zero, gene_zero, layer)
-    data.batch, data.library = codes, library
+    data = validated(adata, layer, counts_check(layer, likelihood))
+    data.batch = codes
     data.log1p_input = likelihood in COUNT_LIKELIHOODS or likelihood is None
     return data, cats
 
@@ -253,6 +266,6 @@ def apply_data(adata: AnnData, var_names, batch_categories, batch_key, likelihoo
     if not np.array_equal(pos, np.arange(data.n_stored_genes)):
         data.columns = pos
     counts = likelihood in COUNT_LIKELIHOODS + ("counts",)
-    library, _ = _scan(data, None, likelihood if counts else "gaussian")
+    library, _ = _scan(data, counts_check(None, likelihood if counts else "gaussian"))
     data.batch, data.library, data.log1p_input = codes, library, counts
     return data

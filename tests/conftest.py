@@ -44,6 +44,8 @@ def load_shared(name: str):
 def _dense(X):
     if X is None:
         return None
+    if hasattr(X, "to_memory"):  # on disk (backed .h5ad / zarr): compare what it reads as
+        X = X.to_memory()
     if sp.issparse(X):
         return X.toarray()
     return np.asarray(X)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 import time
 import warnings
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -53,7 +54,11 @@ class Chunk:
 
     @classmethod
     def of(cls, X: sp.csr_matrix, block: int, start: int, stop: int, device) -> "Chunk":
-        sub = X[start:stop]
+        return cls.from_rows(X[start:stop], block, start, stop, device)
+
+    @classmethod
+    def from_rows(cls, sub: sp.csr_matrix, block: int, start: int, stop: int, device) -> "Chunk":
+        """The chunk of rows ``sub`` (= rows ``start:stop`` of block ``block``)."""
         rows = np.repeat(np.arange(sub.shape[0]), np.diff(sub.indptr))
         order = sp.csr_matrix((np.arange(1, sub.nnz + 1, dtype=np.float64), sub.indices, sub.indptr), sub.shape)
         t_perm = order.T.tocsr().data.astype(np.int64) - 1
@@ -95,6 +100,32 @@ def make_chunks(blocks: list[sp.csr_matrix], chunk_size: int | None, device) -> 
         for s in range(0, X.shape[0], step):
             out.append(Chunk.of(X, b, s, min(s + step, X.shape[0]), device))
     return out
+
+
+class StreamedChunks:
+    """The chunks of :func:`make_chunks`, built again from ``read`` on every pass instead of
+    kept: memory O(chunk) for the data whatever the number of cells (cells on disk).
+
+    read : cell indices -> their (preprocessed) rows as CSR;  block_cells : cells of each block
+    """
+
+    def __init__(self, read: Callable[[np.ndarray], sp.csr_matrix], block_cells: list[np.ndarray],
+                 chunk_size: int, device):
+        self.read, self.block_cells, self.chunk_size, self.device = read, block_cells, int(chunk_size), device
+
+    def _spans(self) -> Iterator[tuple[int, int, int]]:
+        """(block, start, stop) of each chunk, in :func:`make_chunks`' order."""
+        for b, cells in enumerate(self.block_cells):
+            for s in range(0, len(cells), self.chunk_size):
+                yield b, s, min(s + self.chunk_size, len(cells))
+
+    def __iter__(self) -> Iterator[Chunk]:
+        for b, s, stop in self._spans():
+            yield Chunk.from_rows(self.read(self.block_cells[b][s:stop]), b, s, stop, self.device)
+
+    def value_sum(self) -> float:
+        """Sum of all values (the initialisation's mean), in one pass."""
+        return sum(float(self.read(self.block_cells[b][s:e]).data.sum(dtype=np.float64)) for b, s, e in self._spans())
 
 
 # ---------------------------------------------------------------- HALS / MU kernels
@@ -186,11 +217,21 @@ class Fit:
     interrupted: bool = False  # Ctrl-C: the factors are those of the last finished update
 
 
-def fit(blocks: list[sp.csr_matrix], k: int, *, loss: str = "frobenius", solver: str = "hals",
-        init: str = "nndsvda", max_iter: int = 200, tol: float = 1e-4, lam: float = 0.0,
-        integrative: bool = False, chunk_size: int | None = None, sweeps: int = 3, extrapolate: bool = True,
-        seed: int = 0, device: torch.device | str = "cpu") -> Fit:
-    """Fit (i)NMF to the cells of ``blocks`` (one CSR per batch); see the module docstring.
+def fit(blocks: list[sp.csr_matrix], k: int, *, chunk_size: int | None = None,
+        device: torch.device | str = "cpu", **options) -> Fit:
+    """Fit (i)NMF to the cells of ``blocks`` (one CSR per batch) in memory; see :func:`fit_chunks`."""
+    device = torch.device(device)
+    total = sum(float(X.data.sum(dtype=np.float64)) for X in blocks)
+    return fit_chunks(make_chunks(blocks, chunk_size, device), [X.shape[0] for X in blocks], blocks[0].shape[1],
+                      total, k, device=device, **options)
+
+
+def fit_chunks(chunks: Iterable[Chunk], block_sizes: list[int], n_genes: int, total: float, k: int, *,
+               loss: str = "frobenius", solver: str = "hals", init: str = "nndsvda", max_iter: int = 200,
+               tol: float = 1e-4, lam: float = 0.0, integrative: bool = False, sweeps: int = 3,
+               extrapolate: bool = True, seed: int = 0, device: torch.device | str = "cpu") -> Fit:
+    """Fit (i)NMF to the cells in ``chunks`` (a list, or :class:`StreamedChunks` read on every
+    pass); ``block_sizes``: cells per block, ``total``: sum of all values. See the module docstring.
 
     One iteration is one pass over all cells. Stops when the objective improves by less
     than ``tol`` (relative) over one pass, or after ``max_iter`` passes.
@@ -198,14 +239,10 @@ def fit(blocks: list[sp.csr_matrix], k: int, *, loss: str = "frobenius", solver:
     device = torch.device(device)
     start = time.perf_counter()
     gen = torch.Generator().manual_seed(int(seed))
-    n_cells = sum(X.shape[0] for X in blocks)
-    n_genes = blocks[0].shape[1]
-    chunks = make_chunks(blocks, chunk_size, device)
-    W, H = _initial(chunks, blocks, k, init, gen, device)
-    n_blocks = len(blocks)
-    V = torch.zeros(n_blocks, k, n_genes, device=device)
-    Ws = list(torch.split(W, [X.shape[0] for X in blocks]))
-    Ws = [w.contiguous() for w in Ws]
+    n_cells = sum(block_sizes)
+    W, H = _initial(chunks, n_cells, n_genes, total, k, init, gen, device)
+    V = torch.zeros(len(block_sizes), k, n_genes, device=device)
+    Ws = [w.contiguous() for w in torch.split(W, block_sizes)]
     out = Fit(Ws, H, V)
     try:
         if loss == "kl":
@@ -224,12 +261,13 @@ def _fit_frobenius(out: Fit, chunks, solver, max_iter, tol, lam, integrative, sw
     # sufficient statistics per block, float64 so that chunk-wise updates do not drift
     A = torch.zeros(n_blocks, k, k, dtype=torch.float64, device=device)
     B = torch.zeros(n_blocks, k, n_genes, dtype=torch.float64, device=device)
+    sq_norm = 0  # summed in chunk order, as sum() did: one pass less when chunks are read from disk
     for c in chunks:
         w = Ws[c.block][c.start:c.stop]
         A[c.block] += (w.T @ w).double()
         B[c.block] += c.tmm(w).T.double()
+        sq_norm += c.sq_norm
     gene_sweeps = sweeps if solver == "hals" else 1
-    sq_norm = sum(c.sq_norm for c in chunks)
     # extrapolation of the loadings (Ang & Gillis 2019): plain NMF with HALS only; with iNMF it
     # let the batch-specific loadings grow without bound on cellbench_3cl
     beta, prev = 0.5, None
@@ -305,10 +343,7 @@ def _update_genes(H, V, A, B, b, lam, integrative, solver, sweeps) -> None:
         _mu(H, Bf.sum(0), Af.sum(0) @ H)
 
 
-def _initial(chunks, blocks, k, init, gen, device):
-    n = sum(X.shape[0] for X in blocks)
-    g = blocks[0].shape[1]
-    total = sum(float(X.data.sum(dtype=np.float64)) for X in blocks)
+def _initial(chunks, n, g, total, k, init, gen, device):
     mean = total / (n * g)
     if init == "random":
         scale = math.sqrt(mean / k)

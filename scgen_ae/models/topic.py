@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from anndata import AnnData
 from torch import nn
 
-from ..data import CellData
+from ..data import CellData, iter_row_blocks
 from ..likelihoods import Minibatch, cell_log_prob
 from ..nn import GaussianEncoder
 from ._base import BaseModel
@@ -95,7 +95,10 @@ class TopicModule(nn.Module):
     def init_background(self, data: CellData) -> None:
         """Start the background at the log of the pooled gene frequencies: the topics then
         only learn deviations from it from the first step on."""
-        freq = np.asarray(data.X.sum(0)).ravel() + 1.0
+        sums = np.zeros(self.cfg.n_genes)
+        for _, _, X in iter_row_blocks(data):  # float64: exact for counts, so any blocking gives the same sums
+            sums += np.asarray(X.sum(0, dtype=np.float64)).ravel()
+        freq = sums.astype(np.float32) + 1.0  # float32 as the in-memory X.sum(0) this replaced
         self.background.copy_(torch.from_numpy(np.log(freq / freq.sum())).float())
 
     def _cats(self, batch):
@@ -177,11 +180,11 @@ class LDA(BaseModel):
             theta = torch.from_numpy(np.ascontiguousarray(proportions[rows], dtype=np.float32))
             yield rows, self._log_probs(theta, torch.from_numpy(data.batch[rows])).numpy()
 
-    def _cell_log_lik(self, data: CellData, proportions: np.ndarray) -> np.ndarray:
-        """Per cell, sum_g x log p(gene | cell) ``(n,)``."""
+    def _cell_log_lik(self, data: CellData, proportions: np.ndarray, chunk: int = 1024) -> np.ndarray:
+        """Per cell, sum_g x log p(gene | cell) ``(n,)``; counts read block by block (also from disk)."""
         out = np.zeros(data.n_cells)
-        for rows, log_p in self._chunks(data, proportions):
-            out[rows] = cell_count_log_likelihood(data.X[rows], log_p)
+        for (rows, log_p), (_, _, X) in zip(self._chunks(data, proportions, chunk), iter_row_blocks(data, chunk)):
+            out[rows] = cell_count_log_likelihood(X, log_p)
         return out
 
     def transform(self, adata: AnnData, *, layer="model", batch_key="model", pad_missing: bool = False) -> np.ndarray:
@@ -202,4 +205,5 @@ class LDA(BaseModel):
         :meth:`predictive` (topic proportions inferred from each cell's own counts)."""
         data = self._cell_data(adata, layer, batch_key, pad_missing)
         ll = self._cell_log_lik(data, self._proportions(data))
-        return float(math.exp(-ll.sum() / max(float(data.X.sum()), 1.0)))
+        # float64 total of the library sizes: exact for counts (as X.sum() was below 2^24 counts)
+        return float(math.exp(-ll.sum() / max(float(data.library.sum(dtype=np.float64)), 1.0)))

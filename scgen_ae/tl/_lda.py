@@ -7,6 +7,7 @@ import numpy as np
 from anndata import AnnData
 
 from .. import _validate as v
+from .. import ondisk
 from ..data import CellData, train_validation_split
 from ..models.lda_vb import ClassicLDA, VBLDAConfig, VBLDAModule, fit_vb
 from ..models.topic import LDA, TopicConfig, TopicModule
@@ -148,6 +149,10 @@ def lda(
         train_cfg, rest = split_kwargs({**PRODLDA_TRAIN_DEFAULTS, **kwargs})
         if rest:
             raise TypeError(f"lda() got unexpected keyword arguments {sorted(rest)}.")
+    if method == "classic" and ondisk.is_on_disk(adata, layer):
+        # batch VB revisits every cell's counts in each of its E-steps: it is not a streaming method
+        raise v.InputError("adata.X is on disk (a backed .h5ad / zarr store), but method='classic' needs X in "
+                           "memory: call adata.to_memory() first, or use method='prodlda', which streams it.")
     data, cats = training_data(adata, layer, batch_key, "poisson")
     with seeded_threads(train_cfg.seed, train_cfg.n_threads):
         # the same split train.fit draws: the held-out perplexity is on cells never trained on
@@ -173,7 +178,7 @@ def lda(
                 return model
             proportions = model._proportions(data)
         log_lik = model._cell_log_lik(data, proportions)
-    counts = np.asarray(data.X.sum(1)).ravel()
+    counts = data.library  # the row sums of X (float32, as X.sum(1) gave before), also on disk
 
     def perplexity(idx):
         return float(np.exp(-log_lik[idx].sum() / max(counts[idx].sum(), 1.0))) if len(idx) else float("nan")

@@ -6,6 +6,7 @@ import numpy as np
 from anndata import AnnData
 
 from .. import _validate as v
+from .. import ondisk
 from ..models import _nmf_solver
 from ..models.nmf import NMF, NMFConfig, check_nonnegative, fit_alignment, apply_alignment, preprocess, split_by_batch
 from ..train import resolve_device, seeded_threads
@@ -112,6 +113,11 @@ def nmf(
         None: full-batch updates. An integer: online updates, the loadings are updated
         after every chunk of ``batch_size`` cells, and the dense working memory is
         O(batch_size x k + k x n_genes), independent of the number of cells.
+        When ``adata.X`` is on disk (``sa.read_backed``, a backed ``.h5ad``) ``batch_size``
+        is required: each pass reads the chunks from disk again (checks streamed too), so
+        memory holds one chunk of counts plus the k cell factors per cell (the result);
+        the same seed gives the in-memory result. Full-batch updates would hold all of X,
+        so they are refused there (``adata.to_memory()`` first, if that is wanted).
     seed, device, n_threads
         Random seed (initialisation), "auto"/"cpu"/"cuda", and CPU threads (None: torch's).
     key_added, varm_key, uns_key
@@ -140,31 +146,47 @@ def nmf(
       the generic top-genes / loadings plots).
     """
     _check_options(loss, solver, init, batch_key, n_components, max_iter, tol, batch_size)
-    X = v.get_matrix(adata, layer)
-    _check_values(X, layer, transform)
-    v.check_not_empty(X, layer)
-    codes, cats = v.batch_codes(adata, batch_key)
+    on_disk = ondisk.is_on_disk(adata, layer)
+    if on_disk and batch_size is None:
+        raise v.InputError("adata.X is on disk (a backed .h5ad / zarr store): pass batch_size= (e.g. 4096) to "
+                           "stream it with online updates, or call adata.to_memory() for full-batch updates.")
+    if on_disk:
+        codes, cats = v.batch_codes(adata, batch_key)  # obs is in memory: checked before the pass over X
+        data = ondisk.validated(adata, layer, lambda block: _check_values(block, layer, transform))
+    else:
+        X = v.get_matrix(adata, layer)
+        _check_values(X, layer, transform)
+        v.check_not_empty(X, layer)
+        codes, cats = v.batch_codes(adata, batch_key)
     k = int(n_components)
-    if k > min(X.shape):
-        raise v.InputError(f"n_components={k} is more than min(n_cells, n_genes) = {min(X.shape)}; "
+    if k > min(adata.shape):
+        raise v.InputError(f"n_components={k} is more than min(n_cells, n_genes) = {min(adata.shape)}; "
                            "choose fewer components.")
     config = NMFConfig(n_genes=adata.n_vars, n_components=k, n_batches=len(cats), loss=loss, transform=transform,
                        target_sum=target_sum, lam=lam if batch_key is not None else 0.0,
                        aligned=batch_key is not None)
     dev = resolve_device(device)
     dev = dev if dev.type in ("cpu", "cuda") else resolve_device("cpu")  # sparse CSR kernels: CPU / CUDA only
-    Xp = preprocess(X, transform, target_sum)
-    blocks, idx = split_by_batch(Xp, codes, len(cats))
+    options = dict(loss=loss, solver=solver, init=init, max_iter=max_iter, tol=tol, lam=config.lam,
+                   integrative=config.aligned, seed=seed, device=dev)
+    if on_disk:
+        idx = [np.flatnonzero(codes == b) for b in range(len(cats))]  # cells of each batch, as split_by_batch
+    else:
+        blocks, idx = split_by_batch(preprocess(X, transform, target_sum), codes, len(cats))
     with seeded_threads(seed, n_threads):
-        result = _nmf_solver.fit(blocks, k, loss=loss, solver=solver, init=init, max_iter=max_iter, tol=tol,
-                            lam=config.lam, integrative=config.aligned, chunk_size=batch_size, seed=seed,
-                            device=dev)
+        if on_disk:
+            chunks = _nmf_solver.StreamedChunks(
+                lambda cells: preprocess(data.read_rows(cells), transform, target_sum), idx, batch_size, dev)
+            result = _nmf_solver.fit_chunks(chunks, [len(i) for i in idx], adata.n_vars, chunks.value_sum(), k,
+                                            **options)
+        else:
+            result = _nmf_solver.fit(blocks, k, chunk_size=batch_size, **options)
         norms = result.H.norm(dim=1).clamp_min(1e-12)[:, None]  # unit-norm loadings; W H unchanged
         model = NMF(config, adata.var_names, batch_key, cats, layer, _history(result))
         model.module.to(dev)
         model.set_factors(result.H / norms, result.V / norms[None])
         Z = np.zeros((adata.n_obs, k), dtype=np.float32)
-        for block, rows, W in zip(blocks, idx, result.W):
+        for rows, W in zip(idx, result.W):
             Z[rows] = (W * norms.T).cpu().numpy()
         if result.interrupted:
             warnings.warn("Fitting was interrupted (Ctrl-C): adata was left unchanged. The returned model holds "
