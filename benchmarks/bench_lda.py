@@ -30,7 +30,8 @@ softmax(theta_c beta + background)); perplexity = exp(- sum_cg x_cg log p_cg / s
 computed by one function (``scgen_ae.models.topic.perplexity_from_probs``) for all.
 
 scIB: ``sa.tl.score_integration`` on the proportions of all cells from the first repeat (seed 0) (unscaled Total =
-0.6 Bio + 0.4 Batch; without labels only batch metrics, Total = Batch).
+0.6 Bio + 0.4 Batch). Kang and the PBMC chemistries have no labels in the file: they get
+coarse marker-derived ones (``sa.pp.annotate_markers``, as in ``bench_vae.py``).
 
 Usage::
 
@@ -187,7 +188,7 @@ def main(argv=None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="bench_lda_"))
     rows = []
     for name in args.datasets:
-        small, path, split, _ = _prepare(name, workdir, args.seed)
+        small, path, split, _, labels = _prepare(name, workdir, args.seed)
         runs = {t: [] for t in args.tools}
         for rep in range(args.repeats):
             for tool in args.tools:
@@ -204,7 +205,7 @@ def main(argv=None) -> int:
         ds = []
         for tool, rs in runs.items():
             if rs:
-                ds.append(dict(dataset=name, n_cells=small.n_obs, n_genes=small.n_vars, tool=tool, n_runs=len(rs),
+                ds.append(dict(dataset=name, n_cells=small.n_obs, n_genes=small.n_vars, labels=labels, tool=tool, n_runs=len(rs),
                                best_seconds=min(r["seconds"] for r in rs),
                                all_seconds=";".join(f"{r['seconds']:.2f}" for r in rs),
                                perplexity=float(np.mean([r["heldout_perplexity"] for r in rs])),
