@@ -14,7 +14,7 @@ Tools (k = ``--k`` topics, 10 by default):
 - ``sklearn``: ``LatentDirichletAllocation(learning_method="batch", max_iter=10)`` on counts
   (the issue's setting), fitted on the training cells.
 - ``amortized``: scvi-tools ``AmortizedLDA(n_topics=k)``, 100 epochs, fitted on the training cells.
-- ``classic``: ``sa.tl.lda(method="classic")`` (batch VB, its default 20 warm-started iterations).
+- ``classic``: ``sa.tl.lda(method="classic")`` (batch VB, its default 20 EM iterations, each from a random gamma).
 - ``prodlda``: ``sa.tl.lda()`` without batch; ``prodlda_batch``: ``sa.tl.lda(batch_key="batch")``.
 
 Time = everything a user waits for to get the topic proportions of *all* cells: fit on

@@ -42,7 +42,7 @@ def lda_plain(cellbench_hvg):
 
 @pytest.fixture(scope="session")
 def lda_classic(cellbench_hvg):
-    """Classic VB LDA, 6 topics, its default 20 (warm-started) EM iterations."""
+    """Classic VB LDA, 6 topics, its default 20 EM iterations."""
     return sa.tl.lda(cellbench_hvg, n_topics=6, method="classic", copy=True, **FAST)
 
 
@@ -131,7 +131,7 @@ def test_transform_new_cells_reordered_genes_and_files(fixture, request, tmp_pat
     adata, model = request.getfixturevalue(fixture)
     theta = model.transform(adata)
     if fixture == "lda_classic":
-        # held-out cells: the same cold E-step; training cells were warm-started from the fit
+        # held-out cells: the same cold E-step; training cells were continued from their fitted gamma
         _, val = _held_out(adata)
         np.testing.assert_allclose(theta[val], adata.obsm["X_lda"][val], atol=1e-4)
         assert np.abs(theta - adata.obsm["X_lda"]).mean() < 0.01

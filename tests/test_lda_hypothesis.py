@@ -51,7 +51,7 @@ def _fit_or_refuse(data, method: str) -> None:
     assert np.isfinite(uns["history"]["train_loss"]).all()
     assert uns["train_perplexity"] >= 1.0  # a per-count perplexity is never below 1
     # the model applied to its own data gives the stored proportions. Classic: only the
-    # held-out cells come from the same cold E-step (the training cells' are warm-started
+    # held-out cells come from the same cold E-step (the training cells' are continued
     # from the fit, and a cell's variational problem can have several fixed points)
     cells = np.arange(adata.n_obs) if method == "prodlda" else _held_out(adata.n_obs)
     np.testing.assert_allclose(model.transform(adata[cells]), theta[cells], atol=1e-4)

@@ -38,13 +38,12 @@ def _subset(data: CellData, idx: np.ndarray) -> CellData:
 
 def _fit_classic(config, data, cats, adata, layer, train_cfg, train_idx, val_idx):
     """Batch VB on the training cells; proportions of every cell: the held-out ones from a
-    full E-step, the training ones continued from their fitted gamma (nearly converged)."""
+    full E-step, the training ones continued to convergence from their last fitted gamma."""
     module = VBLDAModule(config)
     history, gamma = fit_vb(module, _subset(data, train_idx), train_cfg.seed, train_cfg.progress)
     model = ClassicLDA(config, adata.var_names, None, cats, layer, history.as_dict(), module)
     proportions = np.zeros((data.n_cells, config.n_topics), dtype=np.float32)
-    proportions[train_idx] = model._proportions(_subset(data, train_idx), init=gamma,
-                                                max_iter=config.fit_doc_update_iter)
+    proportions[train_idx] = model._proportions(_subset(data, train_idx), init=gamma)
     if len(val_idx):
         proportions[val_idx] = model._proportions(_subset(data, val_idx))
     return model, proportions
@@ -110,8 +109,9 @@ def lda(
         prodlda: options of :class:`scgen_ae.train.TrainConfig`; here the defaults are
         ``max_epochs=100``, ``batch_size=256``, ``lr=1e-2``, ``patience=15`` (others as for
         ``tl.vae``: ``seed``, ``n_threads``, ``device``, ``validation_fraction`` ...).
-        classic: ``max_iter`` (20 warm-started EM iterations: the perplexity of sklearn's 10
-        with random restarts), ``max_doc_update_iter`` (100),
+        classic: ``max_iter`` (20 EM iterations, each E-step 10 sweeps from a random
+        start: a lower held-out perplexity than sklearn's 10 iterations of up to 100
+        sweeps), ``max_doc_update_iter`` (100, for transforms),
         ``mean_change_tol`` (1e-3), ``doc_topic_prior`` / ``topic_word_prior`` (1 / k),
         plus ``seed``, ``n_threads``, ``validation_fraction`` (0.1), ``progress``.
 
@@ -122,8 +122,8 @@ def lda(
     Sets
 
     - ``adata.obsm[key_added]``: (n_cells, n_topics) topic proportions, rows sum to 1
-      (classic: the training cells' come from the fit's warm-started variational
-      parameters; ``model.transform`` runs a cold E-step, capped at ``max_doc_update_iter``
+      (classic: the training cells' are the fit's last variational parameters, run to
+      convergence; ``model.transform`` runs a cold E-step, capped at ``max_doc_update_iter``
       sweeps as sklearn's, and agrees with them to about 1e-2).
     - ``adata.varm[varm_key]``: (n_genes, n_topics) topic-gene distributions, non-negative,
       each column sums to 1 (prodlda: softmax of the topic's decoder logits, i.e. its
