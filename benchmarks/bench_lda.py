@@ -18,8 +18,10 @@ Tools (k = ``--k`` topics, 10 by default):
 - ``prodlda``: ``sa.tl.lda()`` without batch; ``prodlda_batch``: ``sa.tl.lda(batch_key="batch")``.
 
 Time = everything a user waits for to get the topic proportions of *all* cells: fit on
-the training cells plus the transform of all cells (ours: ``tl.lda`` on the training
-cells, then ``model.transform`` of all cells).
+the training cells plus the transform of all cells (sklearn and AmortizedLDA: fit, then
+transform of all cells; ProdLDA: ``tl.lda`` on the training cells, then
+``model.transform`` of all cells; classic: ``tl.lda(validation_fraction=0)`` on the
+training cells, whose proportions it writes, then ``model.transform`` of the held-out ones).
 
 Held-out perplexity, the same definition for every tool: on the held-out cells (never
 used in fitting), each tool infers the topic proportions theta_c of a cell from that
@@ -125,13 +127,25 @@ def _fit_amortized(adata, spec, train_idx, val_idx):
 
 
 def _fit_ours(adata, spec, train_idx, val_idx):
+    import numpy as np
+
     import scgen_ae as sa
 
     kwargs = dict(n_topics=spec["k"], seed=spec["seed"], n_threads=1, progress=False)
     kwargs.update({"classic": dict(method="classic"), "prodlda": {},
                    "prodlda_batch": dict(batch_key=BATCH_KEY)}[spec["tool"]])
+    if spec["tool"] == "classic":
+        # batch VB has no early stopping: fitted on exactly the peers' training cells
+        # (validation_fraction=0); their proportions come from the fit, as in tl.lda on a
+        # user's data, the held-out cells' from a cold E-step (transform)
+        train = adata[train_idx].copy()
+        model = sa.tl.lda(train, validation_fraction=0.0, **kwargs)
+        theta = np.zeros((adata.n_obs, spec["k"]), dtype=np.float32)
+        theta[train_idx] = train.obsm["X_lda"]
+        theta[val_idx] = model.transform(adata[val_idx])
+        return theta, theta[val_idx] @ model.topic_gene_matrix().T  # as for sklearn
     # fitted on the training cells like the peers (tl.lda holds 10 % of those out again for
-    # its own validation: it trains on fewer cells than they do); proportions of all cells
+    # its early stopping: it trains on fewer cells than they do); proportions of all cells
     model = sa.tl.lda(adata[train_idx].copy(), **kwargs)
     return model.transform(adata), model.predictive(adata[val_idx])
 
