@@ -157,7 +157,7 @@ def _mu(M: torch.Tensor, numer: torch.Tensor, denom: torch.Tensor) -> torch.Tens
 # ---------------------------------------------------------------- initialisation
 
 def randomized_svd(chunks: list[Chunk], shape: tuple[int, int], k: int, gen: torch.Generator, device,
-                   n_iter: int = 7, oversample: int = 10):
+                   n_iter: int = 2, oversample: int = 10):
     """Top-k SVD of the row-stacked chunks by randomized range finding (Halko et al.)."""
     n, g = shape
     q = min(k + oversample, n, g)
