@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import math
+import sys
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -231,7 +232,10 @@ def fit(module: torch.nn.Module, data: CellData, config: TrainConfig, likelihood
     good_state = copy.deepcopy(module.state_dict())
     start = time.perf_counter() - history.seconds
     first = loop["epoch"] + 1 if not history.stopped_early else n_epochs
+    # in a log file (CI, nohup) each refresh is a new line: refresh every 30 s there, not 10x/s
+    interactive = getattr(sys.stderr, "isatty", lambda: False)() or "ipykernel" in sys.modules
     bar = tqdm(range(first, n_epochs), desc="training", unit="epoch", leave=False,
+               mininterval=0.1 if interactive else 30.0,
                disable=not config.progress or (dist is not None and dist.rank != 0))
     try:
         for epoch in bar:
@@ -266,7 +270,8 @@ def fit(module: torch.nn.Module, data: CellData, config: TrainConfig, likelihood
                 monitored = _epoch_loss(dist, *_loss_sum(module, data, val_idx, config, 1.0, device))
                 history.validation_loss.append(monitored)
             bar.set_postfix(loss=f"{history.train_loss[-1]:.1f}",
-                            val=f"{monitored:.1f}" if len(train_idx) < data.n_cells else "-")
+                            val=f"{monitored:.1f}" if len(train_idx) < data.n_cells else "-",
+                            refresh=False)  # drawn with the next update, at the bar's own pace
             # only compare losses once the KL weight is fixed: earlier ones are not comparable
             stop = False
             if kl_weight >= 1.0 and monitored < loop["best_loss"] - config.min_delta:

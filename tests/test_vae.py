@@ -394,3 +394,16 @@ def test_integration_cellbench_3cl(cellbench_hvg2000):
 
 def test_integration_cellbench_3protocols(cellbench_3protocols):
     _integration_check(cellbench_3protocols, max_epochs=50, min_gain=0.15)
+
+
+@pytest.mark.parametrize("progress", [True, False])
+def test_progress_bar_drawn_only_when_asked(sim_session, capsys, progress):
+    """A bar with the epoch count goes to stderr with progress=True; nothing with False.
+    Outside a terminal it is redrawn at most every 30 s, so a short log stays short."""
+    sa.tl.vae(sim_session, copy=True, **{**TINY, "max_epochs": 5, "progress": progress})
+    err = capsys.readouterr().err
+    if progress:
+        assert "training:" in err and "/5" in err
+        assert err.count("training:") <= 3  # first draw (+ a timed refresh) + the clearing at the end
+    else:
+        assert "training:" not in err
