@@ -2,19 +2,18 @@
 ``LatentDirichletAllocation(learning_method="batch")``, in torch on sparse counts.
 
 Cells are documents and counts are word counts. The E-step updates every cell's
-variational Dirichlet gamma at once (sklearn loops over documents in Python): each
-sweep is one sampled dense-dense product on the non-zero entries (SDDMM) and one
-sparse-dense product, so the cost is O(nnz x k) per sweep and the dense (cells x genes)
-matrix is never formed. Cells whose
-gamma has converged (mean absolute change below ``mean_change_tol``) are frozen, as in
-sklearn. As in sklearn, every EM iteration restarts gamma from a random draw, but with
-10 sweeps instead of up to 100, over 20 iterations instead of 10. The restarts matter more
-than converged E-steps: warm-starting gamma from the previous iteration (tried first)
-locks the topics into their first assignments and ended about 1 % above sklearn's held-out
-perplexity on Kang (mean of 5 seeds), more sweeps per iteration made it worse still;
-random restarts with 10 sweeps end below sklearn's on all four shared data sets
-(BENCHMARKS.md). The training cells' final
-proportions come from an E-step run to convergence from the last gamma.
+variational Dirichlet gamma at once (sklearn loops over documents in Python): each sweep
+is one sampled dense-dense product on the non-zero entries (SDDMM) and one sparse-dense
+product, so the cost is O(nnz x k) per sweep and the dense (cells x genes) matrix is
+never formed. Cells whose gamma has converged (mean absolute change below
+``mean_change_tol``) are frozen, as in sklearn. As in sklearn, every EM iteration
+restarts gamma from a random draw, but with 10 sweeps instead of up to 100, over 20
+iterations instead of 10. The restarts matter more than converged E-steps: warm-starting
+gamma from the previous iteration (tried first) locks the topics into their first
+assignments and ended about 1 % above sklearn's held-out perplexity on Kang (mean of 5
+seeds), more sweeps per iteration made it worse still; random restarts with 10 sweeps
+end below sklearn's on all four shared data sets (BENCHMARKS.md). The training cells'
+final proportions come from an E-step run to convergence from the last gamma.
 """
 from __future__ import annotations
 
