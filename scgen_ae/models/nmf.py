@@ -200,26 +200,21 @@ class NMF(BaseModel):
         """Shared gene loadings, (n_genes, n_components); each factor has unit L2 norm."""
         return self.module.H.detach().cpu().numpy().T
 
-    def _matrix(self, data: CellData, layer) -> sp.csr_matrix:
-        """The preprocessed matrix of in-memory cells."""
+    def _matrix(self, X: sp.csr_matrix, layer) -> sp.csr_matrix:
+        """The preprocessed matrix of cells ``X`` (all of them in memory, or one chunk from disk)."""
         if self.config.transform == "none":
-            check_nonnegative(data.X, self.layer if layer == "model" else layer)
-        return preprocess(data.X, self.config.transform, self.config.target_sum)
+            check_nonnegative(X, self.layer if layer == "model" else layer)
+        return preprocess(X, self.config.transform, self.config.target_sum)
 
     def _cell_factors_on_disk(self, data, layer, chunk: int = SOLVE_CHUNK) -> np.ndarray:
         """:meth:`cell_factors` of on-disk cells, read ``chunk`` cells of a batch at a time:
         the chunks ``solve_cells`` cuts in memory, so the same factors, one chunk in memory."""
-        cfg, H, V = self.config, self.module.H.detach(), self.module.V.detach()
-        Z = np.zeros((data.n_cells, cfg.n_components), dtype=np.float32)
-        for b in range(cfg.n_batches):
+        Z = np.zeros((data.n_cells, self.config.n_components), dtype=np.float32)
+        for b in range(self.config.n_batches):
             rows = np.flatnonzero(data.batch == b)
             for s in range(0, len(rows), chunk):
-                X = data.read_rows(rows[s:s + chunk])
-                if cfg.transform == "none":
-                    check_nonnegative(X, self.layer if layer == "model" else layer)
-                X = preprocess(X, cfg.transform, cfg.target_sum)
-                lam = cfg.lam if cfg.aligned else 0.0
-                Z[rows[s:s + chunk]] = solver.solve_cells(X, H, V[b], lam, cfg.loss, chunk_size=chunk).cpu().numpy()
+                cells = rows[s:s + chunk]
+                Z[cells] = self.cell_factors(self._matrix(data.read_rows(cells), layer), data.batch[cells])
         return Z
 
     def cell_factors(self, X: sp.csr_matrix, codes: np.ndarray, max_iter: int = 200, tol: float = 1e-5) -> np.ndarray:
@@ -244,7 +239,7 @@ class NMF(BaseModel):
         data = self._cell_data(adata, layer, batch_key, pad_missing)
         codes = data.batch
         if isinstance(data, CellData):
-            Z = self.cell_factors(self._matrix(data, layer), codes)
+            Z = self.cell_factors(self._matrix(data.X, layer), codes)
         else:  # X on disk (sa.read_backed): streamed
             Z = self._cell_factors_on_disk(data, layer)
         return apply_alignment(Z, codes, self.alignment_tables()) if self.config.aligned else Z
