@@ -93,9 +93,22 @@ class _Sparse:
         self.crow = torch.from_numpy(X.indptr.astype(np.int64))
         self.col = torch.from_numpy(X.indices.astype(np.int64))
         self.vals = torch.from_numpy(X.data.astype(np.float32))
+        self._pattern = self.csr(torch.zeros_like(self.vals))  # SDDMM's output pattern, values ignored
+        self._transposed = None
 
     def csr(self, values: torch.Tensor) -> torch.Tensor:
         return torch.sparse_csr_tensor(self.crow, self.col, values, size=self.shape)
+
+    def transposed(self, values: torch.Tensor) -> torch.Tensor:
+        """The (g, n) CSR transpose of ``csr(values)``; its pattern is computed once."""
+        if self._transposed is None:
+            order = sp.csr_matrix((np.arange(len(self.vals), dtype=np.float64), self.X.indices, self.X.indptr),
+                                  shape=self.shape).tocsc()
+            self._transposed = (torch.from_numpy(order.indptr.astype(np.int64)),
+                                torch.from_numpy(order.indices.astype(np.int64)),
+                                torch.from_numpy(order.data.astype(np.int64)))
+        crow, col, perm = self._transposed
+        return torch.sparse_csr_tensor(crow, col, values[perm], size=self.shape[::-1])
 
     def weights(self, et: torch.Tensor, exp_elog_beta: torch.Tensor) -> torch.Tensor:
         """CSR matrix of x / (exp E[log theta] @ exp E[log beta]) on the support of x."""
@@ -103,23 +116,26 @@ class _Sparse:
         if k < 8:  # torch's CPU SDDMM is ~7x slower below 8 columns: pad with zero topics
             et = F.pad(et, (0, 8 - k))
             exp_elog_beta = F.pad(exp_elog_beta, (0, 0, 0, 8 - k))
-        norm = torch.sparse.sampled_addmm(self.csr(torch.zeros_like(self.vals)), et, exp_elog_beta, beta=0.0)
-        return self.csr(self.vals / (norm.values() + 1e-30))
+        norm = torch.sparse.sampled_addmm(self._pattern, et, exp_elog_beta, beta=0.0).values()
+        return self.csr(torch.div(self.vals, norm.add_(1e-30), out=norm))
 
 
-def e_step(X: sp.csr_matrix, exp_elog_beta: torch.Tensor, alpha: float, gamma: torch.Tensor | None,
-           max_iter: int, tol: float) -> tuple[torch.Tensor, torch.Tensor]:
+def e_step(X: sp.csr_matrix | _Sparse, exp_elog_beta: torch.Tensor, alpha: float, gamma: torch.Tensor | None,
+           max_iter: int, tol: float) -> tuple[torch.Tensor, torch.Tensor, float]:
     """Variational E-step for all cells of ``X`` ``(n, g)`` at once.
 
-    Returns gamma ``(n, k)`` and the sufficient statistics ``(k, g)`` (before the
-    multiplication by exp(E[log beta]) that the M-step applies). Converged cells are
-    dropped from the sweeps: the working set shrinks as the cells settle.
+    Returns gamma ``(n, k)``, the sufficient statistics ``(k, g)`` (before the
+    multiplication by exp(E[log beta]) that the M-step applies) and the data term of the
+    variational bound per cell, - sum_g x log sum_k exp(E[log theta_k] + E[log beta_kg])
+    (sklearn's first ``_approx_bound`` term; a training curve that costs nothing extra).
+    Converged cells are dropped from the sweeps: the working set shrinks as the cells settle.
     """
-    n, k = X.shape[0], exp_elog_beta.shape[0]
+    full = X if isinstance(X, _Sparse) else _Sparse(X)
+    n, k = full.shape[0], exp_elog_beta.shape[0]
     beta_t = exp_elog_beta.T.contiguous()
     gamma = torch.ones(n, k) if gamma is None else gamma.clone()
     idx = np.arange(n)  # the cells still being updated
-    sub = _Sparse(X)
+    sub = full
     for _ in range(max_iter):
         g_sub = gamma[idx]
         et = _exp_dirichlet_expectation(g_sub)
@@ -130,23 +146,13 @@ def e_step(X: sp.csr_matrix, exp_elog_beta: torch.Tensor, alpha: float, gamma: t
             break
         if moving.sum() < 0.7 * len(idx):  # rebuild the working set only when it has shrunk enough
             idx = idx[moving]
-            sub = _Sparse(X[idx])
-    full = _Sparse(X)
+            sub = _Sparse(full.X[idx])
     et = _exp_dirichlet_expectation(gamma)
-    w = full.weights(et, exp_elog_beta)
-    # sufficient statistics: (w^T @ et)^T, via the transposed (csc) pattern of the weights
-    csc = sp.csr_matrix((w.values().numpy(), X.indices, X.indptr), shape=X.shape).tocsc()
-    w_t = torch.sparse_csr_tensor(torch.from_numpy(csc.indptr.astype(np.int64)),
-                                  torch.from_numpy(csc.indices.astype(np.int64)),
-                                  torch.from_numpy(csc.data), size=(X.shape[1], n))
-    return gamma, (w_t @ et).T
-
-
-def per_cell_neg_log_lik(X: sp.csr_matrix, theta: torch.Tensor, beta: torch.Tensor) -> float:
-    """Mean over cells of - sum_g x log (theta beta)_g, from the non-zero entries only."""
-    sparse = _Sparse(X)
-    inv_p = sparse.weights(theta, beta).values() / sparse.vals  # 1 / (theta beta) on the support
-    return float((sparse.vals.double() * inv_p.double().log()).sum() / max(X.shape[0], 1))
+    w = full.weights(et, exp_elog_beta).values()
+    # x / w = the normaliser sum_k exp(E[log theta]) exp(E[log beta]) on the support
+    data_term = float((full.vals.double() * (w.double() / full.vals).log()).sum() / max(n, 1))
+    # sufficient statistics: (w^T @ et)^T, via the transposed pattern of the weights
+    return gamma, (full.transposed(w) @ et).T, data_term
 
 
 def fit_vb(module: VBLDAModule, data: CellData, seed: int, progress: bool = False) -> tuple[History, torch.Tensor]:
@@ -155,7 +161,7 @@ def fit_vb(module: VBLDAModule, data: CellData, seed: int, progress: bool = Fals
     proportions)."""
     cfg = module.cfg
     start = time.perf_counter()
-    X = data.X
+    X = _Sparse(data.X)
     gen = torch.Generator().manual_seed(seed)
     # sklearn's initialisation: lambda ~ Gamma(100, 1/100)
     lam = torch.distributions.Gamma(torch.full((cfg.n_topics, cfg.n_genes), 100.0), torch.full((1,), 100.0))
@@ -168,11 +174,10 @@ def fit_vb(module: VBLDAModule, data: CellData, seed: int, progress: bool = Fals
         exp_elog_beta = _exp_dirichlet_expectation(lam)
         # sklearn's random start of every E-step: gamma ~ Gamma(100, 1/100)
         start_gamma = torch.from_numpy(restarts.gamma(100.0, 0.01, (X.shape[0], cfg.n_topics)).astype(np.float32))
-        gamma, sstats = e_step(X, exp_elog_beta, cfg.alpha, start_gamma, cfg.fit_doc_update_iter,
-                               cfg.mean_change_tol)
+        gamma, sstats, data_term = e_step(X, exp_elog_beta, cfg.alpha, start_gamma, cfg.fit_doc_update_iter,
+                                          cfg.mean_change_tol)
         lam = cfg.eta + exp_elog_beta * sstats
-        theta = gamma / gamma.sum(1, keepdim=True)
-        history.train_loss.append(per_cell_neg_log_lik(X, theta, lam / lam.sum(1, keepdim=True)))
+        history.train_loss.append(data_term)
         history.kl_weight.append(1.0)
         if progress:
             print(f"classic LDA iteration {it + 1}/{cfg.max_iter}: {history.train_loss[-1]:.1f} per cell")
@@ -200,7 +205,7 @@ class ClassicLDA(LDA):
         ``init`` warm-starts gamma."""
         lam = self.module.topic_word.detach().cpu()
         cfg = self.config
-        gamma, _ = e_step(data.X, _exp_dirichlet_expectation(lam), cfg.alpha, init,
+        gamma, _, _ = e_step(data.X, _exp_dirichlet_expectation(lam), cfg.alpha, init,
                           max_iter or cfg.max_doc_update_iter, cfg.mean_change_tol)
         return (gamma / gamma.sum(1, keepdim=True)).numpy()
 

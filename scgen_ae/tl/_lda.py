@@ -129,7 +129,8 @@ def lda(
       each column sums to 1 (prodlda: softmax of the topic's decoder logits, i.e. its
       enrichment over the background; classic: E[beta]).
     - ``adata.uns[uns_key]``: ``params``; ``history`` (per-epoch / per-iteration
-      ``train_loss``: mean negative log-likelihood or ELBO per cell); ``perplexity`` and
+      ``train_loss``: prodlda, the negative ELBO per cell; classic, minus the data term of
+      the variational bound per cell, - sum_g x log sum_k exp(E[log theta] + E[log beta])); ``perplexity`` and
       ``train_perplexity``: per-count perplexity exp(- sum x log p / sum x) on the held-out
       validation cells and on the training cells; ``key_added``; ``varm_key``.
     """
