@@ -214,6 +214,7 @@ class Fit:
     loss: list = field(default_factory=list)  # objective per cell, one value per pass over the cells
     seconds: list = field(default_factory=list)  # cumulative wall time at the end of each pass
     converged: bool = False
+    shared_passes: int = 0  # iNMF: passes of its plain-NMF start, at the head of ``loss``
     interrupted: bool = False  # Ctrl-C: the factors are those of the last finished update
 
 
@@ -235,6 +236,14 @@ def fit_chunks(chunks: Iterable[Chunk], block_sizes: list[int], n_genes: int, to
 
     One iteration is one pass over all cells. Stops when the objective improves by less
     than ``tol`` (relative) over one pass, or after ``max_iter`` passes.
+
+    iNMF (``integrative``) starts from the shared solution: plain NMF (``lam`` unused, V = 0)
+    is fitted first, then the integrative objective from there (each phase up to ``max_iter``
+    passes; ``Fit.shared_passes`` says where the second begins). Started cold from the SVD,
+    iNMF let some components live in V alone (batch-only factors carrying cell-type
+    signal: ||V_j|| / ||H_j|| of 10^2-10^3 on the PBMC chemistries) and the aligned
+    factors lost bio conservation; from the shared start every V_j stays small and the
+    result hardly depends on ``lam`` (BENCHMARKS.md).
     """
     device = torch.device(device)
     start = time.perf_counter()
@@ -248,6 +257,9 @@ def fit_chunks(chunks: Iterable[Chunk], block_sizes: list[int], n_genes: int, to
         if loss == "kl":
             _fit_kl(out, chunks, max_iter, tol, n_cells, start)
         else:
+            if integrative:
+                _fit_frobenius(out, chunks, solver, max_iter, tol, 0.0, False, sweeps, extrapolate, n_cells, start)
+                out.shared_passes, out.converged = len(out.loss), False
             _fit_frobenius(out, chunks, solver, max_iter, tol, lam, integrative, sweeps, extrapolate, n_cells, start)
     except KeyboardInterrupt:
         out.interrupted = True
