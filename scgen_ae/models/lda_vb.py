@@ -110,14 +110,18 @@ class _Sparse:
         crow, col, perm = self._transposed
         return torch.sparse_csr_tensor(crow, col, values[perm], size=self.shape[::-1])
 
-    def weights(self, et: torch.Tensor, exp_elog_beta: torch.Tensor) -> torch.Tensor:
-        """CSR matrix of x / (exp E[log theta] @ exp E[log beta]) on the support of x."""
+    def normaliser(self, et: torch.Tensor, exp_elog_beta: torch.Tensor) -> torch.Tensor:
+        """(exp E[log theta] @ exp E[log beta]) + 1e-30 on the support of x, as a values vector."""
         k = et.shape[1]
         if k < 8:  # torch's CPU SDDMM is ~7x slower below 8 columns: pad with zero topics
             et = F.pad(et, (0, 8 - k))
             exp_elog_beta = F.pad(exp_elog_beta, (0, 0, 0, 8 - k))
-        norm = torch.sparse.sampled_addmm(self._pattern, et, exp_elog_beta, beta=0.0).values()
-        return self.csr(torch.div(self.vals, norm.add_(1e-30), out=norm))
+        return torch.sparse.sampled_addmm(self._pattern, et, exp_elog_beta, beta=0.0).values().add_(1e-30)
+
+    def weights(self, et: torch.Tensor, exp_elog_beta: torch.Tensor) -> torch.Tensor:
+        """CSR matrix of x / (exp E[log theta] @ exp E[log beta]) on the support of x."""
+        norm = self.normaliser(et, exp_elog_beta)
+        return self.csr(torch.div(self.vals, norm, out=norm))
 
 
 def e_step(X: sp.csr_matrix | _Sparse, exp_elog_beta: torch.Tensor, alpha: float, gamma: torch.Tensor | None,
@@ -148,11 +152,10 @@ def e_step(X: sp.csr_matrix | _Sparse, exp_elog_beta: torch.Tensor, alpha: float
             idx = idx[moving]
             sub = _Sparse(full.X[idx])
     et = _exp_dirichlet_expectation(gamma)
-    w = full.weights(et, exp_elog_beta).values()
-    # x / w = the normaliser sum_k exp(E[log theta]) exp(E[log beta]) on the support
-    data_term = float((full.vals.double() * (w.double() / full.vals).log()).sum() / max(n, 1))
-    # sufficient statistics: (w^T @ et)^T, via the transposed pattern of the weights
-    return gamma, (full.transposed(w) @ et).T, data_term
+    norm = full.normaliser(et, exp_elog_beta)
+    data_term = -float((full.vals.double() * norm.double().log()).sum() / max(n, 1))
+    # sufficient statistics: (w^T @ et)^T with w = x / norm, via the transposed pattern
+    return gamma, (full.transposed(full.vals / norm) @ et).T, data_term
 
 
 def fit_vb(module: VBLDAModule, data: CellData, seed: int, progress: bool = False) -> tuple[History, torch.Tensor]:
