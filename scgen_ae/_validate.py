@@ -97,7 +97,7 @@ def check_counts(X: sp.csr_matrix, layer: str | None, likelihood: str) -> None:
 def check_not_empty(X: sp.csr_matrix, layer: str | None) -> None:
     """Refuse cells or genes without a single count: they carry no signal to train on."""
     cell_zero = int((np.diff(X.indptr) == 0).sum()) if X.nnz else X.shape[0]
-    gene_zero = X.shape[1] - int(np.unique(X.indices).size)
+    gene_zero = X.shape[1] - int(np.count_nonzero(np.bincount(X.indices, minlength=X.shape[1])))
     if cell_zero or gene_zero:
         refuse_empty(cell_zero, gene_zero, layer)
 

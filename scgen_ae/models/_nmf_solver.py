@@ -54,7 +54,7 @@ class Chunk:
 
     @classmethod
     def of(cls, X: sp.csr_matrix, block: int, start: int, stop: int, device) -> "Chunk":
-        return cls.from_rows(X[start:stop], block, start, stop, device)
+        return cls.from_rows(X if (start, stop) == (0, X.shape[0]) else X[start:stop], block, start, stop, device)
 
     @classmethod
     def from_rows(cls, sub: sp.csr_matrix, block: int, start: int, stop: int, device) -> "Chunk":
