@@ -5,6 +5,7 @@ import anndata as ad
 import numpy as np
 import pytest
 import scipy.sparse as sp
+import torch
 
 import scgen_ae as sa
 from scgen_ae.cli import main
@@ -219,3 +220,21 @@ def test_cli_integrate_with_nmf(cellbench_raw, tmp_path, capsys):
     assert result.obsm["X_nmf"].shape == (result.n_obs, 10) and result.uns["nmf"]["varm_key"] == "nmf_loadings"
     model = sa.NMF.load(model_path, adata=result)
     np.testing.assert_array_equal(model.loadings, result.varm["nmf_loadings"])
+
+
+def test_hals_numpy_and_torch_sweeps_agree():
+    """The CPU row sweep (numpy) and the device one (torch) are the same update."""
+    gen = torch.Generator().manual_seed(0)
+    W = torch.rand(300, 6, generator=gen)
+    X = torch.rand(300, 40, generator=gen)
+    A, B = W.T @ W, W.T @ X
+    A[2, :] = A[:, 2] = 0.0  # a dead component is left alone by both
+    H = torch.rand(6, 40, generator=gen)
+    rows = [(j, 1.0 / float(A[j, j])) for j in range(6) if j != 2]
+    by_numpy, by_torch = H.clone(), H.clone()
+    for _ in range(3):
+        _nmf_solver._sweep_numpy(by_numpy, B, A, rows)
+        _nmf_solver._sweep_torch(by_torch, B, A, rows)
+    torch.testing.assert_close(by_numpy, by_torch, rtol=1e-5, atol=1e-6)
+    assert torch.equal(by_numpy[2], H[2]) and (by_numpy >= 0).all()
+    assert not torch.equal(by_numpy, H)

@@ -146,20 +146,26 @@ def hals_rows(H: torch.Tensor, B: torch.Tensor, A: torch.Tensor, sweeps: int) ->
     # a component whose other factor vanished has no curvature: leave it alone, not divide by ~0
     live = (diag > 1e-12 * diag.max().clamp_min(_EPS)).tolist()
     inv = (1.0 / diag.clamp_min(_EPS)).tolist()
-    rows = [j for j in range(H.shape[0]) if live[j]]
-    if H.device.type == "cpu":  # numpy on the same memory: ~1 us per call instead of torch's ~5
-        h, b, a = H.numpy(), B.numpy(), A.numpy()
-        for _ in range(sweeps):
-            for j in rows:
-                row = h[j]
-                row += (b[j] - a[j] @ h) * inv[j]
-                np.maximum(row, 0.0, out=row)
-        return H
-    HT = H.T  # addmv on the transposed view: one fused gemv per row, no temporaries
+    rows = [(j, inv[j]) for j in range(H.shape[0]) if live[j]]
+    # numpy on the same memory on CPU: ~1 us per call instead of torch's ~5
+    sweep = _sweep_numpy if H.device.type == "cpu" else _sweep_torch
     for _ in range(sweeps):
-        for j in rows:
-            H[j].add_(torch.addmv(B[j], HT, A[j], alpha=-1.0), alpha=inv[j]).clamp_min_(0.0)
+        sweep(H, B, A, rows)
     return H
+
+
+def _sweep_numpy(H: torch.Tensor, B: torch.Tensor, A: torch.Tensor, rows: list[tuple[int, float]]) -> None:
+    h, b, a = H.numpy(), B.numpy(), A.numpy()
+    for j, inv in rows:
+        row = h[j]
+        row += (b[j] - a[j] @ h) * inv
+        np.maximum(row, 0.0, out=row)
+
+
+def _sweep_torch(H: torch.Tensor, B: torch.Tensor, A: torch.Tensor, rows: list[tuple[int, float]]) -> None:
+    HT = H.T  # addmv on the transposed view: one fused gemv per row, no temporaries
+    for j, inv in rows:
+        H[j].add_(torch.addmv(B[j], HT, A[j], alpha=-1.0), alpha=inv).clamp_min_(0.0)
 
 
 def _mu(M: torch.Tensor, numer: torch.Tensor, denom: torch.Tensor) -> torch.Tensor:
