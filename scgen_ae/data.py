@@ -87,6 +87,16 @@ def iter_row_blocks(data, block: int = ROW_BLOCK) -> Iterator[tuple[int, int, sp
         yield start, stop, data.row_block(start, stop)
 
 
+def transpose_pattern(X: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """CSR structure (indptr, indices) of ``X.T`` and the permutation ``perm`` such that
+    ``X.T``'s values are ``X.data[perm]``: one transpose of the positions, reused for any
+    values on X's pattern (sparse products with X^T whose values change every step)."""
+    # 1-based positions: none is a stored zero that a conversion could treat as absent
+    positions = sp.csr_matrix((np.arange(1, X.nnz + 1, dtype=np.int64), X.indices, X.indptr), shape=X.shape)
+    t = positions.T.tocsr()
+    return t.indptr, t.indices, t.data - 1
+
+
 def to_csr32(X) -> sp.csr_matrix:
     """Any in-memory matrix -> CSR float32 with sorted indices and no stored zeros.
 

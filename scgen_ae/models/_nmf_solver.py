@@ -27,6 +27,8 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from ..data import transpose_pattern
+
 _EPS = 1e-10
 
 
@@ -60,11 +62,8 @@ class Chunk:
     def from_rows(cls, sub: sp.csr_matrix, block: int, start: int, stop: int, device) -> "Chunk":
         """The chunk of rows ``sub`` (= rows ``start:stop`` of block ``block``)."""
         rows = np.repeat(np.arange(sub.shape[0]), np.diff(sub.indptr))
-        # one transpose, of the positions (1-based: no value is an explicit zero); X^T is read from it
-        order = sp.csr_matrix((np.arange(1, sub.nnz + 1, dtype=np.int64), sub.indices, sub.indptr), sub.shape)
-        order_t = order.T.tocsr()
-        t_perm = order_t.data - 1
-        sub_t = sp.csr_matrix((sub.data[t_perm], order_t.indices, order_t.indptr), order_t.shape)
+        indptr_t, indices_t, t_perm = transpose_pattern(sub)
+        sub_t = sp.csr_matrix((sub.data[t_perm], indices_t, indptr_t), sub.shape[::-1])
         return cls(block, start, stop, _csr(sub, device), _csr(sub_t, device),
                    torch.from_numpy(rows).to(device), torch.from_numpy(t_perm).to(device),
                    float(np.square(sub.data, dtype=np.float64).sum()))
@@ -350,7 +349,7 @@ def _balance(Ws, H, V, A, B, prev) -> None:
     w_norm = torch.sqrt(sum((w * w).sum(0) for w in Ws))
     h_norm = torch.sqrt((H * H).sum(1) + (V * V).sum((0, 2)))
     # a (nearly) dead component is left alone: scaling it up would also scale up the
-    # round-off in its row of B, which is updated incrementally
+    # round-off in its row of B (relative to a row that is ~0)
     ok = (w_norm > 1e-6 * w_norm.max()) & (h_norm > 1e-6 * h_norm.max())
     d = torch.where(ok, torch.sqrt(h_norm / w_norm.clamp_min(_EPS)), torch.ones_like(w_norm))
     for w in Ws:

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data import CellData
+from ..data import CellData, transpose_pattern
 from ..train import History
 from .topic import LDA
 
@@ -102,11 +102,7 @@ class _Sparse:
     def transposed(self, values: torch.Tensor) -> torch.Tensor:
         """The (g, n) CSR transpose of ``csr(values)``; its pattern is computed once."""
         if self._transposed is None:
-            order = sp.csr_matrix((np.arange(len(self.vals), dtype=np.float64), self.X.indices, self.X.indptr),
-                                  shape=self.shape).tocsc()
-            self._transposed = (torch.from_numpy(order.indptr.astype(np.int64)),
-                                torch.from_numpy(order.indices.astype(np.int64)),
-                                torch.from_numpy(order.data.astype(np.int64)))
+            self._transposed = tuple(torch.from_numpy(a.astype(np.int64)) for a in transpose_pattern(self.X))
         crow, col, perm = self._transposed
         return torch.sparse_csr_tensor(crow, col, values[perm], size=self.shape[::-1])
 
