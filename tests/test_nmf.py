@@ -252,3 +252,10 @@ def test_hals_numpy_and_torch_sweeps_agree():
     torch.testing.assert_close(by_numpy, by_torch, rtol=1e-5, atol=1e-6)
     assert torch.equal(by_numpy[2], H[2]) and (by_numpy >= 0).all()
     assert not torch.equal(by_numpy, H)
+
+
+def test_convergence_needs_a_small_drop_not_a_rise():
+    assert _nmf_solver._converged([100.0, 99.99999], 1e-6)
+    assert not _nmf_solver._converged([100.0, 99.0], 1e-6)  # still falling fast
+    assert not _nmf_solver._converged([100.0, 100.00001], 1e-6)  # a rise: keep going
+    assert not _nmf_solver._converged([100.0], 1e-6)

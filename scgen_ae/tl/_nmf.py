@@ -104,8 +104,8 @@ def nmf(
         "nndsvda" (NNDSVD, zeros filled with the mean; default), "nndsvd", or "random"
         (seeded by ``seed``).
     max_iter, tol
-        At most ``max_iter`` passes over the cells; stop earlier when the objective
-        changes by less than ``tol`` (relative) over one pass.
+        At most ``max_iter`` passes over the cells; stop earlier when a pass lowers the
+        objective by less than ``tol`` (relative).
     lam
         iNMF's penalty on the batch-specific loadings (with ``batch_key`` only). iNMF
         starts from the plain NMF solution (shared loadings, V = 0), and from there the
