@@ -324,12 +324,7 @@ def _fit_frobenius(out: Fit, chunks, solver, max_iter, tol, lam, integrative, sw
         # to diverge after ~130 passes. Each pass therefore restarts from exact statistics.
         B.copy_(fresh)
         _balance(Ws, H, V, A, B, prev)
-        out.loss.append(objective(A, B, H, V, lam, sq_norm) / n_cells)
-        out.seconds.append(time.perf_counter() - start)
-        if not math.isfinite(out.loss[-1]):
-            break
-        if _converged(out.loss, tol):
-            out.converged = True
+        if _end_of_pass(out, objective(A, B, H, V, lam, sq_norm) / n_cells, start, tol):
             break
         if extrapolate and solver == "hals" and not integrative and it < max_iter - 1:
             # the next pass starts from H + beta (H - H_prev): grow beta while the objective
@@ -341,6 +336,14 @@ def _fit_frobenius(out: Fit, chunks, solver, max_iter, tol, lam, integrative, sw
                 H.add_(H - prev[0], alpha=beta).clamp_min_(0.0)
                 V.add_(V - prev[1], alpha=beta).clamp_min_(0.0)
             prev = current
+
+
+def _end_of_pass(out: Fit, loss: float, start: float, tol: float) -> bool:
+    """Record a pass's objective and time; True when the fit stops (converged, or diverged)."""
+    out.loss.append(loss)
+    out.seconds.append(time.perf_counter() - start)
+    out.converged = _converged(out.loss, tol)
+    return out.converged or not math.isfinite(loss)
 
 
 def _converged(loss: list[float], tol: float) -> bool:
@@ -422,12 +425,7 @@ def _fit_kl(out: Fit, chunks, max_iter: int, tol: float, n_cells: int, start: fl
             numer += c.tmm_values(x / wh, w)  # (genes, k)
         total = kl_nz + float(W.sum(0) @ H.sum(1))
         _mu(H, numer.T, W.sum(0)[:, None])
-        out.loss.append(total / n_cells)
-        out.seconds.append(time.perf_counter() - start)
-        if not math.isfinite(out.loss[-1]):
-            break
-        if _converged(out.loss, tol):
-            out.converged = True
+        if _end_of_pass(out, total / n_cells, start, tol):
             break
 
 
