@@ -83,11 +83,12 @@ def test_statistics_stay_exact_over_a_long_fit(cellbench_hvg, chunk_size, monkey
     balance = _nmf_solver._balance
 
     def checked(Ws, H, V, A, B, prev):
-        balance(Ws, H, V, A, B, prev)
+        scale = balance(Ws, H, V, A, B, prev)
         exact = Ws[0].double().T @ dense
-        scale = exact.abs().amax(1)
-        live = scale > 0
-        worst.append(float(((B[0] - exact).abs().amax(1)[live] / scale[live]).max()))
+        size = exact.abs().amax(1)
+        live = size > 0
+        worst.append(float(((B[0] - exact).abs().amax(1)[live] / size[live]).max()))
+        return scale
 
     monkeypatch.setattr(_nmf_solver, "_balance", checked)
     fit = _nmf_solver.fit([X], K, chunk_size=chunk_size, tol=0.0, max_iter=200, seed=0)
@@ -122,6 +123,24 @@ def test_transform_solves_cells_at_least_as_well(plain, cellbench_hvg):
     W = model.transform(cellbench_hvg)
     assert W.shape == (adata.n_obs, K) and (W >= 0).all()
     assert frobenius(X, W, H) <= frobenius(X, adata.obsm["X_nmf"], H) * (1 + 1e-5)
+
+
+def test_online_pass_needs_one_transposed_product_per_chunk(cellbench_hvg, monkeypatch):
+    """Online, each chunk's last W_c^T X_c is kept: swapping it for the new one in the running
+    statistics costs one sparse X^T product per chunk instead of two, for the same fit as
+    recomputing the old one (what happens when the kept statistics would exceed KEPT_BYTES)."""
+    X = lognorm(cellbench_hvg)
+    calls = []
+    tmm = _nmf_solver.Chunk.tmm
+    monkeypatch.setattr(_nmf_solver.Chunk, "tmm", lambda self, D: calls.append(1) or tmm(self, D))
+    passes, chunk = 30, 128
+    kept = _nmf_solver.fit([X], K, chunk_size=chunk, tol=0.0, max_iter=passes, seed=0)
+    with_kept = len(calls)
+    monkeypatch.setattr(_nmf_solver, "KEPT_BYTES", 0)
+    calls.clear()
+    recomputed = _nmf_solver.fit([X], K, chunk_size=chunk, tol=0.0, max_iter=passes, seed=0)
+    assert len(calls) - with_kept == passes * -(-X.shape[0] // chunk)  # one product less per chunk and pass
+    np.testing.assert_allclose(kept.loss, recomputed.loss, rtol=1e-5)
 
 
 def test_online_updates_reach_the_full_batch_loss(plain, cellbench_hvg):

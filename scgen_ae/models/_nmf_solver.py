@@ -30,6 +30,8 @@ import torch
 from ..data import transpose_pattern
 
 _EPS = 1e-10
+# online fits keep each chunk's W^T X (k x genes floats) up to this many bytes in all
+KEPT_BYTES = 2**28
 
 
 def _csr(X: sp.csr_matrix, device: torch.device) -> torch.Tensor:
@@ -43,16 +45,16 @@ def _csr(X: sp.csr_matrix, device: torch.device) -> torch.Tensor:
 
 @dataclass
 class Chunk:
-    """Rows ``start:stop`` of block ``block``: X and X^T as torch CSR, and the row of each non-zero."""
+    """Rows ``start:stop`` of block ``block``: X and X^T as torch CSR (X^T's pattern is scipy's
+    transpose of X's, the order :func:`~scgen_ae.data.transpose_pattern` describes)."""
 
     block: int
     start: int
     stop: int
     X: torch.Tensor
     XT: torch.Tensor
-    rows: torch.Tensor
-    t_perm: torch.Tensor  # X^T's values are X's values[t_perm]
     sq_norm: float
+    _kl_index: tuple[torch.Tensor, torch.Tensor] | None = None
 
     @classmethod
     def of(cls, X: sp.csr_matrix, block: int, start: int, stop: int, device) -> "Chunk":
@@ -61,12 +63,19 @@ class Chunk:
     @classmethod
     def from_rows(cls, sub: sp.csr_matrix, block: int, start: int, stop: int, device) -> "Chunk":
         """The chunk of rows ``sub`` (= rows ``start:stop`` of block ``block``)."""
-        rows = np.repeat(np.arange(sub.shape[0]), np.diff(sub.indptr))
-        indptr_t, indices_t, t_perm = transpose_pattern(sub)
-        sub_t = sp.csr_matrix((sub.data[t_perm], indices_t, indptr_t), sub.shape[::-1])
-        return cls(block, start, stop, _csr(sub, device), _csr(sub_t, device),
-                   torch.from_numpy(rows).to(device), torch.from_numpy(t_perm).to(device),
+        return cls(block, start, stop, _csr(sub, device), _csr(sub.T.tocsr(), device),
                    float(np.square(sub.data, dtype=np.float64).sum()))
+
+    def _nonzero_index(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(row of each non-zero, ``perm`` with X^T's values = X's values[perm]): KL updates
+        only, so built on first use (16 bytes per non-zero that Frobenius fits never need)."""
+        if self._kl_index is None:
+            crow, col = self.X.crow_indices().cpu().numpy(), self.X.col_indices().cpu().numpy()
+            _, _, perm = transpose_pattern(sp.csr_matrix((np.ones(len(col), np.float32), col, crow), self.X.shape))
+            rows = np.repeat(np.arange(self.X.shape[0]), np.diff(crow))
+            device = self.X.device
+            self._kl_index = (torch.from_numpy(rows).to(device), torch.from_numpy(perm).to(device))
+        return self._kl_index
 
     def mm(self, D: torch.Tensor) -> torch.Tensor:
         """X_c @ D for dense D (genes x k)."""
@@ -78,7 +87,7 @@ class Chunk:
 
     def at_nonzeros(self, W: torch.Tensor, H: torch.Tensor) -> torch.Tensor:
         """(W H) at the non-zeros of X_c, without forming W H."""
-        return (W[self.rows] * H.T[self.X.col_indices()]).sum(1)
+        return (W[self._nonzero_index()[0]] * H.T[self.X.col_indices()]).sum(1)
 
     def mm_values(self, values: torch.Tensor, D: torch.Tensor) -> torch.Tensor:
         """S @ D, S with X_c's pattern and ``values`` (in X_c's order)."""
@@ -86,7 +95,7 @@ class Chunk:
 
     def tmm_values(self, values: torch.Tensor, D: torch.Tensor) -> torch.Tensor:
         """S^T @ D, S with X_c's pattern and ``values`` (in X_c's order)."""
-        return _same_pattern(self.XT, values[self.t_perm]) @ D.contiguous()
+        return _same_pattern(self.XT, values[self._nonzero_index()[1]]) @ D.contiguous()
 
 
 def _same_pattern(M: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
@@ -124,6 +133,9 @@ class StreamedChunks:
     def __iter__(self) -> Iterator[Chunk]:
         for b, s, stop in self._spans():
             yield Chunk.from_rows(self.read(self.block_cells[b][s:stop]), b, s, stop, self.device)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self._spans())
 
     def value_sum(self) -> float:
         """Sum of all values (the initialisation's mean), in one pass."""
@@ -291,10 +303,17 @@ def _fit_frobenius(out: Fit, chunks, solver, max_iter, tol, lam, integrative, sw
     A = torch.zeros(n_blocks, k, k, dtype=torch.float64, device=device)
     B = torch.zeros(n_blocks, k, n_genes, dtype=torch.float64, device=device)
     sq_norm = 0  # summed in chunk order, as sum() did: one pass less when chunks are read from disk
+    # online: each chunk's last X_c^T W_c (float32), so that swapping it for the new one in the
+    # running B needs one sparse product per chunk, not two (X_c^T W_new and X_c^T (W_new - W_old))
+    online = len(chunks) > n_blocks
+    kept = {} if online and len(chunks) * k * n_genes * 4 <= KEPT_BYTES else None
     for c in chunks:
         w = Ws[c.block][c.start:c.stop]
         A[c.block] += (w.T @ w).double()
-        B[c.block] += c.tmm(w).T.double()
+        contribution = c.tmm(w).T
+        B[c.block] += contribution.double()
+        if kept is not None:
+            kept[c.block, c.start] = contribution
         sq_norm += c.sq_norm
     gene_sweeps = sweeps if solver == "hals" else 1
     # extrapolation of the loadings (Ang & Gillis 2019): plain NMF with HALS only; with iNMF it
@@ -310,11 +329,14 @@ def _fit_frobenius(out: Fit, chunks, solver, max_iter, tol, lam, integrative, sw
             old = Ws[b][c.start:c.stop]
             new = hals_columns(old.clone(), R, G, sweeps) if solver == "hals" else _mu(old.clone(), R, old @ G)
             A[b] += (new.T @ new - old.T @ old).double()
-            contribution = c.tmm(new).T.double()
-            fresh[b] += contribution
+            contribution = c.tmm(new).T
+            fresh[b] += contribution.double()
             if c.stop - c.start == Ws[b].shape[0]:  # the chunk is the whole block
                 B[b] = contribution
-            else:  # online: this pass's running statistics, by increments
+            elif kept is not None:  # online: this pass's running statistics, by increments
+                B[b] += contribution.double() - kept[b, c.start].double()
+                kept[b, c.start] = contribution
+            else:
                 B[b] += c.tmm(new - old).T.double()
             Ws[b][c.start:c.stop] = new
             _update_genes(H, V, A, B, b, lam, integrative, solver, gene_sweeps)
@@ -323,7 +345,9 @@ def _fit_frobenius(out: Fit, chunks, solver, max_iter, tol, lam, integrative, sw
         # one pass on cellbench_3cl), and the extrapolation and balancing then drove the fit
         # to diverge after ~130 passes. Each pass therefore restarts from exact statistics.
         B.copy_(fresh)
-        _balance(Ws, H, V, A, B, prev)
+        scale = _balance(Ws, H, V, A, B, prev)
+        for contribution in (kept or {}).values():
+            contribution.mul_(scale[:, None])
         if _end_of_pass(out, objective(A, B, H, V, lam, sq_norm) / n_cells, start, tol):
             break
         if extrapolate and solver == "hals" and not integrative and it < max_iter - 1:
@@ -356,9 +380,9 @@ def _converged(loss: list[float], tol: float) -> bool:
     return 0.0 <= drop < tol * abs(loss[-2])
 
 
-def _balance(Ws, H, V, A, B, prev) -> None:
+def _balance(Ws, H, V, A, B, prev) -> torch.Tensor:
     """Rescale W_j by d_j and (H_j, V_j) by 1/d_j so both have the same norm: W H is unchanged,
-    but neither factor drifts towards float32 over- or underflow."""
+    but neither factor drifts towards float32 over- or underflow. Returns d (k,)."""
     w_norm = torch.sqrt(sum((w * w).sum(0) for w in Ws))
     h_norm = torch.sqrt((H * H).sum(1) + (V * V).sum((0, 2)))
     # a (nearly) dead component is left alone: scaling it up would also scale up the
@@ -372,6 +396,7 @@ def _balance(Ws, H, V, A, B, prev) -> None:
     B.mul_(d.double()[:, None])
     for b, w in enumerate(Ws):  # exact again (cheap: cells x k^2), so chunk-wise round-off cannot pile up
         A[b] = (w.T @ w).double()
+    return d
 
 
 def objective(A, B, H, V, lam, sq_norm) -> float:
