@@ -114,7 +114,9 @@ def nmf(
     batch_size
         None: full-batch updates. An integer: online updates, the loadings are updated
         after every chunk of ``batch_size`` cells, and the dense working memory is
-        O(batch_size x k + k x n_genes), independent of the number of cells.
+        O(batch_size x k + k x n_genes), independent of the number of cells, plus each
+        chunk's k x n_genes statistics (4 bytes each, kept up to 256 MB in all: they save
+        one sparse product per chunk and pass; beyond that they are recomputed).
         When ``adata.X`` is on disk (``sa.read_backed``, a backed ``.h5ad``) ``batch_size``
         is required: each pass reads the chunks from disk again (checks streamed too), so
         memory holds one chunk of counts plus the k cell factors per cell (the result);
