@@ -37,8 +37,8 @@ KEPT_BYTES = 2**28
 def _csr(X: sp.csr_matrix, device: torch.device) -> torch.Tensor:
     with warnings.catch_warnings():  # "sparse CSR support is in beta"
         warnings.simplefilter("ignore", UserWarning)
-        return torch.sparse_csr_tensor(torch.from_numpy(X.indptr.astype(np.int32)),
-                                       torch.from_numpy(X.indices.astype(np.int32)),
+        return torch.sparse_csr_tensor(torch.from_numpy(X.indptr.astype(np.int32, copy=False)),
+                                       torch.from_numpy(X.indices.astype(np.int32, copy=False)),
                                        torch.from_numpy(np.ascontiguousarray(X.data, dtype=np.float32)),
                                        X.shape, device=device)
 
@@ -58,7 +58,12 @@ class Chunk:
 
     @classmethod
     def of(cls, X: sp.csr_matrix, block: int, start: int, stop: int, device) -> "Chunk":
-        return cls.from_rows(X if (start, stop) == (0, X.shape[0]) else X[start:stop], block, start, stop, device)
+        """Rows ``start:stop`` of X. A row range of a CSR matrix is one contiguous stretch of its
+        values: on the CPU the chunk's X is a view of X's memory, not a copy."""
+        lo, hi = X.indptr[start], X.indptr[stop]
+        rows = sp.csr_matrix((X.data[lo:hi], X.indices[lo:hi], X.indptr[start:stop + 1] - lo),
+                             shape=(stop - start, X.shape[1]), copy=False)
+        return cls.from_rows(rows, block, start, stop, device)
 
     @classmethod
     def from_rows(cls, sub: sp.csr_matrix, block: int, start: int, stop: int, device) -> "Chunk":

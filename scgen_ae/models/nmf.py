@@ -105,6 +105,8 @@ def check_nonnegative(X: sp.csr_matrix, layer: str | None) -> None:
 def split_by_batch(X: sp.csr_matrix, codes: np.ndarray, n_batches: int) -> tuple[list, list]:
     """Row blocks of X per batch, and the cell indices of each block."""
     idx = [np.flatnonzero(codes == b) for b in range(n_batches)]
+    if n_batches == 1:  # all cells in order: X itself, not a copy
+        return [X], idx
     return [X[i] for i in idx], idx
 
 
