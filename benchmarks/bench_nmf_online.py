@@ -14,7 +14,7 @@ each fit in its own fresh subprocess, tools interleaved, best of ``--repeats``:
 - ``sa``: ``sa.tl.nmf(batch_size=B, transform="none", tol=0, max_iter=--passes)``; the time
   to sklearn's final loss is read from its history (as ``bench_nmf.py`` does);
 - ``sa_recompute``: the same with ``KEPT_BYTES = 0``, i.e. without the kept per-chunk
-  ``W_c^T X_c`` (two sparse ``X^T`` products per chunk, the code before session 17).
+  ``W_c^T X_c`` (two sparse ``X^T`` products per chunk and pass, as before session 17).
 
 Loss = 1/2 ||X - W H||^2 per cell, recomputed here from each tool's factors. Memory: the
 fit's peak resident set size above the process's level before the call (the data, read
