@@ -115,11 +115,12 @@ def worker(spec: dict) -> dict:
     return out
 
 
-def run_worker(spec: dict) -> dict:
+def run_worker(spec: dict, script: str = __file__) -> dict:
+    """``script --worker spec.json`` in a fresh one-thread process; its last stdout line as JSON."""
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
         json.dump(spec, f)
     env = {**os.environ, **ONE_THREAD, "PYTHONWARNINGS": "ignore"}
-    proc = subprocess.run([sys.executable, __file__, "--worker", f.name], capture_output=True, text=True, env=env)
+    proc = subprocess.run([sys.executable, script, "--worker", f.name], capture_output=True, text=True, env=env)
     os.unlink(f.name)
     if proc.returncode != 0:
         raise RuntimeError(f"{spec['tool']} on {spec['dataset']} failed:\n{proc.stderr[-3000:]}")

@@ -27,14 +27,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_nmf import K, ONE_THREAD, frobenius_loss  # noqa: E402
+from bench_nmf import K, frobenius_loss, run_worker  # noqa: E402
 
 TOOLS = ("sklearn", "sa", "sa_recompute")
 
@@ -113,17 +112,6 @@ def worker(spec: dict) -> dict:
     return out
 
 
-def run_worker(spec: dict) -> dict:
-    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
-        json.dump(spec, f)
-    env = {**os.environ, **ONE_THREAD, "PYTHONWARNINGS": "ignore"}
-    proc = subprocess.run([sys.executable, __file__, "--worker", f.name], capture_output=True, text=True, env=env)
-    os.unlink(f.name)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{spec['tool']} failed:\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
 def prepare(n_cells: int, path: Path) -> tuple[int, float]:
     import anndata as ad
     import numpy as np
@@ -165,7 +153,7 @@ def main() -> None:
             for tool in TOOLS:
                 spec = {"tool": tool, "h5ad": str(h5ad), "batch_size": args.batch_size, "passes": args.passes,
                         "target_loss": target}
-                res = run_worker(spec)
+                res = run_worker(spec, __file__)
                 runs[tool].append(res)
                 print(f"  run {r + 1} {tool}: {res}", flush=True)
                 if tool == "sklearn":
