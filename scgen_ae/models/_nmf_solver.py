@@ -173,8 +173,10 @@ def hals_rows(H: torch.Tensor, B: torch.Tensor, A: torch.Tensor, sweeps: int) ->
 def _sweep_numpy(H: torch.Tensor, B: torch.Tensor, A: torch.Tensor, rows: list[tuple[int, float]]) -> None:
     h, b, a = H.numpy(), B.numpy(), A.numpy()
     for j, inv in rows:
-        row = h[j]
-        row += (b[j] - a[j] @ h) * inv
+        row, step = h[j], a[j] @ h
+        np.subtract(b[j], step, out=step)  # (b_j - a_j h) * inv in place: one temporary per row
+        step *= inv
+        row += step
         np.maximum(row, 0.0, out=row)
 
 
@@ -325,17 +327,19 @@ def _fit_frobenius(out: Fit, chunks, solver, max_iter, tol, lam, integrative, sw
     # let the batch-specific loadings grow without bound on cellbench_3cl
     beta, prev = 0.5, None
     for it in range(max_iter):
-        fresh = torch.zeros_like(B)  # W^T X summed from this pass's new factors: exact at its end
+        # online: W^T X summed from this pass's new factors, exact at its end (full batch: B is)
+        fresh = torch.zeros_like(B) if online else None
         for c in chunks:
             b = c.block
-            Hb = H + V[b]
+            Hb = H + V[b] if integrative else H
             G = Hb @ Hb.T + (lam * V[b] @ V[b].T if integrative else 0.0)
             R = c.mm(Hb.T)
             old = Ws[b][c.start:c.stop]
             new = hals_columns(old.clone(), R, G, sweeps) if solver == "hals" else _mu(old.clone(), R, old @ G)
             A[b] += (new.T @ new - old.T @ old).double()
             contribution = c.tmm(new).T
-            fresh[b] += contribution.double()
+            if fresh is not None:
+                fresh[b] += contribution.double()
             if c.stop - c.start == Ws[b].shape[0]:  # the chunk is the whole block
                 B[b] = contribution
             elif kept is not None:  # online: this pass's running statistics, by increments
@@ -349,21 +353,22 @@ def _fit_frobenius(out: Fit, chunks, solver, max_iter, tol, lam, integrative, sw
         # swamped the rows of components whose factors shrank (relative error 3e-3 after
         # one pass on cellbench_3cl), and the extrapolation and balancing then drove the fit
         # to diverge after ~130 passes. Each pass therefore restarts from exact statistics.
-        B.copy_(fresh)
-        scale = _balance(Ws, H, V, A, B, prev)
+        if fresh is not None:
+            B.copy_(fresh)
+        own = V if integrative else None  # plain NMF: V stays 0, and no work is spent on it
+        scale = _balance(Ws, H, own, A, B, prev)
         for contribution in (kept or {}).values():
             contribution.mul_(scale[:, None])
-        if _end_of_pass(out, objective(A, B, H, V, lam, sq_norm) / n_cells, start, tol):
+        if _end_of_pass(out, objective(A, B, H, own, lam, sq_norm) / n_cells, start, tol):
             break
         if extrapolate and solver == "hals" and not integrative and it < max_iter - 1:
             # the next pass starts from H + beta (H - H_prev): grow beta while the objective
             # falls, shrink it (and skip one step) when it rises
             improved = len(out.loss) < 2 or out.loss[-1] < out.loss[-2]
             beta = min(1.0, beta * 1.1) if improved else beta / 2.0
-            current = (H.clone(), V.clone())
+            current = H.clone()
             if prev is not None and improved:
-                H.add_(H - prev[0], alpha=beta).clamp_min_(0.0)
-                V.add_(V - prev[1], alpha=beta).clamp_min_(0.0)
+                H.add_(H - prev, alpha=beta).clamp_min_(0.0)
             prev = current
 
 
@@ -387,17 +392,20 @@ def _converged(loss: list[float], tol: float) -> bool:
 
 def _balance(Ws, H, V, A, B, prev) -> torch.Tensor:
     """Rescale W_j by d_j and (H_j, V_j) by 1/d_j so both have the same norm: W H is unchanged,
-    but neither factor drifts towards float32 over- or underflow. Returns d (k,)."""
+    but neither factor drifts towards float32 over- or underflow. Returns d (k,).
+    V None: plain NMF; ``prev``: the previous loadings kept for extrapolation, or None."""
     w_norm = torch.sqrt(sum((w * w).sum(0) for w in Ws))
-    h_norm = torch.sqrt((H * H).sum(1) + (V * V).sum((0, 2)))
+    h_sq = (H * H).sum(1)
+    h_norm = torch.sqrt(h_sq if V is None else h_sq + (V * V).sum((0, 2)))
     # a (nearly) dead component is left alone: scaling it up would also scale up the
     # round-off in its row of B (relative to a row that is ~0)
     ok = (w_norm > 1e-6 * w_norm.max()) & (h_norm > 1e-6 * h_norm.max())
     d = torch.where(ok, torch.sqrt(h_norm / w_norm.clamp_min(_EPS)), torch.ones_like(w_norm))
     for w in Ws:
         w.mul_(d)
-    for M in (H, V) + (tuple(prev) if prev is not None else ()):
-        M.div_(d[:, None])
+    for M in (H, V, prev):
+        if M is not None:
+            M.div_(d[:, None])
     B.mul_(d.double()[:, None])
     for b, w in enumerate(Ws):  # exact again (cheap: cells x k^2), so chunk-wise round-off cannot pile up
         A[b] = (w.T @ w).double()
@@ -405,9 +413,12 @@ def _balance(Ws, H, V, A, B, prev) -> torch.Tensor:
 
 
 def objective(A, B, H, V, lam, sq_norm) -> float:
-    """sum_b 1/2 ||X_b - W_b (H + V_b)||^2 + lam/2 ||W_b V_b||^2 from the statistics (exact)."""
-    Hb = (H[None] + V).double()
+    """sum_b 1/2 ||X_b - W_b (H + V_b)||^2 + lam/2 ||W_b V_b||^2 from the statistics (exact);
+    V None: plain NMF, 1/2 ||X - W H||^2."""
+    Hb = (H[None] if V is None else H[None] + V).double()
     fit = sq_norm - 2.0 * float((B * Hb).sum()) + float((A * (Hb @ Hb.transpose(1, 2))).sum())
+    if V is None:
+        return 0.5 * fit
     Vd = V.double()
     return 0.5 * (fit + lam * float((A * (Vd @ Vd.transpose(1, 2))).sum()))
 
