@@ -255,21 +255,26 @@ def test_cli_integrate_with_nmf(cellbench_raw, tmp_path, capsys):
     np.testing.assert_array_equal(model.loadings, result.varm["nmf_loadings"])
 
 
-def test_hals_numpy_and_torch_sweeps_agree():
-    """The CPU row sweep (numpy) and the device one (torch) are the same update."""
+def test_hals_row_sweeps_are_the_textbook_update_on_cpu_and_device(monkeypatch):
+    """hals_rows (numpy sweeps on the CPU, torch ones on devices) equals the textbook HALS
+    update h_j <- max(0, h_j + (b_j - a_j H) / a_jj), row after row, and leaves a component
+    without curvature alone."""
     gen = torch.Generator().manual_seed(0)
     W = torch.rand(300, 6, generator=gen)
     X = torch.rand(300, 40, generator=gen)
     A, B = W.T @ W, W.T @ X
-    A[2, :] = A[:, 2] = 0.0  # a dead component is left alone by both
+    A[2, :] = A[:, 2] = 0.0  # a dead component
     H = torch.rand(6, 40, generator=gen)
-    rows = [(j, 1.0 / float(A[j, j])) for j in range(6) if j != 2]
-    by_numpy, by_torch = H.clone(), H.clone()
+    textbook = H.clone()
     for _ in range(3):
-        _nmf_solver._sweep_numpy(by_numpy, B, A, rows)
-        _nmf_solver._sweep_torch(by_torch, B, A, rows)
-    torch.testing.assert_close(by_numpy, by_torch, rtol=1e-5, atol=1e-6)
-    assert torch.equal(by_numpy[2], H[2]) and (by_numpy >= 0).all()
+        for j in (0, 1, 3, 4, 5):
+            textbook[j] = (textbook[j] + (B[j] - A[j] @ textbook) / A[j, j]).clamp_min(0.0)
+    by_numpy = _nmf_solver.hals_rows(H.clone(), B, A, 3)
+    monkeypatch.setattr(_nmf_solver, "_sweep_numpy", _nmf_solver._sweep_torch)  # the device kernel, on the CPU
+    by_torch = _nmf_solver.hals_rows(H.clone(), B, A, 3)
+    for got in (by_numpy, by_torch):
+        torch.testing.assert_close(got, textbook, rtol=1e-5, atol=1e-6)
+        assert torch.equal(got[2], H[2]) and (got >= 0).all()
     assert not torch.equal(by_numpy, H)
 
 
