@@ -125,6 +125,22 @@ def test_transform_solves_cells_at_least_as_well(plain, cellbench_hvg):
     assert frobenius(X, W, H) <= frobenius(X, adata.obsm["X_nmf"], H) * (1 + 1e-5)
 
 
+def test_dense_chunks_give_the_sparse_products(cellbench_hvg, monkeypatch):
+    """A dense-enough CPU chunk is multiplied as a numpy array: same X D and X^T D as the sparse
+    kernels; a sparse one (or one over DENSE_BYTES) keeps only the sparse form."""
+    X = lognorm(cellbench_hvg)
+    assert X.nnz >= _nmf_solver.DENSE_FROM * X.shape[0] * X.shape[1]  # CellBench is deep
+    as_dense = _nmf_solver.Chunk.of(X, 0, 0, X.shape[0], torch.device("cpu"))
+    monkeypatch.setattr(_nmf_solver, "DENSE_BYTES", 0)
+    as_sparse = _nmf_solver.Chunk.of(X, 0, 0, X.shape[0], torch.device("cpu"))
+    assert as_dense.dense is not None and as_sparse.dense is None
+    gen = torch.Generator().manual_seed(0)
+    H, W = torch.rand(X.shape[1], 7, generator=gen), torch.rand(X.shape[0], 7, generator=gen)
+    torch.testing.assert_close(as_dense.mm(H), as_sparse.mm(H), rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(as_dense.tmm(W), as_sparse.tmm(W), rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(as_dense.mm(H), torch.from_numpy(X @ H.numpy()), rtol=1e-5, atol=1e-4)
+
+
 def test_online_pass_needs_one_transposed_product_per_chunk(cellbench_hvg, monkeypatch):
     """Online, each chunk's last W_c^T X_c is kept: swapping it for the new one in the running
     statistics costs one sparse X^T product per chunk instead of two, for the same fit as
