@@ -126,7 +126,7 @@ def test_transform_solves_cells_at_least_as_well(plain, cellbench_hvg):
 
 
 def test_dense_chunks_give_the_sparse_products(cellbench_hvg, monkeypatch):
-    """A dense-enough CPU chunk is multiplied as a numpy array: same X D and X^T D as the sparse
+    """A dense-enough CPU chunk is multiplied as a dense matrix: same X D and X^T D as the sparse
     kernels; a sparse one (or one over DENSE_BYTES) keeps only the sparse form."""
     X = lognorm(cellbench_hvg)
     assert X.nnz >= _nmf_solver.DENSE_FROM * X.shape[0] * X.shape[1]  # CellBench is deep
@@ -139,6 +139,17 @@ def test_dense_chunks_give_the_sparse_products(cellbench_hvg, monkeypatch):
     torch.testing.assert_close(as_dense.mm(H), as_sparse.mm(H), rtol=1e-5, atol=1e-4)
     torch.testing.assert_close(as_dense.tmm(W), as_sparse.tmm(W), rtol=1e-5, atol=1e-4)
     torch.testing.assert_close(as_dense.mm(H), torch.from_numpy(X @ H.numpy()), rtol=1e-5, atol=1e-4)
+
+
+def test_chunks_are_views_of_the_input_rows_and_leave_it_unchanged(cellbench_hvg):
+    X = lognorm(cellbench_hvg)
+    chunk = _nmf_solver.Chunk.of(X, 0, 10, 60, torch.device("cpu"))  # small slice: scipy would copy it
+    assert np.shares_memory(chunk.X.values().numpy(), X.data)
+    torch.testing.assert_close(chunk.X.to_dense(), torch.from_numpy(X[10:60].toarray()))
+    before = X.copy()
+    _nmf_solver.fit([X[:200], X[200:]], K, chunk_size=64, max_iter=5, integrative=True, lam=2.0, seed=0)
+    _nmf_solver.fit([X], K, chunk_size=64, max_iter=5, loss="kl", seed=0)
+    assert (X != before).nnz == 0
 
 
 def test_online_pass_needs_one_transposed_product_per_chunk(cellbench_hvg, monkeypatch):

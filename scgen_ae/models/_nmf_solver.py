@@ -32,7 +32,7 @@ from ..data import transpose_pattern
 _EPS = 1e-10
 # online fits keep each chunk's W^T X (k x genes floats) up to this many bytes in all
 KEPT_BYTES = 2**28
-# CPU chunks at least this dense (and of at most DENSE_BYTES as an array) are multiplied as
+# CPU chunks at least this dense (within DENSE_BYTES as arrays, in all) are multiplied as
 # dense matrices: at density 0.41 (CellBench 3 protocols) the two products take a third less
 # time than the sparse kernels, at 0.35 the same; at 0.06-0.12 (10x PBMC) 2-3x longer. (numpy's
 # BLAS was faster still, but its threads spin against torch's: 20x slower with 2 of each.)
@@ -40,12 +40,17 @@ DENSE_FROM, DENSE_BYTES = 0.3, 2**28
 
 
 def _csr(X: sp.csr_matrix, device: torch.device) -> torch.Tensor:
+    return _csr_parts(X.indptr, X.indices, X.data, X.shape, device)
+
+
+def _csr_parts(indptr: np.ndarray, indices: np.ndarray, data: np.ndarray, shape, device) -> torch.Tensor:
+    """Torch CSR on the arrays' own memory on the CPU (int32 indices, float32 values: no copy)."""
     with warnings.catch_warnings():  # "sparse CSR support is in beta"
         warnings.simplefilter("ignore", UserWarning)
-        return torch.sparse_csr_tensor(torch.from_numpy(X.indptr.astype(np.int32, copy=False)),
-                                       torch.from_numpy(X.indices.astype(np.int32, copy=False)),
-                                       torch.from_numpy(np.ascontiguousarray(X.data, dtype=np.float32)),
-                                       X.shape, device=device)
+        return torch.sparse_csr_tensor(torch.from_numpy(indptr.astype(np.int32, copy=False)),
+                                       torch.from_numpy(indices.astype(np.int32, copy=False)),
+                                       torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32)),
+                                       shape, device=device)
 
 
 @dataclass
@@ -63,22 +68,29 @@ class Chunk:
     _kl_index: tuple[torch.Tensor, torch.Tensor] | None = None
 
     @classmethod
-    def of(cls, X: sp.csr_matrix, block: int, start: int, stop: int, device) -> "Chunk":
+    def of(cls, X: sp.csr_matrix, block: int, start: int, stop: int, device,
+           dense_budget: int | None = None) -> "Chunk":
         """Rows ``start:stop`` of X. A row range of a CSR matrix is one contiguous stretch of its
-        values: on the CPU the chunk's X is a view of X's memory, not a copy."""
+        values: on the CPU the chunk's X is a view of X's memory, not a copy (scipy's own row
+        slice, and its constructor on small slices, copy)."""
         lo, hi = X.indptr[start], X.indptr[stop]
-        rows = sp.csr_matrix((X.data[lo:hi], X.indices[lo:hi], X.indptr[start:stop + 1] - lo),
-                             shape=(stop - start, X.shape[1]), copy=False)
-        return cls.from_rows(rows, block, start, stop, device)
+        parts = (X.indptr[start:stop + 1] - lo, X.indices[lo:hi], X.data[lo:hi])
+        shape = (stop - start, X.shape[1])
+        view = _csr_parts(*parts, shape, device)
+        return cls.from_rows(sp.csr_matrix(parts[::-1], shape=shape), block, start, stop, device, view, dense_budget)
 
     @classmethod
-    def from_rows(cls, sub: sp.csr_matrix, block: int, start: int, stop: int, device) -> "Chunk":
-        """The chunk of rows ``sub`` (= rows ``start:stop`` of block ``block``)."""
+    def from_rows(cls, sub: sp.csr_matrix, block: int, start: int, stop: int, device,
+                  X: torch.Tensor | None = None, dense_budget: int | None = None) -> "Chunk":
+        """The chunk of rows ``sub`` (= rows ``start:stop`` of block ``block``); ``X``: ``sub``
+        as torch CSR if already made. Held dense as well when dense enough and at most
+        ``dense_budget`` (default DENSE_BYTES) bytes as an array."""
         size = sub.shape[0] * sub.shape[1]
+        dense_budget = DENSE_BYTES if dense_budget is None else dense_budget
         dense = None
-        if torch.device(device).type == "cpu" and sub.nnz >= DENSE_FROM * size and 4 * size <= DENSE_BYTES:
+        if torch.device(device).type == "cpu" and sub.nnz >= DENSE_FROM * size and 4 * size <= dense_budget:
             dense = torch.from_numpy(sub.toarray().astype(np.float32, copy=False))
-        return cls(block, start, stop, _csr(sub, device), _csr(sub.T.tocsr(), device),
+        return cls(block, start, stop, _csr(sub, device) if X is None else X, _csr(sub.T.tocsr(), device),
                    float(np.square(sub.data, dtype=np.float64).sum()), dense)
 
     def _nonzero_index(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -124,11 +136,13 @@ def _same_pattern(M: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
 
 
 def make_chunks(blocks: list[sp.csr_matrix], chunk_size: int | None, device) -> list[Chunk]:
-    out = []
+    """All chunks, kept: their dense forms share one budget of DENSE_BYTES."""
+    out, budget = [], DENSE_BYTES
     for b, X in enumerate(blocks):
         step = X.shape[0] if not chunk_size else int(chunk_size)
         for s in range(0, X.shape[0], step):
-            out.append(Chunk.of(X, b, s, min(s + step, X.shape[0]), device))
+            out.append(Chunk.of(X, b, s, min(s + step, X.shape[0]), device, budget))
+            budget -= 0 if out[-1].dense is None else out[-1].dense.nbytes
     return out
 
 
@@ -332,7 +346,7 @@ def _fit_frobenius(out: Fit, chunks, solver, max_iter, tol, lam, integrative, sw
     sq_norm = 0  # summed in chunk order, as sum() did: one pass less when chunks are read from disk
     # online: each chunk's last X_c^T W_c (float32), so that swapping it for the new one in the
     # running B needs one sparse product per chunk, not two (X_c^T W_new and X_c^T (W_new - W_old))
-    online = len(chunks) > n_blocks
+    online = len(chunks) > sum(len(w) > 0 for w in Ws)  # some block in several chunks (empty ones have none)
     kept = {} if online and len(chunks) * k * n_genes * 4 <= KEPT_BYTES else None
     for c in chunks:
         w = Ws[c.block][c.start:c.stop]

@@ -117,8 +117,8 @@ def nmf(
         O(batch_size x k + k x n_genes), independent of the number of cells, plus each
         chunk's k x n_genes statistics (4 bytes each, kept up to 256 MB in all: they save
         one sparse product per chunk and pass; beyond that they are recomputed). On the
-        CPU a chunk (the whole matrix without ``batch_size``) with >= 30 % non-zeros and at
-        most 256 MB as a dense float32 array is also held dense: its products are faster so.
+        CPU chunks (the whole matrix without ``batch_size``) with >= 30 % non-zeros are also
+        held as dense float32 arrays, up to 256 MB in all: their products are faster so.
         When ``adata.X`` is on disk (``sa.read_backed``, a backed ``.h5ad``) ``batch_size``
         is required: each pass reads the chunks from disk again (checks streamed too), so
         memory holds one chunk of counts plus the k cell factors per cell (the result);
