@@ -353,9 +353,10 @@ def _fit_frobenius(out: Fit, chunks, solver, max_iter, tol, lam, integrative, sw
         A[c.block] += (w.T @ w).double()
         contribution = c.tmm(w).T
         B[c.block] += contribution.double()
-        if kept is not None:
+        if kept is not None and len(w) < len(Ws[c.block]):  # a whole-block chunk sets B[b] directly
             kept[c.block, c.start] = contribution
         sq_norm += c.sq_norm
+    own = V if integrative else None  # plain NMF: V stays 0, and no work is spent on it
     gene_sweeps = sweeps if solver == "hals" else 1
     # extrapolation of the loadings (Ang & Gillis 2019): plain NMF with HALS only; with iNMF it
     # let the batch-specific loadings grow without bound on cellbench_3cl
@@ -389,7 +390,6 @@ def _fit_frobenius(out: Fit, chunks, solver, max_iter, tol, lam, integrative, sw
         # to diverge after ~130 passes. Each pass therefore restarts from exact statistics.
         if fresh is not None:
             B.copy_(fresh)
-        own = V if integrative else None  # plain NMF: V stays 0, and no work is spent on it
         scale = _balance(Ws, H, own, A, B, prev)
         for contribution in (kept or {}).values():
             contribution.mul_(scale[:, None])
