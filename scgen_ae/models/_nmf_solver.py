@@ -191,14 +191,17 @@ def hals_rows(H: torch.Tensor, B: torch.Tensor, A: torch.Tensor, sweeps: int) ->
     h_j = max(0, (b_j - sum_{l != j} a_jl h_l) / a_jj): B's and A's rows are divided by a_jj
     once per call and A's diagonal is zeroed, so that a row costs one gemv, one subtraction
     and one clamp (-40 % per sweep on the CPU against the h_j + (b_j - a_j H) / a_jj form)."""
-    diag = A.diagonal()
+    # the k x k set-up in numpy on the host (~1 us per operation against torch's 3-6 us: a
+    # dozen of them per call, two calls per chunk and pass)
+    a = A.detach().cpu().numpy()
+    diag = a.diagonal()
     # a component whose other factor vanished has no curvature: leave it alone, not divide by ~0
-    live = (diag > 1e-12 * diag.max().clamp_min(_EPS)).tolist()
-    inv = 1.0 / diag.clamp_min(_EPS)[:, None]
-    B_scaled = (B * inv).contiguous()
-    A_scaled = A * inv
-    A_scaled.fill_diagonal_(0.0)
-    rows = [j for j in range(H.shape[0]) if live[j]]
+    rows = np.flatnonzero(diag > 1e-12 * max(float(diag.max()), _EPS)).tolist()
+    inv = (1.0 / np.maximum(diag, _EPS)).astype(a.dtype)[:, None]
+    a_scaled = a * inv
+    np.fill_diagonal(a_scaled, 0.0)
+    B_scaled = (B * torch.from_numpy(inv).to(B.device)).contiguous()
+    A_scaled = torch.from_numpy(a_scaled).to(H.device)
     # numpy on the same memory on CPU: ~1 us per call instead of torch's ~5
     sweep = _sweep_numpy if H.device.type == "cpu" else _sweep_torch
     for _ in range(sweeps):
@@ -297,6 +300,7 @@ def fit(blocks: list[sp.csr_matrix], k: int, *, chunk_size: int | None = None,
                       total, k, device=device, **options)
 
 
+@torch.inference_mode()  # no autograd bookkeeping: half the dispatch cost of the many small ops per pass
 def fit_chunks(chunks: Iterable[Chunk], block_sizes: list[int], n_genes: int, total: float, k: int, *,
                loss: str = "frobenius", solver: str = "hals", init: str = "nndsvda", max_iter: int = 200,
                tol: float = 1e-4, lam: float = 0.0, integrative: bool = False, sweeps: int = 3,
@@ -340,19 +344,22 @@ def _fit_frobenius(out: Fit, chunks, solver, max_iter, tol, lam, integrative, sw
     Ws, H, V = out.W, out.H, out.V
     n_blocks, k, n_genes = V.shape
     device = H.device
-    # sufficient statistics per block, float64 so that chunk-wise updates do not drift
-    A = torch.zeros(n_blocks, k, k, dtype=torch.float64, device=device)
-    B = torch.zeros(n_blocks, k, n_genes, dtype=torch.float64, device=device)
+    online = len(chunks) > sum(len(w) > 0 for w in Ws)  # some block in several chunks (empty ones have none)
+    # sufficient statistics per block: float64 when they are updated chunk by chunk, so that
+    # the increments do not drift; full batch sets them whole from float32 products every pass
+    # (float32 then holds exactly what float64 would, without the conversions)
+    dtype = torch.float64 if online else torch.float32
+    A = torch.zeros(n_blocks, k, k, dtype=dtype, device=device)
+    B = torch.zeros(n_blocks, k, n_genes, dtype=dtype, device=device)
     sq_norm = 0  # summed in chunk order, as sum() did: one pass less when chunks are read from disk
     # online: each chunk's last X_c^T W_c (float32), so that swapping it for the new one in the
     # running B needs one sparse product per chunk, not two (X_c^T W_new and X_c^T (W_new - W_old))
-    online = len(chunks) > sum(len(w) > 0 for w in Ws)  # some block in several chunks (empty ones have none)
     kept = {} if online and len(chunks) * k * n_genes * 4 <= KEPT_BYTES else None
     for c in chunks:
         w = Ws[c.block][c.start:c.stop]
-        A[c.block] += (w.T @ w).double()
+        A[c.block] += (w.T @ w).to(dtype)
         contribution = c.tmm(w).T
-        B[c.block] += contribution.double()
+        B[c.block] += contribution.to(dtype)
         if kept is not None and len(w) < len(Ws[c.block]):  # a whole-block chunk sets B[b] directly
             kept[c.block, c.start] = contribution
         sq_norm += c.sq_norm
@@ -367,21 +374,22 @@ def _fit_frobenius(out: Fit, chunks, solver, max_iter, tol, lam, integrative, sw
         for c in chunks:
             b = c.block
             Hb = H + V[b] if integrative else H
-            G = Hb @ Hb.T + (lam * V[b] @ V[b].T if integrative else 0.0)
+            G = Hb @ Hb.T + lam * V[b] @ V[b].T if integrative else Hb @ Hb.T
             R = c.mm(Hb.T)
             old = Ws[b][c.start:c.stop]
             new = hals_columns(old.clone(), R, G, sweeps) if solver == "hals" else _mu(old.clone(), R, old @ G)
-            A[b] += (new.T @ new - old.T @ old).double()
             contribution = c.tmm(new).T
             if fresh is not None:
                 fresh[b] += contribution.double()
-            if c.stop - c.start == Ws[b].shape[0]:  # the chunk is the whole block
-                B[b] = contribution
-            elif kept is not None:  # online: this pass's running statistics, by increments
-                B[b] += contribution.double() - kept[b, c.start].double()
-                kept[b, c.start] = contribution
-            else:
-                B[b] += c.tmm(new - old).T.double()
+            if c.stop - c.start == Ws[b].shape[0]:  # the chunk is the whole block: set, not updated
+                A[b], B[b] = new.T @ new, contribution
+            else:  # online: this pass's running statistics, by increments
+                A[b] += (new.T @ new - old.T @ old).double()
+                if kept is not None:
+                    B[b] += contribution.double() - kept[b, c.start].double()
+                    kept[b, c.start] = contribution
+                else:
+                    B[b] += c.tmm(new - old).T.double()
             Ws[b][c.start:c.stop] = new
             _update_genes(H, V, A, B, b, lam, integrative, solver, gene_sweeps)
         # Increments carry float32 round-off of their own size: summed over passes, it
@@ -440,9 +448,9 @@ def _balance(Ws, H, V, A, B, prev) -> torch.Tensor:
     for M in (H, V, prev):
         if M is not None:
             M.div_(d[:, None])
-    B.mul_(d.double()[:, None])
+    B.mul_(d.to(B.dtype)[:, None])
     for b, w in enumerate(Ws):  # exact again (cheap: cells x k^2), so chunk-wise round-off cannot pile up
-        A[b] = (w.T @ w).double()
+        A[b] = w.T @ w
     return d
 
 
@@ -504,7 +512,7 @@ def _fit_kl(out: Fit, chunks, max_iter: int, tol: float, n_cells: int, start: fl
             break
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def solve_cells(X: sp.csr_matrix, H: torch.Tensor, Vb: torch.Tensor, lam: float, loss: str,
                 max_iter: int = 200, tol: float = 1e-5, chunk_size: int = 4096) -> torch.Tensor:
     """Cell factors (cells x k) of X with the loadings fixed (``H + Vb``), chunk by chunk.
