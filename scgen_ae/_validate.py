@@ -33,8 +33,9 @@ def _available_bytes() -> int:
         return 8 << 30
 
 
-def get_matrix(adata: AnnData, layer: str | None) -> sp.csr_matrix:
-    """Return ``X`` or ``layers[layer]`` as CSR float32, checked for NaN/Inf and size."""
+def get_matrix(adata: AnnData, layer: str | None, *, sorted_indices: bool = True) -> sp.csr_matrix:
+    """Return ``X`` or ``layers[layer]`` as CSR float32, checked for NaN/Inf and size
+    (``sorted_indices=False``: column indices left in their order, see :func:`~scgen_ae.data.to_csr32`)."""
     if not isinstance(adata, AnnData):
         raise InputError(f"Expected an AnnData object, got {type(adata).__name__}.")
     if adata.n_obs == 0 or adata.n_vars == 0:
@@ -69,7 +70,7 @@ def get_matrix(adata: AnnData, layer: str | None) -> sp.csr_matrix:
             "np.argwhere(~np.isfinite(...)), then fix or drop those cells/genes (a bad merge or a "
             "division by a zero size factor are the usual causes)."
         )
-    return to_csr32(X)
+    return to_csr32(X, sorted_indices=sorted_indices)
 
 
 def check_counts(X: sp.csr_matrix, layer: str | None, likelihood: str) -> None:

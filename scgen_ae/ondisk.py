@@ -127,19 +127,20 @@ class OnDiskCellData:
         return len(self.indptr) - 1
 
     # ------------------------------------------------------------ reading rows
-    def read_span(self, start: int, stop: int) -> sp.csr_matrix:
-        """Rows ``start:stop`` as stored (CSR float32, no stored zeros, all stored genes)."""
+    def read_span(self, start: int, stop: int, *, sorted_indices: bool = True) -> sp.csr_matrix:
+        """Rows ``start:stop`` as stored (CSR float32, no stored zeros, all stored genes; see
+        :func:`~scgen_ae.data.to_csr32` for ``sorted_indices``)."""
         lo, hi = self.indptr[start], self.indptr[stop]
         X = sp.csr_matrix((self.data_array[lo:hi], self.indices_array[lo:hi], self.indptr[start:stop + 1] - lo),
                           shape=(stop - start, self.n_stored_genes))
-        return to_csr32(X)
+        return to_csr32(X, sorted_indices=sorted_indices)
 
     def row_block(self, start: int, stop: int) -> sp.csr_matrix:
         """Rows ``start:stop`` with the model's columns (see :func:`scgen_ae.data.iter_row_blocks`)."""
         X = self.read_span(start, stop)
         return v.aligned_matrix(X, self.columns) if self.columns is not None else X
 
-    def read_rows(self, rows: np.ndarray) -> sp.csr_matrix:
+    def read_rows(self, rows: np.ndarray, *, sorted_indices: bool = True) -> sp.csr_matrix:
         """Rows ``rows`` (any order) with the model's columns: one read per run of adjacent chunks."""
         order = np.argsort(rows, kind="stable")
         srt = rows[order]
@@ -147,7 +148,7 @@ class OnDiskCellData:
         breaks = np.flatnonzero(np.diff(chunk) > 1) + 1  # adjacent chunks are read in one go
         parts = []
         for run in np.split(srt, breaks):
-            span = self.read_span(int(run[0]), int(run[-1]) + 1)
+            span = self.read_span(int(run[0]), int(run[-1]) + 1, sorted_indices=sorted_indices)
             parts.append(span[run - run[0]])
         X = sp.vstack(parts, format="csr") if len(parts) > 1 else parts[0]
         inverse = np.empty_like(order)

@@ -152,6 +152,41 @@ def test_chunks_are_views_of_the_input_rows_and_leave_it_unchanged(cellbench_hvg
     assert (X != before).nnz == 0
 
 
+def test_unsorted_input_is_factorised_as_it_is(cellbench_hvg, monkeypatch):
+    """tl.nmf takes CSR with unsorted column indices (a column subset of a matrix gives them)
+    without sorting it into a copy (~150 MB at 10^5 cells): the input's own arrays reach the
+    solver, and the fit is that of the sorted matrix."""
+    X = lognorm(cellbench_hvg)
+    rng = np.random.default_rng(0)
+    shuffled = X.copy()  # the same matrix, each row's entries in a random order
+    for r in range(X.shape[0]):
+        lo, hi = X.indptr[r], X.indptr[r + 1]
+        order = lo + rng.permutation(hi - lo)
+        shuffled.indices[lo:hi], shuffled.data[lo:hi] = X.indices[order], X.data[order]
+    shuffled.has_sorted_indices = False
+    assert (shuffled != X).nnz == 0
+    seen = []
+    fit = _nmf_solver.fit
+    monkeypatch.setattr(_nmf_solver, "fit", lambda blocks, *a, **kw: seen.append(blocks) or fit(blocks, *a, **kw))
+    kw = dict(transform="none", tol=0.0, max_iter=30, **NMF_KW)
+    adata = ad.AnnData(shuffled, obs=cellbench_hvg.obs[[]].copy(), var=cellbench_hvg.var[[]].copy())
+    unsorted = sa.tl.nmf(adata, **kw)
+    assert np.shares_memory(seen[0][0].indices, shuffled.indices) and not shuffled.has_sorted_indices
+    reference = sa.tl.nmf(ad.AnnData(X, obs=adata.obs.copy(), var=adata.var.copy()), **kw)
+    np.testing.assert_allclose(unsorted.history["train_loss"], reference.history["train_loss"], rtol=1e-5)
+
+
+def test_dense_chunks_never_build_the_transpose(cellbench_hvg):
+    """X^T is built on first use: Frobenius fits of dense chunks multiply the dense form only."""
+    X = lognorm(cellbench_hvg)
+    chunk = _nmf_solver.Chunk.of(X, 0, 0, X.shape[0], torch.device("cpu"), dense_budget=2**30)
+    assert chunk.dense is not None  # CellBench: ~40 % non-zeros
+    D = torch.rand(X.shape[0], K)
+    torch.testing.assert_close(chunk.tmm(D), torch.from_numpy(X.T @ D.numpy()), rtol=1e-4, atol=1e-4)
+    assert chunk._XT is None
+    torch.testing.assert_close(chunk.XT.to_dense(), torch.from_numpy(X.T.toarray()))
+
+
 def test_online_pass_needs_one_transposed_product_per_chunk(cellbench_hvg, monkeypatch):
     """Online, each chunk's last W_c^T X_c is kept: swapping it for the new one in the running
     statistics costs one sparse X^T product per chunk instead of two, for the same fit as

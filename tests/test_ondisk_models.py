@@ -94,7 +94,7 @@ def test_nmf_reads_one_chunk_at_a_time(cells, monkeypatch):
     sizes = []
     read_rows = ondisk.OnDiskCellData.read_rows
     monkeypatch.setattr(ondisk.OnDiskCellData, "read_rows",
-                        lambda self, rows: sizes.append(len(rows)) or read_rows(self, rows))
+                        lambda self, rows, **kw: sizes.append(len(rows)) or read_rows(self, rows, **kw))
     sa.tl.nmf(sa.read_backed(path), batch_size=64, **NMF)
     assert sizes and max(sizes) <= 64
 

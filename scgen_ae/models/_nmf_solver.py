@@ -55,16 +55,16 @@ def _csr_parts(indptr: np.ndarray, indices: np.ndarray, data: np.ndarray, shape,
 
 @dataclass
 class Chunk:
-    """Rows ``start:stop`` of block ``block``: X and X^T as torch CSR (X^T's pattern is scipy's
-    transpose of X's, the order :func:`~scgen_ae.data.transpose_pattern` describes)."""
+    """Rows ``start:stop`` of block ``block``: X as torch CSR, and X^T (built on first use; its
+    pattern is scipy's transpose of X's, the order :func:`~scgen_ae.data.transpose_pattern` describes)."""
 
     block: int
     start: int
     stop: int
     X: torch.Tensor
-    XT: torch.Tensor
     sq_norm: float
     dense: torch.Tensor | None = None  # X as a dense matrix, for dense-enough chunks on the CPU
+    _XT: torch.Tensor | None = None
     _kl_index: tuple[torch.Tensor, torch.Tensor] | None = None
 
     @classmethod
@@ -90,16 +90,29 @@ class Chunk:
         dense = None
         if torch.device(device).type == "cpu" and sub.nnz >= DENSE_FROM * size and 4 * size <= dense_budget:
             dense = torch.from_numpy(sub.toarray().astype(np.float32, copy=False))
-        return cls(block, start, stop, _csr(sub, device) if X is None else X, _csr(sub.T.tocsr(), device),
+        return cls(block, start, stop, _csr(sub, device) if X is None else X,
                    float(np.square(sub.data, dtype=np.float64).sum()), dense)
+
+    def _host(self) -> sp.csr_matrix:
+        """X as scipy CSR (on the CPU: on X's own memory)."""
+        X = self.X
+        return sp.csr_matrix((X.values().cpu().numpy(), X.col_indices().cpu().numpy(), X.crow_indices().cpu().numpy()),
+                             shape=X.shape)
+
+    @property
+    def XT(self) -> torch.Tensor:
+        """X^T as torch CSR, built on first use: the products of dense chunks never need it."""
+        if self._XT is None:
+            self._XT = _csr(self._host().T.tocsr(), self.X.device)
+        return self._XT
 
     def _nonzero_index(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(row of each non-zero, ``perm`` with X^T's values = X's values[perm]): KL updates
         only, so built on first use (16 bytes per non-zero that Frobenius fits never need)."""
         if self._kl_index is None:
-            crow, col = self.X.crow_indices().cpu().numpy(), self.X.col_indices().cpu().numpy()
-            _, _, perm = transpose_pattern(sp.csr_matrix((np.ones(len(col), np.float32), col, crow), self.X.shape))
-            rows = np.repeat(np.arange(self.X.shape[0]), np.diff(crow))
+            host = self._host()
+            _, _, perm = transpose_pattern(host)
+            rows = np.repeat(np.arange(host.shape[0]), np.diff(host.indptr))
             device = self.X.device
             self._kl_index = (torch.from_numpy(rows).to(device), torch.from_numpy(perm).to(device))
         return self._kl_index

@@ -161,7 +161,7 @@ def nmf(
         codes, cats = v.batch_codes(adata, batch_key)  # obs is in memory: checked before the pass over X
         data = ondisk.validated(adata, layer, lambda block: _check_values(block, layer, transform))
     else:
-        X = v.get_matrix(adata, layer)
+        X = v.get_matrix(adata, layer, sorted_indices=False)  # the products take any order
         _check_values(X, layer, transform)
         v.check_not_empty(X, layer)
         codes, cats = v.batch_codes(adata, batch_key)
@@ -183,7 +183,8 @@ def nmf(
     with seeded_threads(seed, n_threads):
         if on_disk:
             chunks = _nmf_solver.StreamedChunks(
-                lambda cells: preprocess(data.read_rows(cells), transform, target_sum), idx, batch_size, dev)
+                lambda cells: preprocess(data.read_rows(cells, sorted_indices=False), transform, target_sum),
+                idx, batch_size, dev)
             result = _nmf_solver.fit_chunks(chunks, [len(i) for i in idx], adata.n_vars, chunks.value_sum(), k,
                                             **options)
         else:
