@@ -120,8 +120,9 @@ def nmf(
         CPU chunks (the whole matrix without ``batch_size``) with >= 30 % non-zeros are also
         held as dense float32 arrays, up to 256 MB in all: their products are faster so.
         In memory, the chunks are views of X's rows (a float32 CSR is used as given, with
-        its column indices in any order; ``transform="log1p"`` makes one transformed copy),
-        and sparse chunks add their transpose X^T once (the size of X again).
+        its column indices in any order; ``transform="log1p"`` makes one transformed copy,
+        and ``batch_key`` one row block per batch), and sparse chunks add their transpose
+        X^T once (the size of X again).
         When ``adata.X`` is on disk (``sa.read_backed``, a backed ``.h5ad``) ``batch_size``
         is required: each pass reads the chunks from disk again (checks streamed too), so
         memory holds one chunk of counts plus the k cell factors per cell (the result);
