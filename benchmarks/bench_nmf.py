@@ -18,8 +18,9 @@ Frobenius loss, one thread, each fit in its own fresh subprocess:
 
 Every timed fit is repeated ``--repeats`` times, interleaved across tools, and the best
 wall time is kept; the speed-up to equal loss is also given round by round (median, range),
-which the machine's load swings move less than the ratio of two bests. The loss of every fit is recomputed here the same way for all tools:
-``1/2 ||X - W H||_F^2 / n_cells`` from the factors each returns. Integration quality:
+which the machine's load swings move less than the ratio of two bests. The loss of every
+fit is recomputed here the same way for all tools: ``1/2 ||X - W H||_F^2 / n_cells`` from
+the factors each returns. Integration quality:
 ``sa.tl.score_integration`` (scib-metrics, unscaled) of sklearn's, ``sa``'s and
 ``sa_inmf``'s cell factors, with ``label_key="cell_type"``: ground truth on CellBench,
 coarse marker-derived labels on Kang (per condition) and PBMC (``sa.pp.annotate_markers``,
