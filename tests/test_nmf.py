@@ -127,7 +127,7 @@ def test_transform_solves_cells_at_least_as_well(plain, cellbench_hvg):
 
 def test_dense_chunks_give_the_sparse_products(cellbench_hvg, monkeypatch):
     """A dense-enough CPU chunk is multiplied as a dense matrix: same X D and X^T D as the sparse
-    kernels; a sparse one (or one over DENSE_BYTES) keeps only the sparse form."""
+    kernels, without building X^T; a sparse one (or one over DENSE_BYTES) keeps only the sparse form."""
     X = lognorm(cellbench_hvg)
     assert X.nnz >= _nmf_solver.DENSE_FROM * X.shape[0] * X.shape[1]  # CellBench is deep
     as_dense = _nmf_solver.Chunk.of(X, 0, 0, X.shape[0], torch.device("cpu"))
@@ -139,6 +139,8 @@ def test_dense_chunks_give_the_sparse_products(cellbench_hvg, monkeypatch):
     torch.testing.assert_close(as_dense.mm(H), as_sparse.mm(H), rtol=1e-5, atol=1e-4)
     torch.testing.assert_close(as_dense.tmm(W), as_sparse.tmm(W), rtol=1e-5, atol=1e-4)
     torch.testing.assert_close(as_dense.mm(H), torch.from_numpy(X @ H.numpy()), rtol=1e-5, atol=1e-4)
+    assert as_dense._XT is None  # X^T is built on first use, and the dense products never use it
+    torch.testing.assert_close(as_dense.XT.to_dense(), torch.from_numpy(X.T.toarray()))
 
 
 def test_chunks_are_views_of_the_input_rows_and_leave_it_unchanged(cellbench_hvg):
@@ -174,17 +176,6 @@ def test_unsorted_input_is_factorised_as_it_is(cellbench_hvg, monkeypatch):
     assert np.shares_memory(seen[0][0].indices, shuffled.indices) and not shuffled.has_sorted_indices
     reference = sa.tl.nmf(ad.AnnData(X, obs=adata.obs.copy(), var=adata.var.copy()), **kw)
     np.testing.assert_allclose(unsorted.history["train_loss"], reference.history["train_loss"], rtol=1e-5)
-
-
-def test_dense_chunks_never_build_the_transpose(cellbench_hvg):
-    """X^T is built on first use: Frobenius fits of dense chunks multiply the dense form only."""
-    X = lognorm(cellbench_hvg)
-    chunk = _nmf_solver.Chunk.of(X, 0, 0, X.shape[0], torch.device("cpu"), dense_budget=2**30)
-    assert chunk.dense is not None  # CellBench: ~40 % non-zeros
-    D = torch.rand(X.shape[0], K)
-    torch.testing.assert_close(chunk.tmm(D), torch.from_numpy(X.T @ D.numpy()), rtol=1e-4, atol=1e-4)
-    assert chunk._XT is None
-    torch.testing.assert_close(chunk.XT.to_dense(), torch.from_numpy(X.T.toarray()))
 
 
 def test_online_pass_needs_one_transposed_product_per_chunk(cellbench_hvg, monkeypatch):
