@@ -222,6 +222,37 @@ def test_inmf_mixes_batches_and_keeps_cell_lines(plain, integrated):
     # new cells go through the same alignment: applying the model to its training cells agrees
     Z = model.transform(a_int)
     assert np.corrcoef(Z.ravel(), a_int.obsm["X_nmf"].ravel())[0, 1] > 0.95
+    assert a_int.uns["nmf"]["reference_batch"] == a_int.obs["batch"].value_counts().idxmax()
+
+
+@pytest.mark.parametrize("same_population", [True, False])
+def test_alignment_maps_clusters_of_one_population_only(same_population):
+    """Three populations per batch, each the cluster of its largest factor; batch 1 has twice
+    the scale. Its cluster 0 is mapped onto the reference's cluster 0 only when it is the
+    same population (factor profile (3, 2.7, 0)); a population that shares only its largest
+    factor ((3, 0, 2.7)) is left in place, rescaled. Reference cells keep their factors."""
+    from scgen_ae.models.nmf import NMFConfig, apply_alignment, fit_alignment
+
+    rng = np.random.default_rng(0)
+    loadings = np.kron(np.eye(3), np.full((1, 10), 10 ** -0.5))  # factor j: genes 10j..10j+9
+
+    def cells(profile, n, scale):
+        return np.abs(np.asarray(profile) * scale * (1 + 0.1 * rng.standard_normal((n, 3))))
+
+    first = (3, 2.7, 0) if same_population else (3, 0, 2.7)
+    Z = np.vstack([cells((3, 2.7, 0), 80, 1.0), cells((0, 3, 0.5), 60, 1.0), cells((0.5, 0, 3), 60, 1.0),
+                   cells(first, 80, 2.0), cells((0, 3, 0.5), 60, 2.0), cells((0.5, 0, 3), 60, 2.0)]).astype(np.float32)
+    codes = np.repeat([0, 1], 200)
+    config = NMFConfig(n_genes=30, n_components=3, n_batches=2, aligned=True, reference_batch=0)
+    tables = fit_alignment(Z, codes, loadings, config)
+    np.testing.assert_array_equal(tables["valid"], [[0, 0, 0], [float(same_population), 1, 1]])
+    out = apply_alignment(Z, codes, tables, reference_batch=0)
+    np.testing.assert_allclose(out[:200], Z[:200], rtol=1e-6)
+    first_cluster = out[200:280]
+    if same_population:  # mapped: its quantiles are the reference cluster's
+        np.testing.assert_allclose(np.median(first_cluster, 0), np.median(Z[:80], 0), rtol=0.05, atol=0.02)
+    else:  # only rescaled into the reference's units: the population keeps its own profile
+        np.testing.assert_allclose(first_cluster, Z[200:280] / tables["scales"][1] * tables["scales"][0], rtol=1e-5)
 
 
 # ---------------------------------------------------------------- errors leave adata unchanged

@@ -143,8 +143,10 @@ def nmf(
 
     - ``adata.obsm[key_added]``: (n_cells, k) non-negative cell factors. Without
       ``batch_key``: ``W``, with ``X ~ W @ varm[varm_key].T``. With ``batch_key``: each
-      batch's factors scaled to unit root-mean-square per factor, then quantile-aligned to
-      the largest batch (batch corrected; not a reconstruction of X).
+      batch's factors quantile-aligned, cluster by cluster, to those of the largest batch
+      (the reference, ``uns[uns_key]["reference_batch"]``), in its units (its cells keep
+      their own ``W``); batch corrected. A cluster too small, or whose counterpart in the
+      reference is another population, is only rescaled to those units.
     - ``adata.varm[varm_key]``: (n_genes, k) non-negative shared gene loadings, each
       factor (column) with unit L2 norm.
     - ``adata.uns[uns_key]["params"]``: the arguments used.
@@ -154,7 +156,7 @@ def nmf(
       first ``shared_passes`` entries are its plain-NMF start), plus ``validation_loss``
       (empty) and ``best_epoch`` so ``sa.pl.history(adata, key=uns_key)`` draws it.
     - ``adata.uns[uns_key]["key_added"]``, ``["varm_key"]``: the keys above (read by
-      the generic top-genes / loadings plots).
+      the generic top-genes / loadings plots); with ``batch_key`` also ``["reference_batch"]``.
     """
     _check_options(loss, solver, init, batch_key, n_components, max_iter, tol, batch_size)
     on_disk = ondisk.is_on_disk(adata, layer)
@@ -175,7 +177,8 @@ def nmf(
                            "choose fewer components.")
     config = NMFConfig(n_genes=adata.n_vars, n_components=k, n_batches=len(cats), loss=loss, transform=transform,
                        target_sum=target_sum, lam=lam if batch_key is not None else 0.0,
-                       aligned=batch_key is not None)
+                       aligned=batch_key is not None,
+                       reference_batch=int(np.bincount(codes).argmax()) if batch_key is not None else None)
     dev = resolve_device(device)
     dev = dev if dev.type in ("cpu", "cuda") else resolve_device("cpu")  # sparse CSR kernels: CPU / CUDA only
     options = dict(loss=loss, solver=solver, init=init, max_iter=max_iter, tol=tol, lam=config.lam,
@@ -205,16 +208,17 @@ def nmf(
                           "the loadings so far; use model.transform(adata) or model.save(path).", stacklevel=2)
             return model
         if config.aligned:
-            tables = fit_alignment(Z, codes, config)
+            tables = fit_alignment(Z, codes, model.loadings.T, config)
             model.set_alignment(tables)
-            Z = apply_alignment(Z, codes, tables)
+            Z = apply_alignment(Z, codes, tables, config.reference_batch)
     target = adata.copy() if copy else adata
     params = params_record(n_components=k, batch_key=batch_key, layer=layer, loss=loss, solver=solver,
                            transform=transform, target_sum=target_sum, init=init, max_iter=max_iter, tol=tol,
                            lam=config.lam, batch_size=batch_size, seed=seed, device=str(dev), n_threads=n_threads)
     write_results(target, obsm={key_added: Z}, varm={varm_key: model.loadings.copy()},
                   uns={uns_key: {"params": params, "history": model.history, "key_added": key_added,
-                                 "varm_key": varm_key}})
+                                 "varm_key": varm_key,
+                                 **({"reference_batch": cats[config.reference_batch]} if config.aligned else {})}})
     return (target, model) if copy else model
 
 
