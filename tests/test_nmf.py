@@ -209,6 +209,22 @@ def test_save_load_roundtrip(integrated, cellbench_hvg, tmp_path):
     np.testing.assert_allclose(loaded.transform(cellbench_hvg), model.transform(cellbench_hvg), rtol=1e-5, atol=1e-6)
 
 
+def test_model_file_without_reference_batch_keeps_its_units(integrated, cellbench_hvg, tmp_path):
+    """Files written before ``reference_batch`` was kept load, and align in their old units
+    (unit root-mean-square): the current ones divided by the reference batch's scales."""
+    from scgen_ae.io import read_model_file, write_model_file
+
+    adata, model = integrated
+    header, arrays = read_model_file(model.save(tmp_path / "new.npz"))
+    for field in ("reference_batch", "min_match"):
+        del header["config"][field]
+    old = sa.NMF.load(write_model_file(tmp_path / "old.npz", header, arrays))
+    assert old.config.reference_batch is None
+    ref = model.batch_categories.index(adata.uns["nmf"]["reference_batch"])
+    np.testing.assert_allclose(old.transform(cellbench_hvg) * model.alignment_tables()["scales"][ref],
+                               model.transform(cellbench_hvg), rtol=1e-5, atol=1e-6)
+
+
 # ---------------------------------------------------------------- integration
 
 def test_inmf_mixes_batches_and_keeps_cell_lines(plain, integrated):
