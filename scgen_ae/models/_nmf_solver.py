@@ -37,6 +37,12 @@ KEPT_BYTES = 2**28
 # time than the sparse kernels, at 0.35 the same; at 0.06-0.12 (10x PBMC) 2-3x longer. (numpy's
 # BLAS was faster still, but its threads spin against torch's: 20x slower with 2 of each.)
 DENSE_FROM, DENSE_BYTES = 0.3, 2**28
+# power iterations of the randomized SVD behind the NNDSVD start. 7 (sklearn's for nndsvda) when
+# each batch's cells are one chunk in memory: the start is then near the exact SVD, and the fit
+# reaches the same minimum whatever the seed (2 iterations: 3 of 12 seed / data set pairs stalled
+# at another one, BENCHMARKS.md). Chunked and streamed fits keep 2: each iteration is two more
+# passes over all cells.
+POWER_ITERS_WHOLE, POWER_ITERS_CHUNKED = 7, 2
 
 
 def _csr(X: sp.csr_matrix, device: torch.device) -> torch.Tensor:
@@ -336,7 +342,9 @@ def fit_chunks(chunks: Iterable[Chunk], block_sizes: list[int], n_genes: int, to
     start = time.perf_counter()
     gen = torch.Generator().manual_seed(int(seed))
     n_cells = sum(block_sizes)
-    W, H = _initial(chunks, n_cells, n_genes, total, k, init, gen, device)
+    whole_blocks = isinstance(chunks, list) and len(chunks) == len(block_sizes)
+    power_iters = POWER_ITERS_WHOLE if whole_blocks else POWER_ITERS_CHUNKED
+    W, H = _initial(chunks, n_cells, n_genes, total, k, init, gen, device, power_iters)
     V = torch.zeros(len(block_sizes), k, n_genes, device=device)
     Ws = [w.contiguous() for w in torch.split(W, block_sizes)]
     out = Fit(Ws, H, V)
@@ -492,14 +500,14 @@ def _update_genes(H, V, A, B, b, lam, integrative, solver, sweeps) -> None:
         _mu(H, Bf.sum(0), Af.sum(0) @ H)
 
 
-def _initial(chunks, n, g, total, k, init, gen, device):
+def _initial(chunks, n, g, total, k, init, gen, device, power_iters: int = POWER_ITERS_CHUNKED):
     mean = total / (n * g)
     if init == "random":
         scale = math.sqrt(mean / k)
         W = (torch.randn(n, k, generator=gen).abs() * scale).to(device)
         H = (torch.randn(k, g, generator=gen).abs() * scale).to(device)
         return W, H
-    U, S, Vt = randomized_svd(chunks, (n, g), k, gen, device)
+    U, S, Vt = randomized_svd(chunks, (n, g), k, gen, device, n_iter=power_iters)
     return nndsvd(U, S, Vt, fill=mean if init == "nndsvda" else None)
 
 
