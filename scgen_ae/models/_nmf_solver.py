@@ -342,8 +342,8 @@ def fit_chunks(chunks: Iterable[Chunk], block_sizes: list[int], n_genes: int, to
     start = time.perf_counter()
     gen = torch.Generator().manual_seed(int(seed))
     n_cells = sum(block_sizes)
-    whole_blocks = isinstance(chunks, list) and len(chunks) == len(block_sizes)
-    power_iters = POWER_ITERS_WHOLE if whole_blocks else POWER_ITERS_CHUNKED
+    in_memory_blocks = isinstance(chunks, list) and _one_chunk_per_block(chunks, block_sizes)
+    power_iters = POWER_ITERS_WHOLE if in_memory_blocks else POWER_ITERS_CHUNKED
     W, H = _initial(chunks, n_cells, n_genes, total, k, init, gen, device, power_iters)
     V = torch.zeros(len(block_sizes), k, n_genes, device=device)
     Ws = [w.contiguous() for w in torch.split(W, block_sizes)]
@@ -361,11 +361,16 @@ def fit_chunks(chunks: Iterable[Chunk], block_sizes: list[int], n_genes: int, to
     return out
 
 
+def _one_chunk_per_block(chunks, block_sizes: list[int]) -> bool:
+    """Whether every block is a single chunk (empty blocks have none): a full-batch fit."""
+    return len(chunks) == sum(n > 0 for n in block_sizes)
+
+
 def _fit_frobenius(out: Fit, chunks, solver, max_iter, tol, lam, integrative, sweeps, extrapolate, n_cells, start):
     Ws, H, V = out.W, out.H, out.V
     n_blocks, k, n_genes = V.shape
     device = H.device
-    online = len(chunks) > sum(len(w) > 0 for w in Ws)  # some block in several chunks (empty ones have none)
+    online = not _one_chunk_per_block(chunks, [len(w) for w in Ws])
     # sufficient statistics per block: float64 when they are updated chunk by chunk, so that
     # the increments do not drift; full batch sets them whole from float32 products every pass
     # (float32 then holds exactly what float64 would, without the conversions)
