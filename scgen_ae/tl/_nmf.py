@@ -103,8 +103,9 @@ def nmf(
     init
         "nndsvda" (NNDSVD, zeros filled with the mean; default), "nndsvd", or "random"
         (seeded by ``seed``). NNDSVD starts from a randomized SVD with 7 power iterations
-        (sklearn's) when the cells are in memory and ``batch_size`` is None, else with 2
-        (each iteration is two passes over the data), so a chunked fit starts elsewhere.
+        (sklearn's) when each batch's cells are one chunk in memory (``batch_size`` None or
+        at least the largest batch), else with 2 (each iteration is two passes over the
+        data), so a chunked or on-disk fit starts elsewhere.
     max_iter, tol
         At most ``max_iter`` passes over the cells; stop earlier when a pass lowers the
         objective by less than ``tol`` (relative).
