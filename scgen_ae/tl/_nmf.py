@@ -108,7 +108,11 @@ def nmf(
         data), so a chunked or on-disk fit starts elsewhere.
     max_iter, tol
         At most ``max_iter`` passes over the cells; stop earlier when a pass lowers the
-        objective by less than ``tol`` (relative).
+        objective by less than ``tol`` (relative). Frobenius HALS fits from an NNDSVD start
+        without ``batch_size`` (iNMF: its plain start) after 3 passes fit the rank-(k + 10)
+        sketch of the data that the start's SVD leaves behind (up to ``max_iter`` passes
+        over it, to a relative improvement of ``max(tol / 10, 1e-5)``): its passes are far
+        cheaper, and the passes over the cells that follow need few.
     lam
         iNMF's penalty on the batch-specific loadings (with ``batch_key`` only). iNMF
         starts from the plain NMF solution (shared loadings, V = 0), and from there the
@@ -156,7 +160,10 @@ def nmf(
     - ``adata.uns[uns_key]["history"]``: ``train_loss`` (objective per cell after each
       pass: 1/2 squared Frobenius error (+ iNMF penalty), or generalised KL),
       ``seconds`` (cumulative), ``n_iter``, ``converged``, ``shared_passes`` (iNMF: the
-      first ``shared_passes`` entries are its plain-NMF start), plus ``validation_loss``
+      first ``shared_passes`` entries are its plain-NMF start), ``sketch_loss`` (per pass
+      over the sketch, which came after the first ``sketch_at`` passes: its objective +
+      1/2 the squared error of the sketch, per cell; an estimate of the objective; its
+      time is in ``seconds``), plus ``validation_loss``
       (empty) and ``best_epoch`` so ``sa.pl.history(adata, key=uns_key)`` draws it.
     - ``adata.uns[uns_key]["key_added"]``, ``["varm_key"]``: the keys above (read by
       the generic top-genes / loadings plots); with ``batch_key`` also ``["reference_batch"]``.
@@ -232,6 +239,8 @@ def _history(result: _nmf_solver.Fit) -> dict:
         "seconds": np.asarray(result.seconds, dtype=np.float64),
         "n_iter": len(result.loss),
         "shared_passes": int(result.shared_passes),
+        "sketch_loss": np.asarray(result.sketch_loss, dtype=np.float64),
+        "sketch_at": int(result.sketch_at),
         "converged": bool(result.converged),
         "interrupted": bool(result.interrupted),
         "best_epoch": len(result.loss) - 1,
