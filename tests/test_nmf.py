@@ -244,7 +244,7 @@ def test_sketch_multiplies_as_the_projected_data(cellbench_hvg):
 
 
 def test_sketch_phase_gives_a_lower_loss_in_fewer_passes(cellbench_hvg):
-    """Whole-block Frobenius HALS fits from NNDSVD pass over the sketch after SKETCH_AFTER
+    """Plain whole-block Frobenius HALS fits from NNDSVD pass over the sketch after SKETCH_AFTER
     passes over X; at the default tol they end lower, after fewer passes over X. Its
     recorded objective estimates the true one. Other fits do not use it."""
     X = lognorm(cellbench_hvg)
@@ -256,7 +256,7 @@ def test_sketch_phase_gives_a_lower_loss_in_fewer_passes(cellbench_hvg):
     direct = frobenius(X, fit.W[0].numpy(), fit.H.numpy()) / X.shape[0]
     assert fit.loss[-1] == pytest.approx(direct, rel=1e-5)  # ends on X, not on the sketch
     for kw in (dict(chunk_size=128), dict(init="random"), dict(solver="mu"), dict(loss="kl", solver="mu"),
-               dict(sketch=False)):
+               dict(integrative=True, lam=5.0), dict(sketch=False)):
         other = _nmf_solver.fit([X], K, seed=0, max_iter=5, **kw)
         assert other.sketch_loss == [] and other.sketch_at == 0, kw
 

@@ -43,16 +43,17 @@ DENSE_FROM, DENSE_BYTES = 0.3, 2**28
 # at another one, BENCHMARKS.md). Chunked and streamed fits keep 2: each iteration is two more
 # passes over all cells.
 POWER_ITERS_WHOLE, POWER_ITERS_CHUNKED = 7, 2
-# Frobenius HALS fits whose blocks are whole in memory, started from NNDSVD, pass over the
-# rank-q sketch X ~ (U S) V^T (q = k + 10) that the start's randomized SVD leaves behind,
+# Plain Frobenius HALS fits whose blocks are whole in memory, started from NNDSVD, pass over
+# the rank-q sketch X ~ (U S) V^T (q = k + 10) that the start's randomized SVD leaves behind,
 # between SKETCH_AFTER passes over X and the passes over X that finish the fit. A pass over
 # the sketch costs cells x q x k + q x genes x k flops instead of two products with X, and it
 # needs fewer passes (the noise directions are gone): on cellbench_3cl sklearn's minimum after
-# ~20 passes over X instead of 88-93, on the other shared data sets after 1-3 (BENCHMARKS.md).
+# ~20 passes over X instead of 88-93, on the other shared data sets after 4-18 (BENCHMARKS.md).
 # The first passes over X choose the minimum the fit goes to: started on the sketch, 4 of 5
 # seeds of cellbench_3cl went to another one (0.14 % higher), after 3 passes over X none did.
 # Its passes being cheap, the sketch phase stops at a relative improvement below
-# max(tol / 10, SKETCH_TOL), or after max_iter passes.
+# max(tol / 10, SKETCH_TOL), or after max_iter passes. Not for iNMF's plain start: the
+# minimum it leads to there cost the aligned PBMC factors 0.04 KMeans NMI at two seeds.
 SKETCH_AFTER, SKETCH_TOL = 3, 1e-5
 
 
@@ -398,9 +399,9 @@ def fit_chunks(chunks: Iterable[Chunk], block_sizes: list[int], n_genes: int, to
     factors lost bio conservation; from the shared start every V_j stays small and the
     result hardly depends on ``lam`` (BENCHMARKS.md).
 
-    ``sketch``: Frobenius HALS fits of whole blocks in memory from an NNDSVD start pass over
-    the start's rank-q sketch of the data after ``SKETCH_AFTER`` passes over it (see
-    SKETCH_TOL; ``Fit.sketch_loss``, ``Fit.sketch_at``): the plain phase only, with iNMF.
+    ``sketch``: plain Frobenius HALS fits of whole blocks in memory from an NNDSVD start pass
+    over the start's rank-q sketch of the data after ``SKETCH_AFTER`` passes over it (see
+    SKETCH_TOL; ``Fit.sketch_loss``, ``Fit.sketch_at``).
     """
     device = torch.device(device)
     start = time.perf_counter()
@@ -416,7 +417,7 @@ def fit_chunks(chunks: Iterable[Chunk], block_sizes: list[int], n_genes: int, to
         if loss == "kl":
             _fit_kl(out, chunks, max_iter, tol, n_cells, start)
         else:
-            on_sketch = sketch and in_memory_blocks and svd is not None and solver == "hals"
+            on_sketch = sketch and not integrative and in_memory_blocks and svd is not None and solver == "hals"
             _fit_plain(out, chunks, svd if on_sketch else None, solver, max_iter, tol, sweeps, extrapolate,
                        n_cells, start)
             if integrative:
