@@ -274,6 +274,20 @@ def test_save_load_roundtrip(integrated, cellbench_hvg, tmp_path):
     np.testing.assert_allclose(loaded.transform(cellbench_hvg), model.transform(cellbench_hvg), rtol=1e-5, atol=1e-6)
 
 
+def test_min_match_one_leaves_every_cluster_unmapped(integrated, cellbench_hvg):
+    """min_match is passed to the alignment: at 1.0 no (batch, cluster) signature matches the
+    reference's, so nothing is mapped; the fit is the same, so the reference batch's cells
+    keep the factors of the default run, and the other batches' differ."""
+    adata, model = sa.tl.nmf(cellbench_hvg, batch_key="batch", min_match=1.0, copy=True, **NMF_KW)
+    default_adata, default_model = integrated
+    assert adata.uns["nmf"]["params"]["min_match"] == 1.0
+    assert model.config.min_match == 1.0 and model.alignment_tables()["valid"].sum() == 0
+    assert default_model.alignment_tables()["valid"].sum() > 0
+    ref = (adata.obs["batch"] == adata.uns["nmf"]["reference_batch"]).to_numpy()
+    np.testing.assert_allclose(adata.obsm["X_nmf"][ref], default_adata.obsm["X_nmf"][ref], rtol=1e-6)
+    assert not np.allclose(adata.obsm["X_nmf"][~ref], default_adata.obsm["X_nmf"][~ref], rtol=1e-3)
+
+
 def test_model_file_without_reference_batch_keeps_its_units(integrated, cellbench_hvg, tmp_path):
     """Files written before ``reference_batch`` was kept load, and align in their old units
     (unit root-mean-square): the current ones divided by the reference batch's scales."""
@@ -369,6 +383,8 @@ def test_too_many_components_refused(cellbench_hvg):
     (dict(batch_key="batch", solver="mu"), "With batch_key, integrative NMF is fitted with loss='frobenius'"),
     (dict(batch_key="protocol_typo"), "batch_key='protocol_typo' is not a column"),
     (dict(batch_size=0), "batch_size must be a positive integer"),
+    (dict(batch_key="batch", min_match=1.5), r"-1 <= min_match <= 1 \(a correlation\); got 50, 20, 1.5"),
+    (dict(batch_key="batch", n_quantiles=1), "The alignment needs n_quantiles >= 2"),
 ])
 def test_bad_options_refused(cellbench_hvg, kwargs, match):
     _refused(cellbench_hvg.copy(), match, **kwargs)

@@ -16,7 +16,8 @@ SOLVERS = ("hals", "mu")
 INITS = ("nndsvda", "nndsvd", "random")
 
 
-def _check_options(loss, solver_name, init, batch_key, n_components, max_iter, tol, batch_size) -> None:
+def _check_options(loss, solver_name, init, batch_key, n_components, max_iter, tol, batch_size,
+                   n_quantiles, min_cells, min_match) -> None:
     if solver_name not in SOLVERS:
         raise v.InputError(f"solver={solver_name!r}; choose one of {SOLVERS}.")
     if init not in INITS:
@@ -31,6 +32,9 @@ def _check_options(loss, solver_name, init, batch_key, n_components, max_iter, t
                          f"{max_iter!r}, {tol!r}.")
     if batch_size is not None and int(batch_size) < 1:
         raise v.InputError(f"batch_size must be a positive integer or None, got {batch_size!r}.")
+    if int(n_quantiles) < 2 or int(min_cells) < 1 or not -1.0 <= float(min_match) <= 1.0:
+        raise v.InputError(f"The alignment needs n_quantiles >= 2, min_cells >= 1 and -1 <= min_match <= 1 "
+                           f"(a correlation); got {n_quantiles!r}, {min_cells!r}, {min_match!r}.")
 
 
 def _check_values(X, layer, transform) -> None:
@@ -62,6 +66,9 @@ def nmf(
     max_iter: int = 200,
     tol: float = 1e-4,
     lam: float = 20.0,
+    n_quantiles: int = 50,
+    min_cells: int = 20,
+    min_match: float = 0.5,
     batch_size: int | None = None,
     seed: int = 0,
     device: str = "auto",
@@ -169,7 +176,8 @@ def nmf(
     - ``adata.uns[uns_key]["key_added"]``, ``["varm_key"]``: the keys above (read by
       the generic top-genes / loadings plots); with ``batch_key`` also ``["reference_batch"]``.
     """
-    _check_options(loss, solver, init, batch_key, n_components, max_iter, tol, batch_size)
+    _check_options(loss, solver, init, batch_key, n_components, max_iter, tol, batch_size, n_quantiles, min_cells,
+                   min_match)
     on_disk = ondisk.is_on_disk(adata, layer)
     if on_disk and batch_size is None:
         raise v.InputError("adata.X is on disk (a backed .h5ad / zarr store): pass batch_size= (e.g. 4096) to "
@@ -188,7 +196,8 @@ def nmf(
                            "choose fewer components.")
     config = NMFConfig(n_genes=adata.n_vars, n_components=k, n_batches=len(cats), loss=loss, transform=transform,
                        target_sum=target_sum, lam=lam if batch_key is not None else 0.0,
-                       aligned=batch_key is not None,
+                       aligned=batch_key is not None, n_quantiles=int(n_quantiles), min_cells=int(min_cells),
+                       min_match=float(min_match),
                        reference_batch=int(np.bincount(codes).argmax()) if batch_key is not None else None)
     dev = resolve_device(device)
     dev = dev if dev.type in ("cpu", "cuda") else resolve_device("cpu")  # sparse CSR kernels: CPU / CUDA only
@@ -225,7 +234,8 @@ def nmf(
     target = adata.copy() if copy else adata
     params = params_record(n_components=k, batch_key=batch_key, layer=layer, loss=loss, solver=solver,
                            transform=transform, target_sum=target_sum, init=init, max_iter=max_iter, tol=tol,
-                           lam=config.lam, batch_size=batch_size, seed=seed, device=str(dev), n_threads=n_threads)
+                           lam=config.lam, n_quantiles=n_quantiles, min_cells=min_cells, min_match=min_match,
+                           batch_size=batch_size, seed=seed, device=str(dev), n_threads=n_threads)
     write_results(target, obsm={key_added: Z}, varm={varm_key: model.loadings.copy()},
                   uns={uns_key: {"params": params, "history": model.history, "key_added": key_added,
                                  "varm_key": varm_key,
