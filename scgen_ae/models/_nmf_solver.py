@@ -430,16 +430,16 @@ def fit_chunks(chunks: Iterable[Chunk], block_sizes: list[int], n_genes: int, to
 
 def _fit_plain(out: Fit, chunks, svd, solver, max_iter, tol, sweeps, extrapolate, n_cells, start) -> None:
     """Plain NMF (V = 0) on ``out``; with ``svd`` (U, S, Vt), via its sketch (SKETCH_AFTER)."""
-    args = (solver, max_iter, tol, 0.0, False, sweeps, extrapolate, n_cells, start)
+    rest = (tol, 0.0, False, sweeps, extrapolate, n_cells, start)  # tol, lam, integrative, ...
     if svd is None or max_iter <= SKETCH_AFTER:
-        _fit_frobenius(out, chunks, *args)
+        _fit_frobenius(out, chunks, solver, max_iter, *rest)
         return
-    _fit_frobenius(out, chunks, solver, SKETCH_AFTER, *args[2:])
+    _fit_frobenius(out, chunks, solver, SKETCH_AFTER, *rest)
     if out.converged or not math.isfinite(out.loss[-1]):
         return
     out.sketch_at = len(out.loss)
     _fit_sketch(out, chunks, svd, max_iter, max(tol / 10, SKETCH_TOL), sweeps, extrapolate, n_cells, start)
-    _fit_frobenius(out, chunks, solver, max_iter - SKETCH_AFTER, *args[2:])
+    _fit_frobenius(out, chunks, solver, max_iter - SKETCH_AFTER, *rest)
 
 
 def _fit_sketch(out: Fit, chunks, svd, max_iter, tol, sweeps, extrapolate, n_cells, start) -> None:
