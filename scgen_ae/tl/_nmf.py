@@ -117,10 +117,11 @@ def nmf(
         At most ``max_iter`` passes over the cells; stop earlier when a pass lowers the
         objective by less than ``tol`` (relative). Plain Frobenius HALS fits (no
         ``batch_key``) from an NNDSVD start, in memory with ``batch_size`` None (or at least
-        the number of cells), make 3 passes over the cells, then fit the rank-(k + 10) sketch of the data that the start's SVD leaves
-        behind (up to ``max_iter`` passes over it, to a relative improvement of
-        ``max(tol / 10, 1e-5)``), then go on over the cells: a pass over the sketch costs a
-        fraction of one over the cells, and few of the latter are then needed.
+        the number of cells), make 3 passes over the cells, then fit the rank-(k + 10)
+        sketch of the data that the start's SVD leaves behind (up to ``max_iter`` passes
+        over it, to a relative improvement of ``max(tol / 10, 1e-5)``), then go on over the
+        cells: a pass over the sketch costs a fraction of one over the cells, and few of
+        the latter are then needed.
     lam
         iNMF's penalty on the batch-specific loadings (with ``batch_key`` only). iNMF
         starts from the plain NMF solution (shared loadings, V = 0), and from there the
