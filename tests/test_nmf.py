@@ -406,6 +406,22 @@ def test_objective_from_chunk_statistics_is_exact():
 
 # ---------------------------------------------------------------- plot and CLI
 
+def test_history_plot_draws_the_sketch_phase_where_it_ran(plain):
+    """pl.history of a plain fit: passes over X before and after the dashed sketch passes,
+    on one axis in the order they ran, labelled with what the loss is."""
+    adata, _ = plain
+    hist = adata.uns["nmf"]["history"]
+    ax = sa.pl.history(adata, key="nmf").axes[0]
+    before, sketch, after = (line for line in ax.get_lines() if line.get_linestyle() != ":")
+    at, n_sketch = hist["sketch_at"], len(hist["sketch_loss"])
+    np.testing.assert_array_equal(before.get_xdata(), np.arange(1, at + 1))
+    np.testing.assert_array_equal(sketch.get_xdata(), np.arange(at + 1, at + n_sketch + 1))
+    assert sketch.get_linestyle() == "--" and after.get_xdata()[0] == at + n_sketch + 1
+    np.testing.assert_array_equal(np.concatenate([before.get_ydata(), after.get_ydata()]), hist["train_loss"])
+    assert ax.get_ylabel() == "1/2 squared error per cell" == hist["loss_label"]
+    assert ax.get_xlabel() == "pass"
+
+
 def test_loadings_plot_and_its_errors(integrated):
     adata = integrated[0].copy()
     adata.obsm["X_2d"] = adata.obsm["X_nmf"][:, :2].copy()  # a given 2-D layout: no UMAP to compute

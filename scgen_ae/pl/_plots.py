@@ -79,22 +79,33 @@ def latent(adata: AnnData, *, basis: str = "X_vae", color: str | Sequence[str] |
 
 
 def draw_history(ax, hist, key: str) -> None:
-    """Training / validation loss per epoch of a ``history`` dict onto ``ax``."""
+    """Training / validation loss per epoch of a ``history`` dict onto ``ax``. An NMF history
+    with a sketch phase (``sketch_loss`` after the first ``sketch_at`` passes) is drawn in
+    the order the passes ran, the passes over the sketch dashed."""
     train = np.asarray(hist["train_loss"])
     val = np.asarray(hist["validation_loss"])
-    epochs = np.arange(1, len(train) + 1)
-    ax.plot(epochs, train, label="train")
+    sketch = np.asarray(hist.get("sketch_loss", []), dtype=np.float64)
+    at = int(hist.get("sketch_at", 0))
+    epochs = np.arange(1, len(train) + 1) + np.where(np.arange(len(train)) >= at, len(sketch), 0)
+    if len(sketch):
+        ax.plot(epochs[:at], train[:at], color="C0", label="train")
+        ax.plot(at + 1 + np.arange(len(sketch)), sketch, color="C0", ls="--", label="over the sketch (estimate)")
+        ax.plot(epochs[at:], train[at:], color="C0")
+    else:
+        ax.plot(epochs, train, label="train")
     if len(val):
         ax.plot(epochs[: len(val)], val, label="validation")
     best = int(hist.get("best_epoch", -1))
     if best >= 0:
-        ax.axvline(best + 1, color="grey", ls=":", label=f"best epoch {best + 1}")
-    tail = np.concatenate([train[len(train) // 5:], val[len(val) // 5:]]) if len(train) > 5 else train
+        ax.axvline(epochs[best] if best < len(epochs) else best + 1, color="grey", ls=":",
+                   label="last pass" if "sketch_loss" in hist else f"best epoch {best + 1}")
+    tail = np.concatenate([train[len(train) // 5:], val[len(val) // 5:], sketch[len(sketch) // 5:]]) \
+        if len(train) > 5 else train
     if len(tail):
         lo, hi = np.nanmin(tail), np.nanmax(tail)
         ax.set_ylim(lo - 0.05 * (hi - lo + 1e-9), hi + 0.3 * (hi - lo + 1e-9))
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("loss per cell (negative ELBO)")
+    ax.set_xlabel("pass" if "sketch_loss" in hist else "epoch")
+    ax.set_ylabel(hist.get("loss_label", "loss per cell (negative ELBO)"))
     ax.set_title(f"{key}: training curves")
     ax.legend(frameon=False)
 

@@ -172,8 +172,9 @@ def nmf(
       first ``shared_passes`` entries are its plain-NMF start), ``sketch_loss`` (per pass
       over the sketch, which came after the first ``sketch_at`` passes: its objective +
       1/2 the squared error of the sketch, per cell; an estimate of the objective; its
-      time is in ``seconds``), plus ``validation_loss``
-      (empty) and ``best_epoch`` so ``sa.pl.history(adata, key=uns_key)`` draws it.
+      time is in ``seconds``), ``loss_label`` (what the losses are), plus
+      ``validation_loss`` (empty) and ``best_epoch`` so ``sa.pl.history(adata, key=uns_key)``
+      draws it (the passes over the sketch dashed, where they ran).
     - ``adata.uns[uns_key]["key_added"]``, ``["varm_key"]``: the keys above (read by
       the generic top-genes / loadings plots); with ``batch_key`` also ``["reference_batch"]``.
     """
@@ -218,7 +219,7 @@ def nmf(
         else:
             result = _nmf_solver.fit(blocks, k, chunk_size=batch_size, **options)
         norms = result.H.norm(dim=1).clamp_min(1e-12)[:, None]  # unit-norm loadings; W H unchanged
-        model = NMF(config, adata.var_names, batch_key, cats, layer, _history(result))
+        model = NMF(config, adata.var_names, batch_key, cats, layer, _history(result, _loss_label(config)))
         model.module.to(dev)
         model.set_factors(result.H / norms, result.V / norms[None])
         Z = np.zeros((adata.n_obs, k), dtype=np.float32)
@@ -244,8 +245,15 @@ def nmf(
     return (target, model) if copy else model
 
 
-def _history(result: _nmf_solver.Fit) -> dict:
+def _loss_label(config: NMFConfig) -> str:
+    if config.loss == "kl":
+        return "generalised KL divergence per cell"
+    return "1/2 squared error per cell" + (" + iNMF penalty" if config.aligned else "")
+
+
+def _history(result: _nmf_solver.Fit, loss_label: str) -> dict:
     return {
+        "loss_label": loss_label,
         "train_loss": np.asarray(result.loss, dtype=np.float64),
         "validation_loss": np.zeros(0, dtype=np.float64),
         "seconds": np.asarray(result.seconds, dtype=np.float64),
