@@ -9,7 +9,7 @@ import torch
 
 import scgen_ae as sa
 from scgen_ae.cli import main
-from scgen_ae.models import _nmf_solver
+from scgen_ae.models import _nmf_data, _nmf_solver
 
 from .conftest import Snapshot
 
@@ -131,10 +131,10 @@ def test_dense_chunks_give_the_sparse_products(cellbench_hvg, monkeypatch):
     """A dense-enough CPU chunk is multiplied as a dense matrix: same X D and X^T D as the sparse
     kernels, without building X^T; a sparse one (or one over DENSE_BYTES) keeps only the sparse form."""
     X = lognorm(cellbench_hvg)
-    assert X.nnz >= _nmf_solver.DENSE_FROM * X.shape[0] * X.shape[1]  # CellBench is deep
-    as_dense = _nmf_solver.Chunk.of(X, 0, 0, X.shape[0], torch.device("cpu"))
-    monkeypatch.setattr(_nmf_solver, "DENSE_BYTES", 0)
-    as_sparse = _nmf_solver.Chunk.of(X, 0, 0, X.shape[0], torch.device("cpu"))
+    assert X.nnz >= _nmf_data.DENSE_FROM * X.shape[0] * X.shape[1]  # CellBench is deep
+    as_dense = _nmf_data.Chunk.of(X, 0, 0, X.shape[0], torch.device("cpu"))
+    monkeypatch.setattr(_nmf_data, "DENSE_BYTES", 0)
+    as_sparse = _nmf_data.Chunk.of(X, 0, 0, X.shape[0], torch.device("cpu"))
     assert as_dense.dense is not None and as_sparse.dense is None
     gen = torch.Generator().manual_seed(0)
     H, W = torch.rand(X.shape[1], 7, generator=gen), torch.rand(X.shape[0], 7, generator=gen)
@@ -147,7 +147,7 @@ def test_dense_chunks_give_the_sparse_products(cellbench_hvg, monkeypatch):
 
 def test_chunks_are_views_of_the_input_rows_and_leave_it_unchanged(cellbench_hvg):
     X = lognorm(cellbench_hvg)
-    chunk = _nmf_solver.Chunk.of(X, 0, 10, 60, torch.device("cpu"))  # small slice: scipy would copy it
+    chunk = _nmf_data.Chunk.of(X, 0, 10, 60, torch.device("cpu"))  # small slice: scipy would copy it
     assert np.shares_memory(chunk.X.values().numpy(), X.data)
     torch.testing.assert_close(chunk.X.to_dense(), torch.from_numpy(X[10:60].toarray()))
     before = X.copy()
@@ -186,8 +186,8 @@ def test_online_pass_needs_one_transposed_product_per_chunk(cellbench_hvg, monke
     recomputing the old one (what happens when the kept statistics would exceed KEPT_BYTES)."""
     X = lognorm(cellbench_hvg)
     calls = []
-    tmm = _nmf_solver.Chunk.tmm
-    monkeypatch.setattr(_nmf_solver.Chunk, "tmm", lambda self, D: calls.append(1) or tmm(self, D))
+    tmm = _nmf_data.Chunk.tmm
+    monkeypatch.setattr(_nmf_data.Chunk, "tmm", lambda self, D: calls.append(1) or tmm(self, D))
     passes, chunk = 30, 128
     kept = _nmf_solver.fit([X], K, chunk_size=chunk, tol=0.0, max_iter=passes, seed=0)
     with_kept = len(calls)
@@ -210,7 +210,7 @@ def test_start_svd_is_near_exact_in_memory_and_cheap_when_chunked(cellbench_hvg,
     _nmf_solver.fit([X], K, chunk_size=128, max_iter=1, seed=0)
     assert used == [_nmf_solver.POWER_ITERS_WHOLE, _nmf_solver.POWER_ITERS_CHUNKED] and used[0] > used[1]
     exact = np.linalg.svd(X.toarray().astype(np.float64), compute_uv=False)[:K]
-    chunks = _nmf_solver.make_chunks([X], None, "cpu")
+    chunks = _nmf_data.make_chunks([X], None, "cpu")
     for n_iter, rtol in ((_nmf_solver.POWER_ITERS_WHOLE, 1e-3), (0, None)):
         _, S, _ = svd(chunks, X.shape, K, torch.Generator().manual_seed(0), "cpu", n_iter=n_iter)
         error = np.abs(S[:K].numpy() / exact - 1).max()
@@ -225,14 +225,14 @@ def test_sketch_multiplies_as_the_projected_data(cellbench_hvg):
     span of Vt's rows (||X||^2 = ||sketch||^2 + ||X - sketch||^2, which its objective
     assumes); they carry X's squared norm. Two blocks, so the rows are cut as the chunks'."""
     X = lognorm(cellbench_hvg)
-    chunks = _nmf_solver.make_chunks([X[:200], X[200:]], None, "cpu")
+    chunks = _nmf_data.make_chunks([X[:200], X[200:]], None, "cpu")
     U, S, Vt = _nmf_solver.randomized_svd(chunks, X.shape, K, torch.Generator().manual_seed(0), "cpu", n_iter=2)
     assert U.shape == (X.shape[0], K + 10) and Vt.shape == (K + 10, X.shape[1])
     sketch = (U * S @ Vt).double()
     gen = torch.Generator().manual_seed(1)
     D, E = torch.rand(X.shape[1], K, generator=gen), torch.rand(X.shape[0], K, generator=gen)
     pos = 0
-    for c in _nmf_solver.sketch_chunks(chunks, U, S, Vt):
+    for c in _nmf_data.sketch_chunks(chunks, U, S, Vt):
         rows = slice(pos, pos + c.stop - c.start)
         pos = rows.stop
         np.testing.assert_allclose(c.mm(D).double(), sketch[rows] @ D.double(), rtol=1e-4, atol=1e-3)

@@ -8,6 +8,7 @@ from anndata import AnnData
 from .. import _validate as v
 from .. import ondisk
 from ..models import _nmf_solver
+from ..models._nmf_data import StreamedChunks
 from ..models.nmf import NMF, NMFConfig, check_nonnegative, fit_alignment, apply_alignment, preprocess, split_by_batch
 from ..train import resolve_device, seeded_threads
 from ._common import params_record, write_results
@@ -211,7 +212,7 @@ def nmf(
         blocks, idx = split_by_batch(preprocess(X, transform, target_sum), codes, len(cats))
     with seeded_threads(seed, n_threads):
         if on_disk:
-            chunks = _nmf_solver.StreamedChunks(
+            chunks = StreamedChunks(
                 lambda cells: preprocess(data.read_rows(cells, sorted_indices=False), transform, target_sum),
                 idx, batch_size, dev)
             result = _nmf_solver.fit_chunks(chunks, [len(i) for i in idx], adata.n_vars, chunks.value_sum(), k,
