@@ -1,6 +1,6 @@
 """The cells x genes data as the NMF solver (:mod:`._nmf_solver`) sees it: CSR chunks of
 cells (views of the input's rows, held dense as well when deep enough), chunks read again
-from disk on every pass, and the rank-q sketch of the data that plain fits pass over first.
+from disk on every pass, and the rank-q sketch of the data that plain fits also pass over.
 """
 from __future__ import annotations
 
