@@ -165,8 +165,10 @@ def fit_alignment(Z: np.ndarray, codes: np.ndarray, loadings: np.ndarray, cfg: N
         scales[b] = np.where(rms > 0, rms, 1.0)
     S, cluster = _cluster_scaled(Z, codes, scales)
 
+    batch_means = [Z[codes == b].mean(0) if (codes == b).any() else None for b in range(nb)]
+
     def signature(b: int, c: int) -> np.ndarray:
-        return (Z[(codes == b) & (cluster == c)].mean(0) - Z[codes == b].mean(0)) @ loadings
+        return (Z[(codes == b) & (cluster == c)].mean(0) - batch_means[b]) @ loadings
 
     probs = np.linspace(0.0, 1.0, nq)
     q_source = np.zeros((nb, k, k, nq), dtype=np.float32)
@@ -177,11 +179,12 @@ def fit_alignment(Z: np.ndarray, codes: np.ndarray, loadings: np.ndarray, cfg: N
         if len(ref_cells) < cfg.min_cells:
             continue
         q_target[c] = np.quantile(ref_cells, probs, axis=0).T
+        ref_signature = signature(ref, c)
         for b in range(nb):
             cells = S[(codes == b) & (cluster == c)]
             if b == ref or len(cells) < cfg.min_cells:
                 continue
-            if np.corrcoef(signature(b, c), signature(ref, c))[0, 1] >= cfg.min_match:
+            if np.corrcoef(signature(b, c), ref_signature)[0, 1] >= cfg.min_match:
                 q_source[b, c] = np.quantile(cells, probs, axis=0).T
                 valid[b, c] = 1.0
     return {"scales": scales, "q_source": q_source, "q_target": q_target, "valid": valid}
