@@ -86,6 +86,7 @@ def draw_history(ax, hist, key: str) -> None:
     val = np.asarray(hist["validation_loss"])
     sketch = np.asarray(hist.get("sketch_loss", []), dtype=np.float64)
     at = int(hist.get("sketch_at", 0))
+    by_pass = "sketch_loss" in hist  # an NMF history: passes over the data, not epochs
     epochs = np.arange(1, len(train) + 1) + np.where(np.arange(len(train)) >= at, len(sketch), 0)
     if len(sketch):
         ax.plot(epochs[:at], train[:at], color="C0", label="train")
@@ -98,13 +99,13 @@ def draw_history(ax, hist, key: str) -> None:
     best = int(hist.get("best_epoch", -1))
     if best >= 0:
         ax.axvline(epochs[best] if best < len(epochs) else best + 1, color="grey", ls=":",
-                   label="last pass" if "sketch_loss" in hist else f"best epoch {best + 1}")
+                   label="last pass" if by_pass else f"best epoch {best + 1}")
     tail = np.concatenate([train[len(train) // 5:], val[len(val) // 5:], sketch[len(sketch) // 5:]]) \
         if len(train) > 5 else train
     if len(tail):
         lo, hi = np.nanmin(tail), np.nanmax(tail)
         ax.set_ylim(lo - 0.05 * (hi - lo + 1e-9), hi + 0.3 * (hi - lo + 1e-9))
-    ax.set_xlabel("pass" if "sketch_loss" in hist else "epoch")
+    ax.set_xlabel("pass" if by_pass else "epoch")
     ax.set_ylabel(hist.get("loss_label", "loss per cell (negative ELBO)"))
     ax.set_title(f"{key}: training curves")
     ax.legend(frameon=False)
