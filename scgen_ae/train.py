@@ -116,9 +116,11 @@ def _bf16_is_native(device: torch.device) -> bool:
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
     if device.type == "cpu":
+        # not mkldnn's bf16 check: it says yes on any AVX-512 CPU, where bf16 is emulated and
+        # training ran 2x slower than in fp32 (Xeon without avx512_bf16; BENCHMARKS.md, issue 2)
         try:
-            return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-        except (AttributeError, RuntimeError):
+            return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+        except AttributeError:
             return False
     return False
 

@@ -407,3 +407,19 @@ def test_progress_bar_drawn_only_when_asked(sim_session, capsys, progress):
         assert err.count("training:") <= 3  # first draw (+ a timed refresh) + the clearing at the end
     else:
         assert "training:" not in err
+
+
+def test_bf16_is_used_only_where_the_cpu_has_it():
+    """precision="auto": bf16 autocast only with AVX512-BF16 or AMX (emulated bf16 ran 2x slower)."""
+    import pathlib
+
+    import torch
+
+    from scgen_ae.train import _bf16_is_native
+
+    cpuinfo = pathlib.Path("/proc/cpuinfo")
+    if not cpuinfo.exists():
+        pytest.skip("needs /proc/cpuinfo (Linux) to know the CPU's flags independently")
+    flags = set(cpuinfo.read_text().split())
+    assert _bf16_is_native(torch.device("cpu")) == bool({"avx512_bf16", "amx_bf16"} & flags)
+    assert not _bf16_is_native(torch.device("meta"))
