@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import scipy.sparse as sp
@@ -40,14 +41,23 @@ class CellData:
         """Rows ``start:stop`` (what :func:`iter_row_blocks` reads, here and on disk)."""
         return self.X[start:stop]
 
+    @cached_property
+    def log_x_factorial(self) -> np.ndarray:
+        """(n_cells,) float32: each cell's sum of lgamma(x + 1) over its counts, the data-only
+        constant of the count likelihoods. Computed once: per minibatch, gammaln over the
+        non-zeros was 10 % of a training step on deeply sequenced data (CellBench)."""
+        out = np.empty(self.n_cells, dtype=np.float32)
+        for start, stop, block in iter_row_blocks(self):
+            rows = np.repeat(np.arange(stop - start), np.diff(block.indptr))
+            out[start:stop] = np.bincount(rows, weights=gammaln(block.data + 1.0), minlength=stop - start)
+        return out
+
     def minibatch(self, idx: np.ndarray) -> Minibatch:
         """Densify the rows ``idx`` into a :class:`Minibatch`."""
         sub = self.X[idx]
         dense = sp.csr_matrix((np.log1p(sub.data), sub.indices, sub.indptr), shape=sub.shape) if self.log1p_input else sub
         x = torch.from_numpy(dense.toarray())
-        counts_per_row = np.diff(sub.indptr)
-        nz_row = np.repeat(np.arange(len(idx)), counts_per_row)
-        log_fact = np.bincount(nz_row, weights=gammaln(sub.data + 1.0), minlength=len(idx))
+        nz_row = np.repeat(np.arange(len(idx)), np.diff(sub.indptr))
         return Minibatch(
             x=x,
             batch=torch.from_numpy(self.batch[idx]),
@@ -55,7 +65,7 @@ class CellData:
             nz_row=torch.from_numpy(nz_row),
             nz_col=torch.from_numpy(sub.indices.astype(np.int64)),
             nz_val=torch.from_numpy(sub.data),
-            log_x_factorial=torch.from_numpy(log_fact.astype(np.float32)),
+            log_x_factorial=torch.from_numpy(self.log_x_factorial[idx]),
         )
 
     def iterate(self, idx: np.ndarray, batch_size: int, rng: np.random.Generator | None = None,
