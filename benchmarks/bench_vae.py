@@ -344,7 +344,7 @@ def _prepare(name: str, workdir: Path, seed: int):
 
 
 def _run_fit(spec: dict, workdir: Path, timeout: float) -> dict:
-    tag = f"{spec['dataset']}_{spec['tool']}_t{spec['threads']}"
+    tag = f"{spec['dataset']}_{spec['tool']}_t{spec['threads']}{spec.get('tag', '')}"
     spec = dict(spec, result=str(workdir / f"{tag}.json"), embedding=str(workdir / f"{tag}.npy"),
                 tmp=str(workdir / f"{tag}_scvi_logs"))
     if Path(spec["result"]).exists() and Path(spec["embedding"]).exists():  # --workdir: a fit that finished

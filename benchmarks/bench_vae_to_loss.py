@@ -1,0 +1,105 @@
+#!/usr/bin/env python
+"""By-hand benchmark: how long ``sa.tl.vae`` needs to reach the validation loss that
+scvi-tools' ``SCVI`` ends with (issue 2's throughput "at equal or better validation loss").
+
+Not a test: run it on an otherwise idle machine. It reuses ``bench_vae.py``'s set-up
+(same HVGs, same validation cells, each fit in a fresh subprocess with the same thread
+count) in its fixed-epoch, scVI-layout mode: same architecture (128 hidden, 10 latent,
+1 layer, ZINB, gene dispersion, batch 128), same Adam lr 1e-3, same KL warm-up
+(``--epochs // 3`` epochs), early stopping off, batch only in the decoder, no MMD.
+
+scVI trains ``--epochs`` epochs. Ours trains ``E`` epochs for each ``E`` of
+``--ours-epochs`` in increasing order, with the warm-up of the ``--epochs`` run, so each
+of its fits is a prefix of the same training path (nothing else depends on the epoch
+count), until its common validation −ELBO (``bench_vae.py``'s docstring: one sampled z,
+KL weight 1, same cells, averaged draws) is at most scVI's. Further ``--rounds`` then
+time scVI and ours-at-that-``E`` again, alternating, and the table reports per-round and
+median ratios of the training-loop seconds (scVI's / ours).
+
+Usage::
+
+    python benchmarks/bench_vae_to_loss.py --threads 1 --rounds 3 --out bench_out/to_loss
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_vae as bv  # noqa: E402
+
+
+def _spec(name, tool, threads, path, split, epochs, warmup, tag="") -> dict:
+    return {"dataset": name, "tool": tool, "threads": threads, "data": str(path), "split": str(split),
+            "epochs": epochs, "default": False, "early_stopping": False, "kl_warmup": warmup,
+            "scvi_split": "same", "seed": 0, "elbo_repeats": 5, "ours_like_scvi": True,
+            "ours_kwargs": json.dumps({"kl_warmup_epochs": warmup}), "tag": tag}
+
+
+def _run(spec, workdir, timeout) -> dict:
+    res = bv._run_fit(spec, workdir, timeout)
+    if res.get("status") != "ok":
+        raise RuntimeError(f"{spec['dataset']} {spec['tool']} {spec['epochs']} epochs: {res.get('status')}")
+    print(f"[to_loss] {spec['dataset']} {spec['tool']} t{spec['threads']} {spec['epochs']} ep: "
+          f"{res['fit_seconds']:.1f} s, val -ELBO {res['val_elbo']:.2f}", flush=True)
+    return res
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--datasets", nargs="+", default=bv.DATASETS, choices=bv.DATASETS)
+    p.add_argument("--epochs", type=int, default=100, help="scVI's epochs (default 100)")
+    p.add_argument("--ours-epochs", nargs="+", type=int, default=list(range(20, 101, 10)))
+    p.add_argument("--threads", nargs="+", type=int, default=[1])
+    p.add_argument("--rounds", type=int, default=3, help="timing rounds (the first also finds E)")
+    p.add_argument("--timeout", type=float, default=3600)
+    p.add_argument("--out", default="bench_out/bench_vae_to_loss")
+    p.add_argument("--workdir", default=None)
+    args = p.parse_args(argv)
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="bench_to_loss_"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    warmup = min(400, max(1, args.epochs // 3))
+    lines = [f"| dataset | threads | scVI epochs | scVI val −ELBO | ours epochs to it | ours val −ELBO "
+             f"| scVI s (median) | ours s (median) | ratio per round | **ratio of medians** |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for name in args.datasets:
+        _, path, split, _, _ = bv._prepare(name, workdir, 0)
+        for threads in args.threads:
+            scvi_s, ours_s = [], []
+            scvi = _run(_spec(name, "scvi", threads, path, split, args.epochs, warmup, "_r0"), workdir, args.timeout)
+            scvi_s.append(scvi["fit_seconds"])
+            reached = None
+            for e in sorted(args.ours_epochs):
+                ours = _run(_spec(name, "scgen_ae", threads, path, split, e, warmup, f"_e{e}"), workdir, args.timeout)
+                if ours["val_elbo"] <= scvi["val_elbo"]:
+                    reached = (e, ours)
+                    ours_s.append(ours["fit_seconds"])
+                    break
+            if reached is None:
+                lines.append(f"| {name} | {threads} | {args.epochs} | {scvi['val_elbo']:.2f} | not within "
+                             f"{max(args.ours_epochs)} | {ours['val_elbo']:.2f} | – | – | – | – |")
+                continue
+            e, ours = reached
+            for r in range(1, args.rounds):
+                scvi_s.append(_run(_spec(name, "scvi", threads, path, split, args.epochs, warmup, f"_r{r}"),
+                                   workdir, args.timeout)["fit_seconds"])
+                ours_s.append(_run(_spec(name, "scgen_ae", threads, path, split, e, warmup, f"_e{e}_r{r}"),
+                                   workdir, args.timeout)["fit_seconds"])
+            per_round = " / ".join(f"{a / b:.2f}" for a, b in zip(scvi_s, ours_s))
+            ms, mo = statistics.median(scvi_s), statistics.median(ours_s)
+            lines.append(f"| {name} | {threads} | {args.epochs} | {scvi['val_elbo']:.2f} | {e} | "
+                         f"{ours['val_elbo']:.2f} | {ms:.1f} | {mo:.1f} | {per_round} | **{ms / mo:.2f}** |")
+            Path(args.out).with_suffix(".md").write_text("\n".join(lines) + "\n")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
