@@ -118,6 +118,21 @@ def cell_log_prob(likelihood: str, mb: Minibatch, out: dict[str, torch.Tensor]) 
     return _NBCellLogProb.apply(log_mu, log_theta, theta_row, zi, r, c, v) - mb.log_x_factorial
 
 
+def _log_zero(zi: torch.Tensor, zt: torch.Tensor, pi: torch.Tensor) -> torch.Tensor:
+    """ZINB log P(x = 0) = log[pi + (1 - pi) e^zt], with pi = sigmoid(zi) and zt = log NB(0).
+
+    Written with exp, lerp and log, which run vectorised, instead of logaddexp(zi, zt) -
+    softplus(zi) (scalar loops on the CPU, ~3x the time). Where the sum underflows (dropout
+    and NB zero both below ~1e-30) those entries are recomputed the stable way.
+    """
+    p_zero = torch.lerp(zt.exp(), torch.ones((), dtype=zt.dtype, device=zt.device), pi)
+    out = p_zero.log()
+    tiny = p_zero < 1e-30
+    if bool(tiny.any()):
+        out[tiny] = torch.logaddexp(zi[tiny], zt[tiny]) - F.softplus(zi[tiny])
+    return out
+
+
 def _put(dense: torch.Tensor, lin: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
     """``dense`` (contiguous, owned) with the flat positions ``lin`` set to ``values``."""
     dense.view(-1).index_copy_(0, lin, values)
@@ -147,49 +162,49 @@ class _NBCellLogProb(torch.autograd.Function):
         t = t_tab if single else t_tab[theta_row]
         lt = log_theta if single else log_theta[theta_row]
         m = log_mu.exp()
-        log_t_m = torch.log(t + m)
-        q = t / (t + m)
-        zt = t * (lt - log_t_m)
+        t_m = t + m
+        q = t / t_m
+        zt = t * (lt - torch.log(t_m))
+        # the non-zero entries recompute what they need from gathered inputs: a few ops on
+        # the non-zeros cost less than gathering each dense intermediate
         tab_lin = theta_row[r] * g + c
-        t_nz = t_tab.take(tab_lin)
-        lgamma_t_nz = torch.lgamma(t_tab).take(tab_lin)
-        extra = torch.lgamma(v + t_nz) - lgamma_t_nz + v * (log_mu.take(lin) - log_t_m.take(lin))
+        t_nz, log_mu_nz = t_tab.take(tab_lin), log_mu.take(lin)
+        m_nz = log_mu_nz.exp()
+        log_t_m_nz = torch.log(t_nz + m_nz)
+        zt_nz = t_nz * (log_theta.take(tab_lin) - log_t_m_nz)
+        extra = torch.lgamma(v + t_nz) - torch.lgamma(t_tab).take(tab_lin) + v * (log_mu_nz - log_t_m_nz)
+        zi_nz = pi = None
         if zi is None:
             dense = zt.sum(-1)
             nz_value = extra
         else:
-            softplus = F.softplus(zi)
-            log_zero = torch.logaddexp(zi, zt) - softplus
-            dense = log_zero.sum(-1)
-            nz_value = zt.take(lin) - softplus.take(lin) + extra - log_zero.take(lin)
+            pi = torch.sigmoid(zi)
+            dense = _log_zero(zi, zt, pi).sum(-1)
+            zi_nz = zi.take(lin)
+            # log NB(x) + log(1 - pi) - log_zero, where both carry -softplus(zi)
+            nz_value = zt_nz + extra - torch.logaddexp(zi_nz, zt_nz)
         ctx.table_shape = log_theta.shape
-        ctx.save_for_backward(t, m, q, zt, zi, r, v, t_tab, theta_row, lin, tab_lin)
+        ctx.save_for_backward(t, m, q, zt, zi, r, v, t_tab, theta_row, lin, tab_lin, t_nz, m_nz, zt_nz, zi_nz, pi)
         return dense.index_add(0, r, nz_value)
 
     @staticmethod
     def backward(ctx, grad_out):
-        t, m, q, zt, zi, r, v, t_tab, theta_row, lin, tab_lin = ctx.saved_tensors
-        tp = t * (1.0 - q)  # t m / (t + m)
-        d_mu = -tp  # d zt / d log mu
-        d_theta = zt + tp  # d zt / d log theta
-        # gradients on the support (count x > 0), where the zero-count formula does not apply
-        q_nz, m_nz = q.take(lin), m.take(lin)
-        t_nz = t_tab.take(tab_lin)
-        nz_mu = q_nz * (v - m_nz)
+        t, m, q, zt, zi, r, v, t_tab, theta_row, lin, tab_lin, t_nz, m_nz, zt_nz, zi_nz, pi = ctx.saved_tensors
+        g, g_nz = grad_out[:, None], grad_out[r]
+        # on the support (count x > 0), where the zero-count formula does not apply
+        q_nz = t_nz / (t_nz + m_nz)
+        nz_mu = q_nz * (v - m_nz) * g_nz
         digamma_t_nz = torch.digamma(t_tab).take(tab_lin)
-        nz_theta = zt.take(lin) + tp.take(lin) + t_nz * (torch.digamma(v + t_nz) - digamma_t_nz) - v * q_nz
+        nz_theta = (zt_nz + q_nz * m_nz + t_nz * (torch.digamma(v + t_nz) - digamma_t_nz) - v * q_nz) * g_nz
+        # zero counts: d zt / d log mu = -q m and d zt / d log theta = zt + q m, weighted for the
+        # ZINB by w = d log_zero / d zt; grad_out is folded in first, to save dense passes
+        wg = torch.sigmoid(zt - zi).mul_(g) if zi is not None else g.expand_as(m)
+        wg_qm = wg * (q * m)
+        d_theta = _put(torch.addcmul(wg_qm, wg, zt), lin, nz_theta)
+        d_mu = _put(wg_qm.neg_(), lin, nz_mu)
         d_zi = None
-        if zi is not None:
-            w = torch.sigmoid(zt - zi)  # d log_zero / d zt
-            sig_zi = torch.sigmoid(zi)
-            d_zi = _put(((1.0 - w) - sig_zi), lin, -sig_zi.take(lin))
-            d_mu = w * d_mu
-            d_theta = w * d_theta
-        else:
-            d_theta = d_theta.expand_as(m).clone()
-        g = grad_out[:, None]
-        d_mu = _put(d_mu, lin, nz_mu) * g
-        d_theta = _put(d_theta, lin, nz_theta) * g
+        if zi is not None:  # d log_zero / d zi = 1 - w - pi; d log(1 - pi) / d zi = -pi
+            d_zi = _put(torch.addcmul(g - wg, pi, g, value=-1.0), lin, -torch.sigmoid(zi_nz) * g_nz)
         d_table = torch.zeros(ctx.table_shape, dtype=d_theta.dtype, device=d_theta.device)
         d_table.index_add_(0, theta_row, d_theta)
-        return d_mu, d_table, None, (d_zi * g if d_zi is not None else None), None, None, None
+        return d_mu, d_table, None, d_zi, None, None, None

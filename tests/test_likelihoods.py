@@ -170,6 +170,29 @@ def test_cell_log_prob_equals_dense_sum(likelihood, per_cell_theta, seed):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4, msg=lambda m, n=name: f"grad of {n}: {m}")
 
 
+def test_zinb_cell_log_prob_where_p_zero_underflows():
+    """Zeros that both the dropout and the NB call near-impossible (P(0) < 1e-30): the fast
+    path's recomputation keeps the per-cell value and gradients equal to the dense formula."""
+    rng = np.random.default_rng(5)
+    x = _counts(rng)
+    mb = _minibatch(x, "zinb")
+    out = _outputs(rng, "zinb", *x.shape, False)
+    with torch.no_grad():  # a block of entries: pi ~ e^-110, theta = e^4, mu = e^6 -> NB(0) ~ e^-116
+        out["zi_logits"][:, :5] = -110.0
+        out["log_theta"][:5] = 4.0
+    log_mu = torch.full(x.shape, 6.0)
+    log_mu[:, 5:] = torch.as_tensor(rng.normal(0.0, 1.0, (x.shape[0], x.shape[1] - 5)), dtype=torch.float32)
+    out["log_mu"] = log_mu.requires_grad_()
+    assert (x[:, :5] == 0).any()  # some of those entries are zeros: the path under test
+    got = L.cell_log_prob("zinb", mb, out)
+    want = _dense_reference("zinb", torch.as_tensor(x), out)
+    assert torch.isfinite(got).all()
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-2)
+    params = [out["log_mu"], out["zi_logits"], out["log_theta"]]
+    for a, b in zip(torch.autograd.grad(got.sum(), params), torch.autograd.grad(want.sum(), params)):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("likelihood", ["zinb", "nb", "poisson"])
 def test_cell_log_prob_all_zero_minibatch(likelihood):
     rng = np.random.default_rng(3)
