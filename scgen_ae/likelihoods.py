@@ -127,8 +127,8 @@ def _log_zero(zi: torch.Tensor, zt: torch.Tensor, pi: torch.Tensor) -> torch.Ten
     """
     p_zero = torch.lerp(zt.exp(), torch.ones((), dtype=zt.dtype, device=zt.device), pi)
     out = p_zero.log()
-    tiny = p_zero < 1e-30
-    if bool(tiny.any()):
+    if float(p_zero.min()) < 1e-30:  # one reduction; the mask only when needed (rarely)
+        tiny = p_zero < 1e-30
         out[tiny] = torch.logaddexp(zi[tiny], zt[tiny]) - F.softplus(zi[tiny])
     return out
 
