@@ -175,8 +175,12 @@ def _fit_ours(adata, spec, train_idx, val_idx) -> dict:
     vl = np.asarray(h["validation_loss"], dtype=float)
     best = int(h["best_epoch"])
 
-    # common estimator: one sampled z per cell, KL weight 1; norm/dropout layers in eval mode
+    # common estimator: one sampled z per cell, KL weight 1; norm/dropout layers in eval mode; no MMD
+    # penalty (train mode adds it to the loss: it shapes training and is no part of the ELBO)
+    import dataclasses
+
     module = model.module
+    module.cfg = dataclasses.replace(module.cfg, mmd_weight=0.0)
     module.train()
     for m in module.modules():
         if isinstance(m, (torch.nn.modules.batchnorm._BatchNorm, torch.nn.Dropout, torch.nn.LayerNorm)):

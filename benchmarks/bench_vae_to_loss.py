@@ -4,17 +4,20 @@ scvi-tools' ``SCVI`` ends with (issue 2's throughput "at equal or better validat
 
 Not a test: run it on an otherwise idle machine. It reuses ``bench_vae.py``'s set-up
 (same HVGs, same validation cells, each fit in a fresh subprocess with the same thread
-count) in its fixed-epoch, scVI-layout mode: same architecture (128 hidden, 10 latent,
-1 layer, ZINB, gene dispersion, batch 128), same Adam lr 1e-3, same KL warm-up
-(``--epochs // 3`` epochs), early stopping off, batch only in the decoder, no MMD.
+count) in its fixed-epoch mode: same sizes (128 hidden, 10 latent, 1 layer, ZINB, gene
+dispersion, batch 128), same Adam lr 1e-3, same KL warm-up (``--epochs // 3`` epochs),
+early stopping off. ``--ours-layout`` says where batch enters ours: "scvi" (default:
+decoder only, no MMD, scVI's work per step), "default" (tl.vae's design: encoder too,
+per-batch gene offsets, MMD) or "offsets" (that design without the MMD penalty).
+``--score`` adds the scIB Totals of scVI's and ours' latents at the epoch count found.
 
 scVI trains ``--epochs`` epochs. Ours trains ``E`` epochs for each ``E`` of
 ``--ours-epochs`` in increasing order, with the warm-up of the ``--epochs`` run, so each
 of its fits is a prefix of the same training path (nothing else depends on the epoch
 count), until its common validation −ELBO (``bench_vae.py``'s docstring: one sampled z,
 KL weight 1, same cells, averaged draws) is at most scVI's; then bisects down to the
-first epoch count that gets there (the grid is only the coarse search). Further ``--rounds`` then
-time scVI and ours-at-that-``E`` again, alternating, and the table reports per-round and
+first epoch count that gets there (the grid is only the coarse search). Further
+``--rounds`` then time scVI and ours-at-that-``E`` again, alternating, and the table reports per-round and
 median ratios of the training-loop seconds (scVI's / ours).
 
 Usage::
@@ -35,11 +38,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_vae as bv  # noqa: E402
 
 
-def _spec(name, tool, threads, path, split, epochs, warmup, tag="") -> dict:
+def _spec(name, tool, threads, path, split, epochs, warmup, tag="", layout="scvi") -> dict:
+    extra = {"kl_warmup_epochs": warmup, **({"mmd_weight": 0.0} if layout == "offsets" else {})}
     return {"dataset": name, "tool": tool, "threads": threads, "data": str(path), "split": str(split),
             "epochs": epochs, "default": False, "early_stopping": False, "kl_warmup": warmup,
-            "scvi_split": "same", "seed": 0, "elbo_repeats": 5, "ours_like_scvi": True,
-            "ours_kwargs": json.dumps({"kl_warmup_epochs": warmup}), "tag": tag}
+            "scvi_split": "same", "seed": 0, "elbo_repeats": 5, "ours_like_scvi": layout == "scvi",
+            "ours_kwargs": json.dumps(extra), "tag": tag}
 
 
 def _run(spec, workdir, timeout) -> dict:
@@ -51,6 +55,18 @@ def _run(spec, workdir, timeout) -> dict:
     return res
 
 
+def _score(small, scvi: dict, ours: dict) -> str:
+    """scIB Totals (unscaled, 0.6 Bio + 0.4 Batch) of ours and scVI on the data set's cells."""
+    import numpy as np
+
+    import scgen_ae as sa
+
+    small.obsm["ours"], small.obsm["scvi"] = np.load(ours["embedding"]), np.load(scvi["embedding"])
+    label = bv.LABEL_KEY if bv.LABEL_KEY in small.obs else None
+    scores = sa.tl.score_integration(small, bases=["ours", "scvi"], batch_key=bv.BATCH_KEY, label_key=label)
+    return f"{scores.loc['ours', 'Total']:.3f} / {scores.loc['scvi', 'Total']:.3f}"
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--datasets", nargs="+", default=bv.DATASETS, choices=bv.DATASETS)
@@ -60,23 +76,32 @@ def main(argv=None) -> int:
     p.add_argument("--rounds", type=int, default=3, help="timing rounds (the first also finds E)")
     p.add_argument("--timeout", type=float, default=3600)
     p.add_argument("--out", default="bench_out/bench_vae_to_loss")
-    p.add_argument("--workdir", default=None)
+    p.add_argument("--workdir", default=None, help="reuse the fits finished there (bench_vae.py's --workdir)")
+    p.add_argument("--ours-layout", choices=["scvi", "default", "offsets"], default="scvi",
+                   help="'scvi': batch only in the decoder, no MMD (scVI's work per step); 'default': tl.vae's "
+                        "design (batch in the encoder, per-batch gene offsets, MMD) at the same sizes; "
+                        "'offsets': the default design without the MMD penalty")
+    p.add_argument("--score", action="store_true",
+                   help="scIB-score scVI's first fit and ours at the epoch count found (sa.tl.score_integration)")
     args = p.parse_args(argv)
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="bench_to_loss_"))
     workdir.mkdir(parents=True, exist_ok=True)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     warmup = min(400, max(1, args.epochs // 3))
+    like = args.ours_layout
+    lay = "" if like == "scvi" else f"_{like}"
     lines = [f"| dataset | threads | scVI epochs | scVI val −ELBO | ours epochs to it | ours val −ELBO "
-             f"| scVI s (median) | ours s (median) | ratio per round | **ratio of medians** |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             f"| scVI s (median) | ours s (median) | ratio per round | **ratio of medians** | scIB Total ours / scVI |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name in args.datasets:
-        _, path, split, _, _ = bv._prepare(name, workdir, 0)
+        small, path, split, _, _ = bv._prepare(name, workdir, 0)
         for threads in args.threads:
             scvi_s, ours_s = [], []
             scvi = _run(_spec(name, "scvi", threads, path, split, args.epochs, warmup, "_r0"), workdir, args.timeout)
             scvi_s.append(scvi["fit_seconds"])
             reached, below = None, warmup
             for e in sorted(args.ours_epochs):
-                ours = _run(_spec(name, "scgen_ae", threads, path, split, e, warmup, f"_e{e}"), workdir, args.timeout)
+                ours = _run(_spec(name, "scgen_ae", threads, path, split, e, warmup, f"{lay}_e{e}", like), workdir, args.timeout)
                 if ours["val_elbo"] <= scvi["val_elbo"]:
                     reached = (e, ours)
                     break
@@ -84,7 +109,7 @@ def main(argv=None) -> int:
             # bisect between the last epoch count that missed and the first that reached it
             while reached is not None and reached[0] - below > 1:
                 mid = (below + reached[0]) // 2
-                ours = _run(_spec(name, "scgen_ae", threads, path, split, mid, warmup, f"_e{mid}"), workdir, args.timeout)
+                ours = _run(_spec(name, "scgen_ae", threads, path, split, mid, warmup, f"{lay}_e{mid}", like), workdir, args.timeout)
                 if ours["val_elbo"] <= scvi["val_elbo"]:
                     reached = (mid, ours)
                 else:
@@ -93,20 +118,20 @@ def main(argv=None) -> int:
                 ours_s.append(reached[1]["fit_seconds"])
             if reached is None:
                 lines.append(f"| {name} | {threads} | {args.epochs} | {scvi['val_elbo']:.2f} | not within "
-                             f"{max(args.ours_epochs)} | {ours['val_elbo']:.2f} | – | – | – | – |")
+                             f"{max(args.ours_epochs)} | {ours['val_elbo']:.2f} | – | – | – | – | – |")
                 continue
             e, ours = reached
             for r in range(1, args.rounds):
                 scvi_s.append(_run(_spec(name, "scvi", threads, path, split, args.epochs, warmup, f"_r{r}"),
                                    workdir, args.timeout)["fit_seconds"])
-                ours_s.append(_run(_spec(name, "scgen_ae", threads, path, split, e, warmup, f"_e{e}_r{r}"),
+                ours_s.append(_run(_spec(name, "scgen_ae", threads, path, split, e, warmup, f"{lay}_e{e}_r{r}", like),
                                    workdir, args.timeout)["fit_seconds"])
             per_round = " / ".join(f"{a / b:.2f}" for a, b in zip(scvi_s, ours_s))
             ms, mo = statistics.median(scvi_s), statistics.median(ours_s)
+            totals = _score(small, scvi, ours) if args.score else "–"
             lines.append(f"| {name} | {threads} | {args.epochs} | {scvi['val_elbo']:.2f} | {e} | "
-                         f"{ours['val_elbo']:.2f} | {ms:.1f} | {mo:.1f} | {per_round} | **{ms / mo:.2f}** |")
+                         f"{ours['val_elbo']:.2f} | {ms:.1f} | {mo:.1f} | {per_round} | **{ms / mo:.2f}** | {totals} |")
             Path(args.out).with_suffix(".md").write_text("\n".join(lines) + "\n")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
