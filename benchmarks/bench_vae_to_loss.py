@@ -31,7 +31,6 @@ import json
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -88,44 +87,38 @@ def main(argv=None) -> int:
     workdir.mkdir(parents=True, exist_ok=True)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     warmup = min(400, max(1, args.epochs // 3))
-    like = args.ours_layout
-    lay = "" if like == "scvi" else f"_{like}"
+    tag = "" if args.ours_layout == "scvi" else f"_{args.ours_layout}"  # keeps the layouts' fits apart
     lines = [f"| dataset | threads | scVI epochs | scVI val −ELBO | ours epochs to it | ours val −ELBO "
              f"| scVI s (median) | ours s (median) | ratio per round | **ratio of medians** | scIB Total ours / scVI |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name in args.datasets:
         small, path, split, _, _ = bv._prepare(name, workdir, 0)
         for threads in args.threads:
-            scvi_s, ours_s = [], []
-            scvi = _run(_spec(name, "scvi", threads, path, split, args.epochs, warmup, "_r0"), workdir, args.timeout)
-            scvi_s.append(scvi["fit_seconds"])
-            reached, below = None, warmup
+            def fit(tool, epochs, suffix):
+                spec = _spec(name, tool, threads, path, split, epochs, warmup, suffix, args.ours_layout)
+                return _run(spec, workdir, args.timeout)
+
+            scvi = fit("scvi", args.epochs, "_r0")
+            reached, below = None, None  # the first epoch count that reaches scVI's loss, the last that missed
             for e in sorted(args.ours_epochs):
-                ours = _run(_spec(name, "scgen_ae", threads, path, split, e, warmup, f"{lay}_e{e}", like), workdir, args.timeout)
+                ours = fit("scgen_ae", e, f"{tag}_e{e}")
                 if ours["val_elbo"] <= scvi["val_elbo"]:
                     reached = (e, ours)
                     break
                 below = e
-            # bisect between the last epoch count that missed and the first that reached it
-            while reached is not None and reached[0] - below > 1:
+            while reached is not None and below is not None and reached[0] - below > 1:  # bisect
                 mid = (below + reached[0]) // 2
-                ours = _run(_spec(name, "scgen_ae", threads, path, split, mid, warmup, f"{lay}_e{mid}", like), workdir, args.timeout)
-                if ours["val_elbo"] <= scvi["val_elbo"]:
-                    reached = (mid, ours)
-                else:
-                    below = mid
-            if reached is not None:
-                ours_s.append(reached[1]["fit_seconds"])
+                ours = fit("scgen_ae", mid, f"{tag}_e{mid}")
+                reached, below = ((mid, ours), below) if ours["val_elbo"] <= scvi["val_elbo"] else (reached, mid)
             if reached is None:
                 lines.append(f"| {name} | {threads} | {args.epochs} | {scvi['val_elbo']:.2f} | not within "
                              f"{max(args.ours_epochs)} | {ours['val_elbo']:.2f} | – | – | – | – | – |")
                 continue
             e, ours = reached
+            scvi_s, ours_s = [scvi["fit_seconds"]], [ours["fit_seconds"]]
             for r in range(1, args.rounds):
-                scvi_s.append(_run(_spec(name, "scvi", threads, path, split, args.epochs, warmup, f"_r{r}"),
-                                   workdir, args.timeout)["fit_seconds"])
-                ours_s.append(_run(_spec(name, "scgen_ae", threads, path, split, e, warmup, f"{lay}_e{e}_r{r}", like),
-                                   workdir, args.timeout)["fit_seconds"])
+                scvi_s.append(fit("scvi", args.epochs, f"_r{r}")["fit_seconds"])
+                ours_s.append(fit("scgen_ae", e, f"{tag}_e{e}_r{r}")["fit_seconds"])
             per_round = " / ".join(f"{a / b:.2f}" for a, b in zip(scvi_s, ours_s))
             ms, mo = statistics.median(scvi_s), statistics.median(ours_s)
             totals = _score(small, scvi, ours) if args.score else "–"
