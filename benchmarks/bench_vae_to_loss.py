@@ -37,8 +37,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_vae as bv  # noqa: E402
 
 
-def _spec(name, tool, threads, path, split, epochs, warmup, tag="", layout="scvi") -> dict:
-    extra = {"kl_warmup_epochs": warmup, **({"mmd_weight": 0.0} if layout == "offsets" else {})}
+def _spec(name, tool, threads, path, split, epochs, warmup, tag="", layout="scvi", ours_kwargs=None) -> dict:
+    extra = {"kl_warmup_epochs": warmup, **({"mmd_weight": 0.0} if layout == "offsets" else {}), **(ours_kwargs or {})}
     return {"dataset": name, "tool": tool, "threads": threads, "data": str(path), "split": str(split),
             "epochs": epochs, "default": False, "early_stopping": False, "kl_warmup": warmup,
             "scvi_split": "same", "seed": 0, "elbo_repeats": 5, "ours_like_scvi": layout == "scvi",
@@ -80,6 +80,7 @@ def main(argv=None) -> int:
                    help="'scvi': batch only in the decoder, no MMD (scVI's work per step); 'default': tl.vae's "
                         "design (batch in the encoder, per-batch gene offsets, MMD) at the same sizes; "
                         "'offsets': the default design without the MMD penalty")
+    p.add_argument("--ours-kwargs", default=None, help='JSON of extra sa.tl.vae arguments, e.g. \'{"mmd_weight": 0.3}\'')
     p.add_argument("--score", action="store_true",
                    help="scIB-score scVI's first fit and ours at the epoch count found (sa.tl.score_integration)")
     args = p.parse_args(argv)
@@ -87,7 +88,10 @@ def main(argv=None) -> int:
     workdir.mkdir(parents=True, exist_ok=True)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     warmup = min(400, max(1, args.epochs // 3))
-    tag = "" if args.ours_layout == "scvi" else f"_{args.ours_layout}"  # keeps the layouts' fits apart
+    ours_kwargs = json.loads(args.ours_kwargs) if args.ours_kwargs else {}
+    # keeps the fits of different layouts and arguments apart in one work directory
+    tag = ("" if args.ours_layout == "scvi" else f"_{args.ours_layout}") + "".join(
+        f"_{k}{v}" for k, v in sorted(ours_kwargs.items()))
     lines = [f"| dataset | threads | scVI epochs | scVI val −ELBO | ours epochs to it | ours val −ELBO "
              f"| scVI s (median) | ours s (median) | ratio per round | **ratio of medians** | scIB Total ours / scVI |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -95,7 +99,7 @@ def main(argv=None) -> int:
         small, path, split, _, _ = bv._prepare(name, workdir, 0)
         for threads in args.threads:
             def fit(tool, epochs, suffix):
-                spec = _spec(name, tool, threads, path, split, epochs, warmup, suffix, args.ours_layout)
+                spec = _spec(name, tool, threads, path, split, epochs, warmup, suffix, args.ours_layout, ours_kwargs)
                 return _run(spec, workdir, args.timeout)
 
             scvi = fit("scvi", args.epochs, "_r0")
