@@ -9,7 +9,8 @@ dispersion, batch 128), same Adam lr 1e-3, same KL warm-up (``--epochs // 3`` ep
 early stopping off. ``--ours-layout`` says where batch enters ours: "scvi" (default:
 decoder only, no MMD, scVI's work per step), "default" (tl.vae's design: encoder too,
 per-batch gene offsets, MMD) or "offsets" (that design without the MMD penalty).
-``--score`` adds the scIB Totals of scVI's and ours' latents at the epoch count found.
+``--ours-kwargs`` passes more tl.vae arguments (e.g. ``mmd_weight``); ``--score`` adds the
+scIB Totals of scVI's and ours' latents at the epoch count found.
 
 scVI trains ``--epochs`` epochs. Ours trains ``E`` epochs for each ``E`` of
 ``--ours-epochs`` in increasing order, with the warm-up of the ``--epochs`` run, so each
