@@ -284,6 +284,7 @@ def _fit_scvi(adata, spec, train_idx, val_idx) -> dict:
                      early_stopping=bool(spec["early_stopping"]), plan_kwargs={"lr": 1e-3})
         if warmup is not None:
             train["plan_kwargs"]["n_epochs_kl_warmup"] = int(warmup)
+        train["plan_kwargs"].update(json.loads(spec.get("scvi_plan_kwargs") or "{}"))  # e.g. another lr
         if spec["early_stopping"]:
             train.update(early_stopping_patience=PATIENCE, early_stopping_warmup_epochs=int(warmup or 0))
     if spec["scvi_split"] == "same":
