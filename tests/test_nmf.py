@@ -350,6 +350,14 @@ def test_alignment_maps_clusters_of_one_population_only(same_population):
         np.testing.assert_allclose(first_cluster, Z[200:280] / tables["scales"][1] * tables["scales"][0], rtol=1e-5)
 
 
+def test_config_needs_two_quantiles_like_the_front():
+    from scgen_ae.models.nmf import NMFConfig
+
+    with pytest.raises(ValueError, match="n_quantiles must be >= 2"):
+        NMFConfig(n_genes=30, n_components=3, n_batches=2, aligned=True, n_quantiles=1)
+    assert NMFConfig(n_genes=30, n_components=3, n_quantiles=2).n_quantiles == 2
+
+
 # ---------------------------------------------------------------- errors leave adata unchanged
 
 def _refused(adata, match, **kwargs):

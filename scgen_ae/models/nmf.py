@@ -68,6 +68,8 @@ class NMFConfig:
         for name in ("n_genes", "n_components", "n_batches", "n_quantiles"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}.")
+        if int(self.n_quantiles) < 2:  # one quantile (probability 0) would map every cell to the minimum
+            raise ValueError(f"n_quantiles must be >= 2 (quantiles matched per factor), got {self.n_quantiles!r}.")
         if self.lam < 0 or self.target_sum <= 0:
             raise ValueError(f"lam must be >= 0 and target_sum > 0, got lam={self.lam!r}, target_sum={self.target_sum!r}.")
 
