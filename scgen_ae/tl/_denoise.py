@@ -179,8 +179,9 @@ def denoise(
         ``n_threads``, ...). ``method="vae"``: any :func:`scgen_ae.tl.vae` option.
         ``mean_link="exp"`` (DCA's: means free of the library-sum constraint) lowered the
         held-out mean absolute error by 7-14 % on the two PBMC data sets and by 0-2 % on the
-        CellBench ones (BENCHMARKS.md, issue 5); the default "softmax" keeps
-        ``library_size=<number>`` outputs summing to that number.
+        CellBench ones (BENCHMARKS.md, issue 5), but its rows sum above the library
+        (1.4x on Kang) and single predictions can exceed it; the default "softmax" keeps
+        each cell's expected counts summing to its library (or to ``library_size``).
 
     Memory
     ------
