@@ -40,7 +40,7 @@ def test_denoise_writes_layers_obsm_uns(denoised_3protocols, cellbench_3protocol
     assert np.isfinite(den).all() and (den > 0).all()
     # expected counts at the observed library size: each cell's row sums to its library
     np.testing.assert_allclose(den.sum(1), _counts(adata).sum(1), rtol=1e-3)
-    assert adata.obsm["X_dae"].shape == (adata.n_obs, 32)
+    assert adata.obsm["X_dae"].shape == (adata.n_obs, 10)  # the documented default n_latent
     drop, disp = adata.layers["denoised_dropout"], adata.layers["denoised_dispersion"]
     assert ((drop >= 0) & (drop <= 1)).all() and (disp > 0).all() and drop.shape == disp.shape == adata.shape
     uns = adata.uns["denoise"]

@@ -168,7 +168,7 @@ def denoise(
     copy
         Work on a copy and return ``(adata_copy, model)``.
     **kwargs
-        ``method="dae"``: architecture (``n_latent`` 32, ``n_hidden`` 128, ``n_layers`` 1,
+        ``method="dae"``: architecture (``n_latent`` 10, ``n_hidden`` 128, ``n_layers`` 1,
         ``dropout_rate`` 0, ``dispersion`` "gene"/"gene-batch"/"gene-cell",
         ``corruption`` "mask"/"thinning"/"gaussian"/"none", ``corruption_rate`` 0.1,
         ``hidden_loss_weight`` 0, ``mean_link`` "softmax"/"exp", ``encode_batch``,
@@ -178,7 +178,7 @@ def denoise(
         ``patience`` 10 by default, ``seed``,
         ``n_threads``, ...). ``method="vae"``: any :func:`scgen_ae.tl.vae` option.
         ``mean_link="exp"`` (DCA's: means free of the library-sum constraint) lowered the
-        held-out mean absolute error by 7-14 % on the two PBMC data sets and by 0-2 % on the
+        held-out mean absolute error (at n_latent 32) by 7-14 % on the PBMC data sets, 0-2 % on the
         CellBench ones (BENCHMARKS.md, issue 5), but its rows sum above the library
         (1.4x on Kang) and single predictions can exceed it; the default "softmax" keeps
         each cell's expected counts summing to its library (or to ``library_size``).
