@@ -65,7 +65,7 @@ class NMFConfig:
             raise ValueError(f"loss={self.loss!r}; choose one of {LOSSES}.")
         if self.transform not in TRANSFORMS:
             raise ValueError(f"transform={self.transform!r}; choose one of {TRANSFORMS}.")
-        for name in ("n_genes", "n_components", "n_batches", "n_quantiles"):
+        for name in ("n_genes", "n_components", "n_batches"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}.")
         if int(self.n_quantiles) < 2:  # one quantile (probability 0) would map every cell to the minimum

@@ -178,10 +178,10 @@ def denoise(
         ``patience`` 10 by default, ``seed``,
         ``n_threads``, ...). ``method="vae"``: any :func:`scgen_ae.tl.vae` option.
         ``mean_link="exp"`` (DCA's: means free of the library-sum constraint) lowered the
-        held-out mean absolute error (at n_latent 32) by 7-14 % on the PBMC data sets, 0-2 % on the
-        CellBench ones (BENCHMARKS.md, issue 5), but its rows sum above the library
-        (1.4x on Kang) and single predictions can exceed it; the default "softmax" keeps
-        each cell's expected counts summing to its library (or to ``library_size``).
+        held-out mean absolute error (at n_latent 32) by 7-14 % on the PBMC data sets and
+        0-2 % on the CellBench ones (BENCHMARKS.md, issue 5), but its rows sum above the
+        library (1.4x on Kang) and single predictions can exceed it; the default "softmax"
+        keeps each cell's expected counts summing to its library (or to ``library_size``).
 
     Memory
     ------
