@@ -80,6 +80,11 @@ def _total(small, res: dict) -> float:
     return res["scib_total"]
 
 
+def _ratios(scvi_s, ours_s) -> str:
+    """Per-round time ratios, scVI's seconds over ours."""
+    return " / ".join(f"{a / b:.2f}" for a, b in zip(scvi_s, ours_s))
+
+
 def first_reaching(fit, grid, good):
     """Smallest epoch count E with ``good(fit(E))``: the ``grid`` in increasing order, then a
     bisection between the last miss and the first hit. Returns ``(E, result)``, or
@@ -150,8 +155,8 @@ def main(argv=None) -> int:
                              ours_kwargs, plan)
                 return _run(spec, workdir, args.timeout)
 
-            def ours(e, r=0):
-                return fit("scgen_ae", e, f"{tag}_e{e}" + (f"_r{r}" if r else ""))
+            def ours(e, timing=""):
+                return fit("scgen_ae", e, f"{tag}_e{e}{timing}")
 
             def scvi_fast(e, timing=""):
                 return fit("scvi", e, f"{scvi_tag}_e{e}{timing}", scvi_kwargs)
@@ -176,10 +181,10 @@ def main(argv=None) -> int:
             scvi_s, ours_s = [scvi["fit_seconds"]], [res["fit_seconds"]]
             for r in range(1, args.rounds):  # alternating, the first round is the search's
                 scvi_s.append(fit("scvi", args.epochs, f"_r{r}")["fit_seconds"])
-                ours_s.append(ours(e, r)["fit_seconds"])
+                ours_s.append(ours(e, f"_r{r}")["fit_seconds"])
             ms, mo = statistics.median(scvi_s), statistics.median(ours_s)
             row = (f"| {name} | {threads} | {scvi_cell} | {e} | {res['val_elbo']:.2f}{ours_total} | {ms:.1f} | "
-                   f"{mo:.1f} | {' / '.join(f'{a / b:.2f}' for a, b in zip(scvi_s, ours_s))} | **{ms / mo:.2f}** | "
+                   f"{mo:.1f} | {_ratios(scvi_s, ours_s)} | **{ms / mo:.2f}** | "
                    f"{res['peak_rss_mb']:.0f} / {scvi['peak_rss_mb']:.0f} |")
             if scvi_kwargs:  # scVI given ours' optimiser settings, searched for the same target
                 e2, res2 = first_reaching(scvi_fast, args.ours_epochs, good)
@@ -189,11 +194,11 @@ def main(argv=None) -> int:
                     fast_s, ours_f = [], []
                     for r in range(args.rounds):  # fresh fits of both, alternating, so drift hits both alike
                         fast_s.append(scvi_fast(e2, f"_t{r}")["fit_seconds"])
-                        ours_f.append(fit("scgen_ae", e, f"{tag}_e{e}_t{r}")["fit_seconds"])
+                        ours_f.append(ours(e, f"_t{r}")["fit_seconds"])
                     mf, mo2 = statistics.median(fast_s), statistics.median(ours_f)
                     total2 = f" / {_total(small, res2):.3f}" if args.score else ""
                     row += (f" {e2} ({res2['val_elbo']:.2f}{total2}) | {mf:.1f} / {mo2:.1f} | "
-                            f"{' / '.join(f'{a / b:.2f}' for a, b in zip(fast_s, ours_f))} | **{mf / mo2:.2f}** |")
+                            f"{_ratios(fast_s, ours_f)} | **{mf / mo2:.2f}** |")
             lines.append(row)
             write()
     write()
