@@ -47,6 +47,8 @@ class VAEConfig:
     batch_gene_offsets: bool = True
     norm: str | None = "batch"
     mmd_weight: float = 1.0
+    mmd_mnn_k: int = 0
+    mmd_match: str = "latent"
 
     def __post_init__(self):
         if self.likelihood not in LIKELIHOODS:
@@ -60,22 +62,52 @@ class VAEConfig:
             raise ValueError(f"dropout_rate must be in [0, 1), got {self.dropout_rate!r}.")
 
 
-def batch_mmd(z: torch.Tensor, batch: torch.Tensor, scales=(0.1, 1.0, 10.0)) -> torch.Tensor:
+def mutual_neighbours(d2: torch.Tensor, batch: torch.Tensor, k: int) -> torch.Tensor:
+    """(n,) bool: cells that are among the ``k`` nearest cells of some cell of another batch
+    whose own ``k`` nearest cells of this cell's batch include it (mutual nearest neighbours).
+
+    A cell type that only some batches hold has no mutual neighbours in the others: its
+    nearest cells there are of other types, and those have nearer partners of their own type.
+    """
+    n = len(batch)
+    other = batch[:, None] != batch[None, :]
+    near = torch.zeros(n, n, dtype=torch.bool, device=d2.device)
+    for b in torch.unique(batch):
+        cols = (batch == b).nonzero().squeeze(1)
+        kb = min(k, len(cols))
+        nearest = d2[:, cols].topk(kb, dim=1, largest=False).indices  # (n, kb), into cols
+        near[torch.arange(n, device=d2.device)[:, None], cols[nearest]] = True
+    return (near & near.T & other).any(1)
+
+
+def batch_mmd(z: torch.Tensor, batch: torch.Tensor, scales=(0.1, 1.0, 10.0), mnn_k: int = 0,
+              match_on: torch.Tensor | None = None, match: str = "latent") -> torch.Tensor:
     """Sum over batches of the multi-scale RBF MMD^2 between that batch's and all cells' z.
 
     One (n x n) kernel serves every batch: its block means give each MMD term. Squared
-    distances come from a matmul (torch.cdist's backward is slow on the CPU).
+    distances come from a matmul (torch.cdist's backward is slow on the CPU). With
+    ``mnn_k > 0`` only cells with a mutual nearest neighbour (``mnn_k`` per batch) in another
+    batch take part, on both sides, so that cells of a type some batches lack are not pulled
+    onto other types.
     """
     sq = (z * z).sum(1)
     d2 = (sq[:, None] + sq[None, :] - 2.0 * z @ z.T).clamp_min(0.0)
     kernel = sum(torch.exp(d2 * (-0.5 / (s * z.shape[1]))) for s in scales)
     onehot = torch.nn.functional.one_hot(batch).to(z.dtype)  # (n, B)
+    if mnn_k > 0:
+        gate = mutual_neighbours(d2.detach(), batch, mnn_k) if match in ("latent", "both") else True
+        if match in ("input", "both"):
+            unit = F.normalize(match_on.float(), dim=1)
+            gate = gate & mutual_neighbours(2.0 - 2.0 * unit @ unit.T, batch, mnn_k)
+        onehot = onehot * gate[:, None].to(z.dtype)
     counts = onehot.sum(0)
     present = counts >= 2
     per_batch_rows = onehot.T @ kernel  # (B, n): sums of kernel rows per batch
     within = (per_batch_rows @ onehot).diagonal() / counts.clamp_min(1) ** 2
-    across = per_batch_rows.sum(1) / (counts.clamp_min(1) * len(z))
-    mmd = within + kernel.mean() - 2.0 * across
+    pooled = onehot.sum(1)
+    n_pooled = pooled.sum().clamp_min(1)
+    across = (per_batch_rows @ pooled) / (counts.clamp_min(1) * n_pooled)
+    mmd = within + (pooled @ kernel @ pooled) / n_pooled**2 - 2.0 * across
     return (mmd * present).sum()
 
 
@@ -124,7 +156,8 @@ class VAEModule(nn.Module):
         loss = (reconstruction + self.cfg.beta * kl_weight * kl).mean()
         # the penalty shapes training only: evaluation (validation loss) reports the plain negative ELBO
         if self.training and self.cfg.mmd_weight > 0 and self.cfg.n_batches > 1:
-            loss = loss + self.cfg.mmd_weight * kl_weight * batch_mmd(z, mb.batch) * mb.x.shape[1]
+            loss = loss + self.cfg.mmd_weight * kl_weight * batch_mmd(z, mb.batch, mnn_k=self.cfg.mmd_mnn_k,
+                                                                   match_on=mb.x, match=self.cfg.mmd_match) * mb.x.shape[1]
         return loss
 
 

@@ -8,6 +8,12 @@ from anndata import AnnData
 from ..models.vae import VAE, VAEConfig, VAEModule
 from ..train import fit, seeded_threads
 from ._common import params_record, split_kwargs, training_data, write_results
+from ._composition import check_label_key, composition, warn_if_unbalanced
+
+_COMPOSITION_CONTROL = (
+    "The default alignment (mmd_mnn_k > 0) only aligns cells with mutual nearest neighbours in other batches "
+    "and keeps such groups apart; check that they stay apart (e.g. sc.pl.umap coloured by batch), and see "
+    "uns[uns_key]['composition']. mmd_weight=0 turns the alignment off.")
 
 
 def vae(
@@ -15,6 +21,7 @@ def vae(
     *,
     batch_key: str | None = None,
     layer: str | None = None,
+    label_key: str | None = None,
     likelihood: str = "zinb",
     n_latent: int = 10,
     n_hidden: int = 128,
@@ -25,6 +32,8 @@ def vae(
     encode_batch: bool = True,
     batch_gene_offsets: bool = True,
     mmd_weight: float = 1.0,
+    mmd_mnn_k: int = 0,
+    mmd_match: str = "latent",
     key_added: str = "X_vae",
     uns_key: str = "vae",
     copy: bool = False,
@@ -46,6 +55,9 @@ def vae(
         ``obs`` column with the batch of each cell; None trains an unconditional VAE.
     layer
         Layer with the counts; None uses ``X``.
+    label_key
+        Optional ``obs`` column with cell-type labels, used by the composition check (see
+        Notes): without it, the check clusters the latent space instead.
     likelihood
         "zinb" (default), "nb", "poisson" or "gaussian".
     n_latent, n_hidden, n_layers, dropout_rate
@@ -143,11 +155,12 @@ def vae(
     if rest:
         raise TypeError(f"vae() got unexpected keyword arguments {sorted(rest)}.")
     data, cats = training_data(adata, layer, batch_key, likelihood)
+    check_label_key(adata, label_key)
     config = VAEConfig(
         n_genes=adata.n_vars, n_batches=len(cats), likelihood=likelihood, n_latent=n_latent,
         n_hidden=n_hidden, n_layers=n_layers, dropout_rate=dropout_rate, dispersion=dispersion,
         beta=beta, encode_batch=encode_batch, batch_gene_offsets=batch_gene_offsets,
-        mmd_weight=mmd_weight,
+        mmd_weight=mmd_weight, mmd_mnn_k=mmd_mnn_k, mmd_match=mmd_match,
     )
     with seeded_threads(train_cfg.seed, train_cfg.n_threads):
         module = VAEModule(config)
@@ -161,9 +174,14 @@ def vae(
             )
             return model
         latent = model.get_latent(adata)
+    result = {"params": params_record(batch_key=batch_key, layer=layer, label_key=label_key,
+                                      **dataclasses.asdict(config), **dataclasses.asdict(train_cfg)),
+              "history": model.history, "key_added": key_added}
+    if len(cats) > 1:
+        report = composition(adata, adata.obs[batch_key].astype(str).to_numpy(), label_key=label_key, embedding=latent,
+                             use_rep=key_added, seed=train_cfg.seed)
+        warn_if_unbalanced(report, front="tl.vae", control=_COMPOSITION_CONTROL)
+        result["composition"] = report.to_uns()
     target = adata.copy() if copy else adata
-    params = params_record(batch_key=batch_key, layer=layer, **dataclasses.asdict(config),
-                           **dataclasses.asdict(train_cfg))
-    write_results(target, obsm={key_added: latent},
-                  uns={uns_key: {"params": params, "history": model.history, "key_added": key_added}})
+    write_results(target, obsm={key_added: latent}, uns={uns_key: result})
     return (target, model) if copy else model

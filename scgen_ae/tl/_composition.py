@@ -1,0 +1,107 @@
+"""``tl.batch_composition`` and the composition check every batch-aware front runs after fitting."""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+from anndata import AnnData
+
+from .. import _validate as v
+from ..composition import Composition, batch_composition as _count, embedding_clusters
+from ._common import write_results
+
+
+class CompositionWarning(UserWarning):
+    """The batches do not hold the same cell types (see :func:`scgen_ae.tl.batch_composition`)."""
+
+
+def composition(adata: AnnData, batches, *, label_key: str | None, embedding=None, use_rep: str | None = None,
+                seed: int = 0) -> Composition:
+    """Composition by ``obs[label_key]`` when given, else by Leiden clusters of ``embedding``."""
+    if label_key is not None:
+        labels = adata.obs[label_key].astype(str).to_numpy()
+        return _count(labels, batches, source=f"labels '{label_key}'")
+    clusters = embedding_clusters(embedding, seed=seed)
+    return _count(np.char.add("cluster ", clusters.astype(str)), batches,
+                  source=f"Leiden clusters of '{use_rep}'")
+
+
+def warn_if_unbalanced(report: Composition, *, front: str, control: str) -> None:
+    if not report.balanced:
+        warnings.warn(f"{front}: {report.describe()}. {control}", CompositionWarning, stacklevel=3)
+
+
+def check_label_key(adata: AnnData, label_key: str | None) -> None:
+    if label_key is None:
+        return
+    if label_key not in adata.obs:
+        cols = ", ".join(map(repr, adata.obs.columns[:20])) or "none"
+        raise v.InputError(f"label_key={label_key!r} is not a column of adata.obs (columns: {cols}).")
+    if adata.obs[label_key].isna().any():
+        raise v.InputError(f"adata.obs[{label_key!r}] has {int(adata.obs[label_key].isna().sum())} missing "
+                           "values; label those cells (e.g. 'unknown') or leave label_key out.")
+
+
+def batch_composition(
+    adata: AnnData,
+    *,
+    batch_key: str,
+    groupby: str | None = None,
+    use_rep: str | None = None,
+    key_added: str = "batch_composition",
+    seed: int = 0,
+    copy: bool = False,
+) -> AnnData | None:
+    """Check whether the batches hold the same cell types, in numbers their sizes predict.
+
+    Batch alignment (``tl.vae``'s MMD penalty, ``tl.nmf``'s quantile alignment, Harmony, ...)
+    assumes the batches share their cell types. This counts cells per group and batch and
+    flags each group that holds fewer than 10 % of the cells a batch's size predicts there
+    (where that prediction is at least 10 cells): that batch lacks the group's cell type, or
+    the embedding keeps its cells elsewhere. Groups are ``obs[groupby]`` (e.g. cell-type
+    labels), or Leiden clusters (resolution 0.5, 15 neighbours) of ``obsm[use_rep]``.
+    A :class:`CompositionWarning` names the groups and batches.
+
+    Parameters
+    ----------
+    adata
+        Cells x genes.
+    batch_key
+        ``obs`` column with the batch of each cell.
+    groupby
+        ``obs`` column with labels; None clusters ``obsm[use_rep]`` instead.
+    use_rep
+        ``obsm`` key of an embedding to cluster (needed without ``groupby``).
+    key_added
+        ``uns`` key of the result.
+    seed
+        Seed of the clustering.
+    copy
+        Return a copy of ``adata`` with the result instead of writing into it.
+
+    Sets
+    ----
+    ``adata.uns[key_added]``: ``source`` (what the groups are), ``groups`` / ``batches``
+    (names), ``counts`` ((n_groups, n_batches) cells), ``missing_group`` / ``missing_batch`` /
+    ``missing_observed`` / ``missing_expected`` (one entry per flagged pair), ``share_affected``
+    (share of cells in flagged groups) and ``params``.
+    """
+    batches = v.batch_codes(adata, batch_key)
+    names = np.asarray(batches[1])[batches[0]]
+    check_label_key(adata, groupby)
+    if groupby is None:
+        if use_rep is None or use_rep not in adata.obsm:
+            have = ", ".join(map(repr, adata.obsm.keys())) or "none"
+            raise v.InputError(f"batch_composition needs groupby= (an obs column) or use_rep= (an obsm key to "
+                               f"cluster); use_rep={use_rep!r} is not in adata.obsm (keys: {have}).")
+        embedding = np.asarray(adata.obsm[use_rep])
+    else:
+        embedding = None
+    report = composition(adata, names, label_key=groupby, embedding=embedding, use_rep=use_rep, seed=seed)
+    warn_if_unbalanced(report, front="batch_composition", control="Integrate with a method that keeps "
+                       "batch-unique types apart (tl.vae's default) and check the groups named here.")
+    target = adata.copy() if copy else adata
+    result = report.to_uns()
+    result["params"] = {"batch_key": batch_key, "groupby": str(groupby), "use_rep": str(use_rep), "seed": seed}
+    write_results(target, uns={key_added: result})
+    return target if copy else None
