@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from . import checkpoint
+from . import _validate, checkpoint
 from .data import CellData, train_validation_split
 from .distributed import shard
 
@@ -52,6 +52,10 @@ class TrainConfig:
     resume: bool = False  # continue from checkpoint_path when it exists (else start afresh)
     devices: int = 1  # processes per node (one per GPU); > 1 needs torchrun
     num_nodes: int = 1
+
+    def __post_init__(self):
+        # checked where the options are collected, so every front refuses them before any work
+        _validate.check_train_options(self)
 
     def epochs_for(self, n_cells: int) -> int:
         if self.max_epochs is not None:
