@@ -113,7 +113,7 @@ def annotate_markers(
 
     markers = dict(PBMC_MARKERS if markers is None else markers)
     X = v.get_matrix(adata, layer)
-    v.check_counts(X, layer, "marker annotation")
+    v.check_counts(X, layer, "counts", needs="marker annotation (which normalises counts)", otherwise=None)
     present = {k: [g for g in genes if g in adata.var_names] for k, genes in markers.items()}
     if not any(present.values()):
         raise v.InputError(f"None of the marker genes are in adata.var_names (e.g. {next(iter(markers.values()))}); "

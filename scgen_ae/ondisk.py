@@ -209,10 +209,11 @@ def _minibatch_bounds(n: int, batch_size: int, drop_last_if_tiny: bool) -> list[
 
 # ---------------------------------------------------------------- validation, streamed
 
-def counts_check(layer: str | None, likelihood: str | None) -> Callable[[sp.csr_matrix], None]:
-    """The value check of ``training_data`` for one block: counts for count likelihoods."""
+def counts_check(layer: str | None, likelihood: str | None, **advice) -> Callable[[sp.csr_matrix], None]:
+    """The value check of ``training_data`` for one block: counts for count likelihoods
+    (``advice``: ``needs`` / ``otherwise`` of :func:`scgen_ae._validate.check_counts`)."""
     counts = likelihood in COUNT_LIKELIHOODS + (None, "counts")
-    return lambda X: v.check_counts(X, layer, likelihood or "counts") if counts else None
+    return lambda X: v.check_counts(X, layer, likelihood or "counts", **advice) if counts else None
 
 
 def _scan(data: OnDiskCellData, check: Callable[[sp.csr_matrix], None]) -> tuple[np.ndarray, np.ndarray]:
@@ -249,24 +250,26 @@ def validated(adata: AnnData, layer: str | None, check: Callable[[sp.csr_matrix]
     return data
 
 
-def training_data(adata: AnnData, layer: str | None, batch_key: str | None, likelihood: str | None):
+def training_data(adata: AnnData, layer: str | None, batch_key: str | None, likelihood: str | None, **advice):
     """Out-of-core counterpart of :func:`scgen_ae.tl._common.training_data`: the same checks,
     streamed over the file once (nothing is kept but library sizes)."""
     codes, cats = v.batch_codes(adata, batch_key)  # obs is in memory: cheap, and the clearest error first
-    data = validated(adata, layer, counts_check(layer, likelihood))
+    data = validated(adata, layer, counts_check(layer, likelihood, **advice))
     data.batch = codes
     data.log1p_input = likelihood in COUNT_LIKELIHOODS or likelihood is None
     return data, cats
 
 
-def apply_data(adata: AnnData, var_names, batch_categories, batch_key, likelihood: str, pad_missing: bool):
-    """Out-of-core counterpart of ``BaseModel._cell_data``: cells to apply a trained model to."""
+def apply_data(adata: AnnData, var_names, batch_categories, batch_key, likelihood: str, pad_missing: bool,
+               **advice):
+    """Out-of-core counterpart of ``BaseModel._cell_data``: cells to apply a trained model to
+    (``advice``: ``needs`` / ``otherwise`` of :func:`scgen_ae._validate.check_counts`)."""
     data = _open(adata, None)
     pos, _ = v.align_genes(adata, var_names, pad_missing)
     codes, _ = v.batch_codes(adata, batch_key, batch_categories)
     if not np.array_equal(pos, np.arange(data.n_stored_genes)):
         data.columns = pos
     counts = likelihood in COUNT_LIKELIHOODS + ("counts",)
-    library, _ = _scan(data, counts_check(None, likelihood if counts else "gaussian"))
+    library, _ = _scan(data, counts_check(None, likelihood if counts else "gaussian", **advice))
     data.batch, data.library, data.log1p_input = codes, library, counts
     return data

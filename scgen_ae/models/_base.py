@@ -36,6 +36,10 @@ class BaseModel:
     module_class: ClassVar[type]
     config_class: ClassVar[type]
     registry: ClassVar[dict[str, type]] = {}
+    # how the error for data that are not counts names what needs them, and the alternative it
+    # offers (see _validate.check_counts): advice must be something this model can do
+    counts_needs: ClassVar[str | None] = None  # None: "likelihood=<the model's>"
+    counts_otherwise: ClassVar[str | None] = "train a model with likelihood='gaussian' for log-normalised data"
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -64,15 +68,16 @@ class BaseModel:
         """Validate ``adata`` against the trained genes and batches and wrap it."""
         layer = self.layer if layer == "model" else layer
         batch_key = self.batch_key if batch_key == "model" else batch_key
+        advice = dict(needs=self.counts_needs, otherwise=self.counts_otherwise)
         if ondisk.is_on_disk(adata, layer):  # stream X from disk instead of reading it
             return ondisk.apply_data(adata, self.var_names, self.batch_categories, batch_key,
-                                     getattr(self.config, "likelihood", "counts"), pad_missing)
+                                     getattr(self.config, "likelihood", "counts"), pad_missing, **advice)
         X = v.get_matrix(adata, layer)
         pos, _ = v.align_genes(adata, self.var_names, pad_missing)
         X = v.aligned_matrix(X, pos)
         counts = getattr(self.config, "likelihood", "counts") in COUNT_LIKELIHOODS + ("counts",)
         if counts:
-            v.check_counts(X, layer, getattr(self.config, "likelihood", "counts"))
+            v.check_counts(X, layer, getattr(self.config, "likelihood", "counts"), **advice)
         codes, _ = v.batch_codes(adata, batch_key, self.batch_categories)
         return CellData(X, codes, np.asarray(X.sum(1)).ravel(), log1p_input=counts)
 

@@ -16,18 +16,23 @@ from ..train import TrainConfig
 TRAIN_FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
 
 
-def training_data(adata: AnnData, layer: str | None, batch_key: str | None, likelihood: str | None):
+def training_data(adata: AnnData, layer: str | None, batch_key: str | None, likelihood: str | None, *,
+                  needs: str | None = None, otherwise: str | None = v.GAUSSIAN_ADVICE):
     """Validate ``adata`` for training; return (CellData, batch categories).
 
     When ``X`` is a CSR matrix on disk (backed ``.h5ad``, ``sa.read_backed``) the data
     source is an :class:`~scgen_ae.ondisk.OnDiskCellData` that streams it instead.
+    ``needs`` / ``otherwise`` word the error for data that are not counts
+    (see :func:`scgen_ae._validate.check_counts`).
     """
+    if isinstance(adata, AnnData):
+        v.check_unique_genes(adata)
     if ondisk.is_on_disk(adata, layer):
-        return ondisk.training_data(adata, layer, batch_key, likelihood)
+        return ondisk.training_data(adata, layer, batch_key, likelihood, needs=needs, otherwise=otherwise)
     X = v.get_matrix(adata, layer)
     counts = likelihood in COUNT_LIKELIHOODS or likelihood is None
     if counts:
-        v.check_counts(X, layer, likelihood or "counts")
+        v.check_counts(X, layer, likelihood or "counts", needs=needs, otherwise=otherwise)
     v.check_not_empty(X, layer)
     codes, cats = v.batch_codes(adata, batch_key)
     return CellData(X, codes, np.asarray(X.sum(1)).ravel(), log1p_input=counts), cats

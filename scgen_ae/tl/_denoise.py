@@ -68,7 +68,8 @@ def _train_dae(adata, layer, batch_key, likelihood, kwargs) -> DAE:
         train_cfg = dataclasses.replace(train_cfg, patience=10)
     if "max_epochs" not in kwargs:
         train_cfg = dataclasses.replace(train_cfg, max_epochs=default_epochs(adata.n_obs))
-    data, cats = training_data(adata, layer, batch_key, likelihood)
+    data, cats = training_data(adata, layer, batch_key, likelihood, otherwise=None)  # the DAE has no gaussian
+    v.check_n_latent(arch.get("n_latent", DAEConfig.n_latent), adata.n_vars)
     config = DAEConfig(n_genes=adata.n_vars, n_batches=len(cats), likelihood=likelihood,
                        input_scale=float(np.median(data.library)), **arch)
     with seeded_threads(train_cfg.seed, train_cfg.n_threads):
