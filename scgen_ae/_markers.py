@@ -142,12 +142,14 @@ def annotate_markers(
     cluster_labels = pd.Series(cluster_labels)
     labels = pd.Categorical(labels, categories=list(used)).remove_unused_categories()
 
+    from .tl._common import write_results  # tl imports pp: import here
+
     target = adata.copy() if copy else adata
-    target.obs[key_added] = labels
-    target.obsm[f"{key_added}_scores"] = scores.to_numpy(np.float32)
-    target.uns[key_added] = {
+    record = {
         "params": {"layer": str(layer), "groupby": str(groupby), "n_clusters": int(n_clusters), "seed": int(seed)},
         "markers": {k: list(g) for k, g in present.items() if g},
         "cluster_labels": cluster_labels.astype(str).to_numpy(),
     }
+    write_results(target, obs={key_added: labels}, obsm={f"{key_added}_scores": scores.to_numpy(np.float32)},
+                  uns={key_added: record})
     return target if copy else None
