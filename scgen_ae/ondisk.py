@@ -64,7 +64,9 @@ def read_backed(path: str | Path) -> AnnData:
 
     ``.h5ad``: ``anndata.read_h5ad(path, backed="r")``. zarr: an AnnData whose ``X`` is
     ``anndata.io.sparse_dataset`` of the store's ``X`` group. Training and inference on
-    the result (``sa.tl.vae``, ``model.get_latent``) stream ``X`` in chunks.
+    the result (``sa.tl.vae``, ``model.get_latent``) stream ``X`` in chunks. Anything
+    else (a CSV, a file named ``.h5ad`` that is not HDF5, a folder that is no zarr store)
+    raises :class:`~scgen_ae.InputError` saying so; a missing path, ``FileNotFoundError``.
     """
     import anndata as ad
 
@@ -74,9 +76,18 @@ def read_backed(path: str | Path) -> AnnData:
     if path.is_dir():  # a zarr store
         import zarr
 
-        root = zarr.open_group(str(path), mode="r")
+        try:
+            root = zarr.open_group(str(path), mode="r")
+            missing = [name for name in ("X", "obs", "var") if name not in root]
+        except Exception as err:  # zarr's errors differ between versions; all mean "not a store"
+            raise v.InputError(f"{str(path)!r} is a folder but not a zarr store ({err}); sa.read_backed "
+                               "opens an .h5ad file or a zarr store written by adata.write_zarr().") from None
+        if missing:
+            raise v.InputError(f"The zarr store {str(path)!r} has no {missing}: it was not written by "
+                               "adata.write_zarr(); write the AnnData with adata.write_zarr(path) first.")
         return AnnData(X=ad.io.sparse_dataset(root["X"]), obs=ad.io.read_elem(root["obs"]),
                        var=ad.io.read_elem(root["var"]))
+    v.check_h5ad_file(path, "sa.read_backed")
     return ad.read_h5ad(path, backed="r")
 
 
