@@ -114,11 +114,11 @@ class BaseModel:
         """
         header, arrays = read_model_file(path)
         where = str(model_path(path))
-        header_fields(where, header, {"model": (str,), "config": (dict,)})
+        header_fields(where, header, {"model": (str,)})
         model_cls = BaseModel.registry.get(header["model"])
         if model_cls is None or not issubclass(model_cls, cls):
             raise ModelFileError(f"{where!r} holds a {header['model']!r} model, not a {cls.__name__}.")
-        header_fields(where, header, {"var_names": STRINGS, "batch_key": (str, type(None)),
+        header_fields(where, header, {"config": (dict,), "var_names": STRINGS, "batch_key": (str, type(None)),
                                       "batch_categories": STRINGS, "layer": (str, type(None)), "history": (dict,)})
         try:
             config = model_cls.config_class(**header["config"])
