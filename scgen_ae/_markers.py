@@ -113,7 +113,7 @@ def annotate_markers(
 
     markers = dict(PBMC_MARKERS if markers is None else markers)
     X = v.get_matrix(adata, layer)
-    v.check_counts(X, layer, "marker annotation")
+    v.check_counts(X, layer, "counts", needs="marker annotation (which normalises counts)", otherwise=None)
     present = {k: [g for g in genes if g in adata.var_names] for k, genes in markers.items()}
     if not any(present.values()):
         raise v.InputError(f"None of the marker genes are in adata.var_names (e.g. {next(iter(markers.values()))}); "
@@ -142,12 +142,14 @@ def annotate_markers(
     cluster_labels = pd.Series(cluster_labels)
     labels = pd.Categorical(labels, categories=list(used)).remove_unused_categories()
 
+    from .tl._common import write_results  # tl imports pp: import here
+
     target = adata.copy() if copy else adata
-    target.obs[key_added] = labels
-    target.obsm[f"{key_added}_scores"] = scores.to_numpy(np.float32)
-    target.uns[key_added] = {
+    record = {
         "params": {"layer": str(layer), "groupby": str(groupby), "n_clusters": int(n_clusters), "seed": int(seed)},
         "markers": {k: list(g) for k, g in present.items() if g},
         "cluster_labels": cluster_labels.astype(str).to_numpy(),
     }
+    write_results(target, obs={key_added: labels}, obsm={f"{key_added}_scores": scores.to_numpy(np.float32)},
+                  uns={key_added: record})
     return target if copy else None

@@ -22,6 +22,16 @@ class InputError(ValueError):
     """Bad input to a scgen_ae function; the message says what, where and how to fix it."""
 
 
+class MissingKeyError(InputError, KeyError):
+    """A key (``obsm`` basis, ``obs`` column, ``uns`` record) that is not there.
+
+    Also a ``KeyError``, so code that caught the plain ``KeyError`` these errors used to
+    be keeps working.
+    """
+
+    __str__ = ValueError.__str__  # KeyError would print the message in quotes
+
+
 def _where(layer: str | None) -> str:
     return f"adata.layers[{layer!r}]" if layer is not None else "adata.X"
 
@@ -73,14 +83,33 @@ def get_matrix(adata: AnnData, layer: str | None, *, sorted_indices: bool = True
     return to_csr32(X, sorted_indices=sorted_indices)
 
 
-def check_counts(X: sp.csr_matrix, layer: str | None, likelihood: str) -> None:
-    """Count likelihoods need non-negative integers; say so precisely when they are not."""
+GAUSSIAN_ADVICE = "use likelihood='gaussian' for log-normalised data"
+
+
+def check_counts(X: sp.csr_matrix, layer: str | None, likelihood: str, *, needs: str | None = None,
+                 otherwise: str | None = GAUSSIAN_ADVICE) -> None:
+    """Count likelihoods need non-negative integers; say so precisely when they are not.
+
+    Parameters
+    ----------
+    X, layer
+        The matrix and where it came from (for the message).
+    likelihood
+        The count likelihood; the message names it as ``likelihood=...`` unless ``needs`` is given.
+    needs
+        What needs counts, in words, when the caller has no ``likelihood`` option
+        (e.g. "tl.lda (a topic model of counts)").
+    otherwise
+        The alternative for data that are not counts, or None when the caller has none:
+        the advice must be one the caller can follow.
+    """
+    who = needs or f"likelihood={likelihood!r}"
+    alternative = f", or {otherwise}" if otherwise else ""
     data = X.data
     if data.size and data.min() < 0:
         raise InputError(
-            f"{_where(layer)} has {int((data < 0).sum())} negative values, but likelihood={likelihood!r} "
-            "models raw counts. Was the data scaled (sc.pp.scale)? Pass the raw counts via layer=, "
-            "or use likelihood='gaussian' for log-normalised data."
+            f"{_where(layer)} has {int((data < 0).sum())} negative values, but {who} "
+            f"models raw counts. Was the data scaled (sc.pp.scale)? Pass the raw counts via layer={alternative}."
         )
     frac = np.abs(data - np.round(data))
     n_frac = int((frac > 1e-3).sum())
@@ -88,10 +117,10 @@ def check_counts(X: sp.csr_matrix, layer: str | None, likelihood: str) -> None:
         looks_log = data.size and float(data.max()) < 30
         raise InputError(
             f"{_where(layer)} has {n_frac} non-integer values (e.g. {float(data[frac > 1e-3][0]):.4g}), but "
-            f"likelihood={likelihood!r} models raw counts."
+            f"{who} models raw counts."
             + (" The values look log-normalised (all below 30)." if looks_log else "")
             + " Pass the raw counts, e.g. layer='counts' (keep them with adata.layers['counts'] = "
-            "adata.X.copy() before sc.pp.normalize_total/log1p), or use likelihood='gaussian'."
+            f"adata.X.copy() before sc.pp.normalize_total/log1p){alternative}."
         )
 
 
@@ -174,6 +203,7 @@ def align_genes(adata: AnnData, var_names: Sequence[str], pad_missing: bool = Fa
 
     Returns (index, missing_genes). Extra genes in ``adata`` are ignored.
     """
+    check_unique_genes(adata)
     pos = pd.Index(adata.var_names).get_indexer(pd.Index(var_names))
     missing = [g for g, p in zip(var_names, pos) if p < 0]
     if missing and not pad_missing:
@@ -195,3 +225,117 @@ def aligned_matrix(X: sp.csr_matrix, pos: np.ndarray) -> sp.csr_matrix:
     present = np.flatnonzero(pos >= 0)
     sel = sp.csr_matrix((np.ones(len(present), np.float32), (pos[present], present)), shape=(X.shape[1], len(pos)))
     return (X @ sel).tocsr().astype(np.float32)
+
+
+def check_unique_genes(adata: AnnData) -> None:
+    """Refuse duplicate ``var_names``: genes are matched by name when a model is applied later."""
+    names = pd.Index(adata.var_names)
+    if not names.is_unique:
+        dup = names[names.duplicated()].unique()
+        raise InputError(
+            f"adata.var_names has {len(dup)} duplicate gene names (e.g. {list(map(str, dup[:5]))}); a model "
+            "finds its genes by name, so each name must be unique. Call adata.var_names_make_unique() first."
+        )
+
+
+# ---------------------------------------------------------------- training options
+
+def _is_int(x) -> bool:
+    return isinstance(x, (int, np.integer)) and not isinstance(x, (bool, np.bool_))
+
+
+def _is_number(x) -> bool:
+    return (_is_int(x) or isinstance(x, (float, np.floating))) and bool(np.isfinite(x))
+
+
+# name -> (accepts the value, the rule, how to fix); None is accepted only where the rule says so
+_TRAIN_RULES = {
+    "max_epochs": (lambda x: x is None or (_is_int(x) and x >= 1),
+                   "an integer >= 1 (with 0 epochs nothing is trained and the results come from random weights)",
+                   "pass max_epochs=1 or more, or max_epochs=None for the default number of epochs"),
+    "batch_size": (lambda x: _is_int(x) and x >= 2,
+                   "an integer >= 2 (batch normalisation needs two cells or more per minibatch)",
+                   "pass e.g. batch_size=128 (the default)"),
+    "lr": (lambda x: _is_number(x) and x > 0, "a learning rate > 0", "pass e.g. lr=1e-3 (the default)"),
+    "validation_fraction": (lambda x: _is_number(x) and 0 <= x < 1,
+                            "the share of cells held out for validation: 0 <= validation_fraction < 1",
+                            "pass e.g. validation_fraction=0.1 (the default), or 0 to train on every cell "
+                            "without validation"),
+    "weight_decay": (lambda x: _is_number(x) and x >= 0, "a number >= 0", "pass e.g. weight_decay=1e-6"),
+    "patience": (lambda x: _is_int(x) and x >= 1, "an integer >= 1 (epochs without improvement)",
+                 "pass e.g. patience=30, or early_stopping=False"),
+    "min_delta": (lambda x: _is_number(x) and x >= 0, "a number >= 0", "pass e.g. min_delta=0"),
+    "kl_warmup_epochs": (lambda x: x is None or (_is_int(x) and x >= 0), "None or an integer >= 0",
+                         "pass e.g. kl_warmup_epochs=None (a third of max_epochs)"),
+    "grad_clip": (lambda x: _is_number(x) and x > 0, "a number > 0", "pass e.g. grad_clip=50"),
+    "seed": (lambda x: _is_int(x) and x >= 0, "an integer >= 0", "pass e.g. seed=0"),
+    "n_threads": (lambda x: x is None or (_is_int(x) and x >= 1), "None or an integer >= 1",
+                  "pass n_threads=None to use torch's default"),
+    "checkpoint_every": (lambda x: _is_int(x) and x >= 1, "an integer >= 1", "pass e.g. checkpoint_every=1"),
+    "devices": (lambda x: _is_int(x) and x >= 1, "an integer >= 1", "pass devices=1"),
+    "num_nodes": (lambda x: _is_int(x) and x >= 1, "an integer >= 1", "pass num_nodes=1"),
+    "precision": (lambda x: x in ("auto", "fp32", "bf16"), "'auto', 'fp32' or 'bf16'", "pass precision='auto'"),
+}
+
+
+def check_train_options(config) -> None:
+    """Refuse training options (a :class:`~scgen_ae.train.TrainConfig`) that would train
+    nothing or fail later inside torch, before any work is done."""
+    for name, (ok, rule, fix) in _TRAIN_RULES.items():
+        value = getattr(config, name)
+        if not ok(value):
+            raise InputError(
+                f"Training option {name}={value!r} (a keyword of sa.tl.vae, tl.denoise, tl.lda and "
+                f"VAE.map_query; --{name.replace('_', '-')} on the command line) is invalid: it must be {rule}. "
+                f"To fix it, {fix}."
+            )
+
+
+def check_split(n_cells: int, validation_fraction: float) -> int:
+    """Number of validation cells for ``validation_fraction`` of ``n_cells``; refuses a split
+    that leaves fewer than 2 training cells, or no validation cell although some were asked for."""
+    n_val = int(round(n_cells * validation_fraction)) if validation_fraction > 0 else 0
+    if n_cells - n_val < 2:
+        raise InputError(
+            f"validation_fraction={validation_fraction!r} of {n_cells} cells holds out {n_val} and leaves "
+            f"{n_cells - n_val} to train on; training needs at least 2. Pass a smaller validation_fraction "
+            "(or 0: no validation), or train on more cells."
+        )
+    if validation_fraction > 0 and n_val == 0:
+        raise InputError(
+            f"validation_fraction={validation_fraction!r} of {n_cells} cells holds out no cell (it rounds to 0), "
+            f"so there is nothing to validate on. Pass validation_fraction=0 to train without validation, or at "
+            f"least {1 / n_cells:.3g} to hold out one cell."
+        )
+    return n_val
+
+
+def check_n_latent(value, n_genes: int, name: str = "n_latent") -> None:
+    """A latent size (``n_latent``, ``n_topics``, ``n_components``) between 1 and the number of genes."""
+    if not _is_int(value) or not 1 <= value <= n_genes:
+        raise InputError(
+            f"{name}={value!r} is invalid for data with {n_genes} genes: it must be an integer from 1 to "
+            f"{n_genes} (a latent space larger than the data it compresses learns nothing more). "
+            f"Pass e.g. {name}={min(10, n_genes)}."
+        )
+
+
+# ---------------------------------------------------------------- files
+
+def check_h5ad_file(path: str | os.PathLike, what: str = "the input") -> None:
+    """``path`` is an existing ``.h5ad`` (HDF5) file; otherwise a clear error, not h5py's."""
+    import h5py
+
+    path = str(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"No file at {path!r} ({what}).")
+    if os.path.isdir(path) or not path.endswith(".h5ad"):
+        raise InputError(
+            f"{path!r} ({what}) is not an .h5ad file. Convert it to AnnData first, e.g. "
+            "sc.read_10x_mtx / sc.read_csv / anndata.read_loom, then adata.write_h5ad('data.h5ad')."
+        )
+    if not h5py.is_hdf5(path):
+        raise InputError(
+            f"{path!r} ({what}) is named .h5ad but is not an HDF5 file (empty, truncated, or another format). "
+            "Write it again with adata.write_h5ad()."
+        )

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .io import read_model_file, write_model_file
+from .io import ModelFileError, header_fields, read_model_file, write_model_file
 
 KIND = "training-checkpoint"
 # what must match for a resumed run to continue the same run (max_epochs may grow)
@@ -62,8 +62,14 @@ def load(path: str | os.PathLike, expect: dict) -> dict:
     """
     header, arrays = read_model_file(path)
     if header.get("model") != KIND:
-        raise ValueError(f"{str(path)!r} is not a training checkpoint (it holds {header.get('model')!r}).")
+        raise ModelFileError(f"{str(path)!r} is not a training checkpoint (it holds {header.get('model')!r}).")
+    header_fields(path, header, {"loop": (dict,), "param_groups": (list,), "history": (dict,),
+                                 "rng": (dict, type(None))})
     loop = header["loop"]
+    if "torch_rng" not in arrays or "best_loss" not in loop:
+        missing = "torch_rng" if "torch_rng" not in arrays else "loop.best_loss"
+        raise ModelFileError(f"The checkpoint {str(path)!r} has no {missing}: it is incomplete or was edited. "
+                             "Pass resume=False (or another checkpoint_path) to start a new run.")
     wrong = {k: (loop.get(k), expect[k]) for k in FINGERPRINT if loop.get(k) != expect[k]}
     if wrong:
         detail = ", ".join(f"{k}: checkpoint {a!r}, now {b!r}" for k, (a, b) in wrong.items())

@@ -3,8 +3,88 @@ thin wrapper around the same ``sa.tl`` / ``sa.pl`` calls a notebook would make."
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import tempfile
 from pathlib import Path
+
+
+# ------------------------------------------------------------ arguments and paths, checked before any work
+
+def _at_least(minimum: int):
+    """An argparse type: a whole number >= ``minimum`` (argparse reports it as "argument --flag: ...")."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be {minimum} or more, got {value}")
+        return value
+
+    return parse
+
+
+def _check_output_file(path: Path, flag: str, source: Path | None, force: bool) -> None:
+    """``path`` can be written: its folder exists and is writable, it is no folder, and it is
+    not the input (unless ``--force``)."""
+    from ._validate import InputError
+
+    if path.is_dir():
+        raise InputError(f"{flag} {path} is a folder; pass a file name, e.g. {path / 'result.h5ad'}.")
+    folder = path.parent
+    if not folder.is_dir():
+        raise InputError(f"{flag} {path}: the folder {folder} does not exist; create it first (mkdir -p {folder}).")
+    if not os.access(folder, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise InputError(f"{flag} {path} cannot be written (permission denied); choose a writable location.")
+    if source is not None and path.exists() and os.path.samefile(path, source) and not force:
+        raise InputError(f"{flag} {path} is the input file: writing it would replace your data with the results. "
+                         "Pass another output path, or --force to replace the input on purpose.")
+
+
+def _check_output_folder(path: Path, flag: str) -> None:
+    """``path`` is a folder or can be created as one (its nearest existing parent is writable)."""
+    from ._validate import InputError
+
+    if path.exists() and not path.is_dir():
+        raise InputError(f"{flag} {path} is a file, not a folder; pass a folder name.")
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not os.access(existing, os.W_OK):
+        raise InputError(f"{flag} {path} cannot be created or written in {existing} (permission denied); "
+                         "choose a writable location.")
+
+
+def _check_paths(args) -> None:
+    """Every file the command reads and writes, before any work: a bad path fails in a second, not
+    after training."""
+    from ._validate import check_h5ad_file
+    from .io import model_path
+
+    source = getattr(args, "input", None)
+    if source is not None:
+        check_h5ad_file(source, "the input")
+    force = getattr(args, "force", False)
+    for flag, attr in (("-o/--output", "output"), ("--csv", "csv"), ("--plot", "plot")):
+        if getattr(args, attr, None) is not None:
+            _check_output_file(getattr(args, attr), flag, source, force)
+    if getattr(args, "save_model", None) is not None:
+        _check_output_file(model_path(args.save_model), "--save-model", source, force)
+    for flag, attr in (("--plots", "plots"), ("--out", "out")):
+        if getattr(args, attr, None) is not None:
+            _check_output_folder(getattr(args, attr), flag)
+
+
+def _write_h5ad(adata, path: Path) -> None:
+    """Write to a temporary file next to ``path``, then rename it into place: an interrupted
+    write never leaves a half-written file, and the input may be replaced (with --force)."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp.h5ad", dir=path.parent)
+    os.close(fd)
+    try:
+        adata.write_h5ad(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def _integrate(adata, args, out_h5ad: Path | None, plots: Path | None) -> None:
@@ -13,6 +93,7 @@ def _integrate(adata, args, out_h5ad: Path | None, plots: Path | None) -> None:
     import scgen_ae as sa
 
     from ._validate import batch_codes
+    from .tl._common import write_results
 
     batch_codes(adata, args.batch_key)  # a clear error before any work
     sa.pp.drop_empty(adata, layer=args.layer)
@@ -32,13 +113,14 @@ def _integrate(adata, args, out_h5ad: Path | None, plots: Path | None) -> None:
     sc.pp.normalize_total(base, target_sum=1e4)
     sc.pp.log1p(base)
     sc.pp.pca(base, n_comps=min(30, min(base.shape) - 1))
-    adata.obsm["X_pca_uncorrected"] = base.obsm["X_pca"]
+    write_results(adata, obsm={"X_pca_uncorrected": base.obsm["X_pca"]})
     table = sa.metrics.summary(adata, ["X_pca_uncorrected", basis], batch_key=args.batch_key,
                                label_key=args.label_key)
     print("\nintegration summary (batch_entropy / ilisi: 1 = batches mixed; ari: clusters vs labels)")
     print(table.round(3).to_string())
-    adata.uns["integration_summary"] = {c: table[c].to_numpy() for c in table.columns}
-    adata.uns["integration_summary"]["basis"] = table.index.to_numpy().astype(str)
+    summary = {c: table[c].to_numpy() for c in table.columns}
+    summary["basis"] = table.index.to_numpy().astype(str)
+    write_results(adata, uns={"integration_summary": summary})
     if plots is not None:
         plots.mkdir(parents=True, exist_ok=True)
         color = [args.batch_key] + ([args.label_key] if args.label_key else [])
@@ -49,7 +131,7 @@ def _integrate(adata, args, out_h5ad: Path | None, plots: Path | None) -> None:
             sa.pl.topics(adata, key=kind, n_genes=10, save=plots / f"{kind}_topics.png")
         print(f"plots written to {plots}/")
     if out_h5ad is not None:
-        adata.write_h5ad(out_h5ad)
+        _write_h5ad(adata, out_h5ad)
         print(f"annotated AnnData written to {out_h5ad}")
     if getattr(args, "save_model", None):
         print(f"model saved to {model.save(args.save_model)}")
@@ -117,7 +199,7 @@ def _denoise(adata, args) -> None:
     print(f"trained {len(hist['train_loss'])} epochs in {hist['seconds']:.1f} s; "
           f"denoised values in layers[{args.layer_added!r}]")
     if args.output is not None:
-        adata.write_h5ad(args.output)
+        _write_h5ad(adata, args.output)
         print(f"annotated AnnData written to {args.output}")
     if args.save_model:
         print(f"model saved to {model.save(args.save_model)}")
@@ -133,11 +215,12 @@ def _add_denoise_parser(sub) -> None:
     p.add_argument("--layer", default=None, help="layer with raw counts (default: X)")
     p.add_argument("--layer-added", default="denoised", help="layer for the denoised values")
     p.add_argument("--likelihood", default="zinb", choices=["zinb", "nb", "poisson"])
-    p.add_argument("--max-epochs", type=int, default=None)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--max-epochs", type=_at_least(1), default=None)
+    p.add_argument("--seed", type=_at_least(0), default=0)
+    p.add_argument("--threads", type=_at_least(1), default=None)
     p.add_argument("--save-model", type=Path, default=None)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--force", action="store_true", help="allow -o to replace the input file")
 # ------------------------------------------------------------ end of issue 5 block
 
 
@@ -161,7 +244,7 @@ def _score(args) -> None:
         sa.pl.scores(adata, key=args.key_added, save=args.plot)
         print(f"figure written to {args.plot}")
     if args.output is not None:
-        adata.write_h5ad(args.output)
+        _write_h5ad(adata, args.output)
         print(f"AnnData with uns[{args.key_added!r}] written to {args.output}")
 
 
@@ -175,18 +258,20 @@ def _add_score_parser(sub) -> None:
     p.add_argument("-o", "--output", type=Path, default=None, help="write the AnnData with the scores")
     p.add_argument("--csv", type=Path, default=None, help="write the table as CSV")
     p.add_argument("--plot", type=Path, default=None, help="write the table as a figure (sa.pl.scores)")
-    p.add_argument("--threads", type=int, default=None, help="threads for the neighbour search (default 1)")
+    p.add_argument("--threads", type=_at_least(1), default=None, help="threads for the neighbour search (default 1)")
+    p.add_argument("--force", action="store_true", help="allow -o to replace the input file")
 # --- end evaluation ---
 
 
 def _add_training_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--layer", default=None, help="layer with raw counts (default: X)")
     p.add_argument("--likelihood", default="zinb", choices=["zinb", "nb", "poisson", "gaussian"])
-    p.add_argument("--n-latent", type=int, default=10)
-    p.add_argument("--n-top-genes", type=int, default=2000, help="HVGs to keep (0: all genes)")
-    p.add_argument("--max-epochs", type=int, default=None, help="default: scvi-tools' heuristic, early stopping")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--n-latent", type=_at_least(1), default=10)
+    p.add_argument("--n-top-genes", type=_at_least(0), default=2000, help="HVGs to keep (0: all genes)")
+    p.add_argument("--max-epochs", type=_at_least(1), default=None,
+                   help="default: scvi-tools' heuristic, early stopping")
+    p.add_argument("--seed", type=_at_least(0), default=0)
+    p.add_argument("--threads", type=_at_least(1), default=None)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -203,22 +288,27 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--save-model", type=Path, default=None)
     p.add_argument("--model", default="vae", choices=["vae", "nmf", "lda"],
                    help="vae (default), nmf (integrative NMF; --n-latent factors, --max-epochs passes) or lda (--n-latent topics)")
+    p.add_argument("--force", action="store_true", help="allow -o to replace the input file")
     _add_training_args(p)
 
     p = sub.add_parser("demo", help="the main job on a built-in simulated dataset (no network needed)")
     p.add_argument("--out", type=Path, default=Path("demo_out"))
-    p.add_argument("--n-cells", type=int, default=1500)
+    p.add_argument("--n-cells", type=_at_least(50), default=1500)
     _add_training_args(p)
 
     _add_denoise_parser(sub)  # issue 5
     _add_score_parser(sub)  # issue 4
 
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:  # a bad flag (already reported by argparse, rc 2) or --help (rc 0)
+        return exit_.code if isinstance(exit_.code, int) else 2
     import anndata as ad
 
     import scgen_ae as sa
 
     try:
+        _check_paths(args)
         if args.command == "integrate":
             adata = ad.read_h5ad(args.input)
             _integrate(adata, args, args.output, args.plots)

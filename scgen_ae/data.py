@@ -129,8 +129,13 @@ def to_csr32(X, *, sorted_indices: bool = True) -> sp.csr_matrix:
 
 
 def train_validation_split(n: int, validation_fraction: float, rng: np.random.Generator):
-    """Random split of ``range(n)``; returns (train_idx, validation_idx or empty)."""
+    """Random split of ``range(n)``; returns (train_idx, validation_idx or empty).
+
+    Refuses (:class:`~scgen_ae.InputError`) a fraction that leaves fewer than 2 training
+    cells, or none to validate on although ``validation_fraction > 0``.
+    """
+    from ._validate import check_split  # _validate imports this module
+
+    n_val = check_split(n, validation_fraction)
     perm = rng.permutation(n)
-    n_val = int(round(n * validation_fraction)) if validation_fraction > 0 else 0
-    n_val = min(n_val, n - 3) if n > 3 else 0
     return np.sort(perm[n_val:]), np.sort(perm[:n_val])

@@ -64,7 +64,9 @@ def read_backed(path: str | Path) -> AnnData:
 
     ``.h5ad``: ``anndata.read_h5ad(path, backed="r")``. zarr: an AnnData whose ``X`` is
     ``anndata.io.sparse_dataset`` of the store's ``X`` group. Training and inference on
-    the result (``sa.tl.vae``, ``model.get_latent``) stream ``X`` in chunks.
+    the result (``sa.tl.vae``, ``model.get_latent``) stream ``X`` in chunks. Anything
+    else (a CSV, a file named ``.h5ad`` that is not HDF5, a folder that is no zarr store)
+    raises :class:`~scgen_ae.InputError` saying so; a missing path, ``FileNotFoundError``.
     """
     import anndata as ad
 
@@ -74,9 +76,18 @@ def read_backed(path: str | Path) -> AnnData:
     if path.is_dir():  # a zarr store
         import zarr
 
-        root = zarr.open_group(str(path), mode="r")
+        try:
+            root = zarr.open_group(str(path), mode="r")
+            missing = [name for name in ("X", "obs", "var") if name not in root]
+        except Exception as err:  # zarr's errors differ between versions; all mean "not a store"
+            raise v.InputError(f"{str(path)!r} is a folder but not a zarr store ({err}); sa.read_backed "
+                               "opens an .h5ad file or a zarr store written by adata.write_zarr().") from None
+        if missing:
+            raise v.InputError(f"The zarr store {str(path)!r} has no {missing}: it was not written by "
+                               "adata.write_zarr(); write the AnnData with adata.write_zarr(path) first.")
         return AnnData(X=ad.io.sparse_dataset(root["X"]), obs=ad.io.read_elem(root["obs"]),
                        var=ad.io.read_elem(root["var"]))
+    v.check_h5ad_file(path, "sa.read_backed")
     return ad.read_h5ad(path, backed="r")
 
 
@@ -209,10 +220,11 @@ def _minibatch_bounds(n: int, batch_size: int, drop_last_if_tiny: bool) -> list[
 
 # ---------------------------------------------------------------- validation, streamed
 
-def counts_check(layer: str | None, likelihood: str | None) -> Callable[[sp.csr_matrix], None]:
-    """The value check of ``training_data`` for one block: counts for count likelihoods."""
+def counts_check(layer: str | None, likelihood: str | None, **advice) -> Callable[[sp.csr_matrix], None]:
+    """The value check of ``training_data`` for one block: counts for count likelihoods
+    (``advice``: ``needs`` / ``otherwise`` of :func:`scgen_ae._validate.check_counts`)."""
     counts = likelihood in COUNT_LIKELIHOODS + (None, "counts")
-    return lambda X: v.check_counts(X, layer, likelihood or "counts") if counts else None
+    return lambda X: v.check_counts(X, layer, likelihood or "counts", **advice) if counts else None
 
 
 def _scan(data: OnDiskCellData, check: Callable[[sp.csr_matrix], None]) -> tuple[np.ndarray, np.ndarray]:
@@ -249,24 +261,26 @@ def validated(adata: AnnData, layer: str | None, check: Callable[[sp.csr_matrix]
     return data
 
 
-def training_data(adata: AnnData, layer: str | None, batch_key: str | None, likelihood: str | None):
+def training_data(adata: AnnData, layer: str | None, batch_key: str | None, likelihood: str | None, **advice):
     """Out-of-core counterpart of :func:`scgen_ae.tl._common.training_data`: the same checks,
     streamed over the file once (nothing is kept but library sizes)."""
     codes, cats = v.batch_codes(adata, batch_key)  # obs is in memory: cheap, and the clearest error first
-    data = validated(adata, layer, counts_check(layer, likelihood))
+    data = validated(adata, layer, counts_check(layer, likelihood, **advice))
     data.batch = codes
     data.log1p_input = likelihood in COUNT_LIKELIHOODS or likelihood is None
     return data, cats
 
 
-def apply_data(adata: AnnData, var_names, batch_categories, batch_key, likelihood: str, pad_missing: bool):
-    """Out-of-core counterpart of ``BaseModel._cell_data``: cells to apply a trained model to."""
+def apply_data(adata: AnnData, var_names, batch_categories, batch_key, likelihood: str, pad_missing: bool,
+               **advice):
+    """Out-of-core counterpart of ``BaseModel._cell_data``: cells to apply a trained model to
+    (``advice``: ``needs`` / ``otherwise`` of :func:`scgen_ae._validate.check_counts`)."""
     data = _open(adata, None)
     pos, _ = v.align_genes(adata, var_names, pad_missing)
     codes, _ = v.batch_codes(adata, batch_key, batch_categories)
     if not np.array_equal(pos, np.arange(data.n_stored_genes)):
         data.columns = pos
     counts = likelihood in COUNT_LIKELIHOODS + ("counts",)
-    library, _ = _scan(data, counts_check(None, likelihood if counts else "gaussian"))
+    library, _ = _scan(data, counts_check(None, likelihood if counts else "gaussian", **advice))
     data.batch, data.library, data.log1p_input = codes, library, counts
     return data

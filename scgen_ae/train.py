@@ -12,15 +12,15 @@ import math
 import sys
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from . import checkpoint
+from . import _validate, checkpoint
 from .data import CellData, train_validation_split
 from .distributed import shard
+from .io import model_path
 
 
 class TrainingDivergedError(RuntimeError):
@@ -52,6 +52,10 @@ class TrainConfig:
     resume: bool = False  # continue from checkpoint_path when it exists (else start afresh)
     devices: int = 1  # processes per node (one per GPU); > 1 needs torchrun
     num_nodes: int = 1
+
+    def __post_init__(self):
+        # checked where the options are collected, so every front refuses them before any work
+        _validate.check_train_options(self)
 
     def epochs_for(self, n_cells: int) -> int:
         if self.max_epochs is not None:
@@ -226,7 +230,7 @@ def fit(module: torch.nn.Module, data: CellData, config: TrainConfig, likelihood
     loop = {"epoch": -1, "best_loss": math.inf, "since_best": 0, "best_state": None, "n_cells": int(data.n_cells),
             "n_train": int(len(train_idx)), "seed": int(config.seed), "batch_size": int(config.batch_size),
             "world_size": dist.world if dist else 1}
-    if config.resume and config.checkpoint_path and Path(config.checkpoint_path).exists():
+    if config.resume and config.checkpoint_path and model_path(config.checkpoint_path).exists():
         restored, rng_state = _restore(config.checkpoint_path, module, optimizer, history, loop, dist)
         loop.update(restored)
         if rng_state is not None:

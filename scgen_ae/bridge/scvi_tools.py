@@ -245,7 +245,7 @@ def fit_amortized_lda(adata: AnnData, *, n_topics: int = 20, layer: str | None =
         raise ValueError(f"n_topics={n_topics}; it must be at least 1.")
     scvi = import_scvi()
     X = v.get_matrix(adata, layer)
-    v.check_counts(X, layer, "AmortizedLDA")
+    v.check_counts(X, layer, "poisson", needs="AmortizedLDA (a topic model of counts)", otherwise=None)
     v.check_not_empty(X, layer)
     private = _private_counts(adata, layer, None)
     epochs = TrainConfig(max_epochs=max_epochs).epochs_for(adata.n_obs)

@@ -14,7 +14,7 @@ from anndata import AnnData
 from .. import _validate as v
 from .. import ondisk
 from ..data import CellData
-from ..io import ModelFileError, read_model_file, write_model_file
+from ..io import STRINGS, ModelFileError, header_fields, model_path, read_model_file, write_model_file
 from ..likelihoods import COUNT_LIKELIHOODS
 from ..train import History
 
@@ -36,6 +36,10 @@ class BaseModel:
     module_class: ClassVar[type]
     config_class: ClassVar[type]
     registry: ClassVar[dict[str, type]] = {}
+    # how the error for data that are not counts names what needs them, and the alternative it
+    # offers (see _validate.check_counts): advice must be something this model can do
+    counts_needs: ClassVar[str | None] = None  # None: "likelihood=<the model's>"
+    counts_otherwise: ClassVar[str | None] = "train a model with likelihood='gaussian' for log-normalised data"
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -64,15 +68,16 @@ class BaseModel:
         """Validate ``adata`` against the trained genes and batches and wrap it."""
         layer = self.layer if layer == "model" else layer
         batch_key = self.batch_key if batch_key == "model" else batch_key
+        advice = dict(needs=self.counts_needs, otherwise=self.counts_otherwise)
         if ondisk.is_on_disk(adata, layer):  # stream X from disk instead of reading it
             return ondisk.apply_data(adata, self.var_names, self.batch_categories, batch_key,
-                                     getattr(self.config, "likelihood", "counts"), pad_missing)
+                                     getattr(self.config, "likelihood", "counts"), pad_missing, **advice)
         X = v.get_matrix(adata, layer)
         pos, _ = v.align_genes(adata, self.var_names, pad_missing)
         X = v.aligned_matrix(X, pos)
         counts = getattr(self.config, "likelihood", "counts") in COUNT_LIKELIHOODS + ("counts",)
         if counts:
-            v.check_counts(X, layer, getattr(self.config, "likelihood", "counts"))
+            v.check_counts(X, layer, getattr(self.config, "likelihood", "counts"), **advice)
         codes, _ = v.batch_codes(adata, batch_key, self.batch_categories)
         return CellData(X, codes, np.asarray(X.sum(1)).ravel(), log1p_input=counts)
 
@@ -85,7 +90,9 @@ class BaseModel:
 
     # ------------------------------------------------------------ files
     def save(self, path: str | os.PathLike) -> Path:
-        """Write the model to ``path`` (``.npz``), atomically; returns the path written."""
+        """Write the model atomically; returns the path written: ``path`` when it ends in
+        ``.npz``, else ``path`` + ``.npz`` ("run_1.5" -> "run_1.5.npz"). :meth:`load` takes
+        the same ``path``."""
         header = {
             "model": type(self).__name__,
             "config": dataclasses.asdict(self.config),
@@ -100,23 +107,39 @@ class BaseModel:
 
     @classmethod
     def load(cls, path: str | os.PathLike, adata: AnnData | None = None, device: str = "cpu") -> "BaseModel":
-        """Load a model written by :meth:`save`. Nothing is unpickled.
+        """Load a model written by :meth:`save` (same ``path``: any name round-trips). Nothing is unpickled.
 
+        Any file that is not an intact model file raises :class:`~scgen_ae.ModelFileError`.
         With ``adata``, also checks that it holds every trained gene.
         """
         header, arrays = read_model_file(path)
-        model_cls = BaseModel.registry.get(header.get("model"))
+        where = str(model_path(path))
+        header_fields(where, header, {"model": (str,)})
+        model_cls = BaseModel.registry.get(header["model"])
         if model_cls is None or not issubclass(model_cls, cls):
-            raise ModelFileError(f"{str(path)!r} holds a {header.get('model')!r} model, not a {cls.__name__}.")
-        config = model_cls.config_class(**header["config"])
-        history = {k: (np.asarray(v) if isinstance(v, list) else v) for k, v in header["history"].items()}
-        model = model_cls(config, header["var_names"], header["batch_key"], header["batch_categories"],
-                          header["layer"], history)
+            raise ModelFileError(f"{where!r} holds a {header['model']!r} model, not a {cls.__name__}.")
+        header_fields(where, header, {"config": (dict,), "var_names": STRINGS, "batch_key": (str, type(None)),
+                                      "batch_categories": STRINGS, "layer": (str, type(None)), "history": (dict,)})
+        try:
+            config = model_cls.config_class(**header["config"])
+            # the weights' shapes follow the config; these lists must match it too, or genes and
+            # batches would be silently mislabelled
+            for name, listed in (("n_genes", "var_names"), ("n_batches", "batch_categories")):
+                size = getattr(config, name, None)
+                if size is not None and len(header[listed]) != size:
+                    raise ValueError(f"the header lists {len(header[listed])} {listed} but the config has "
+                                     f"{name}={size!r}")
+            history = {k: (np.asarray(v) if isinstance(v, list) else v) for k, v in header["history"].items()}
+            model = model_cls(config, header["var_names"], header["batch_key"], header["batch_categories"],
+                              header["layer"], history)
+        except (TypeError, ValueError, RuntimeError) as err:  # a config the module cannot be built from
+            raise ModelFileError(f"The header of {where!r} does not describe a valid {model_cls.__name__}: {err}. "
+                                 "The file was edited or is corrupt; save the model again with Model.save().") from err
         state = {k[2:]: torch.from_numpy(np.array(a)) for k, a in arrays.items() if k.startswith("w/")}
         try:
             model.module.load_state_dict(state)
         except RuntimeError as err:
-            raise ModelFileError(f"The weights in {str(path)!r} do not fit the saved config: {err}") from err
+            raise ModelFileError(f"The weights in {where!r} do not fit the saved config: {err}") from err
         model.module.to(device).eval()
         if adata is not None:
             v.align_genes(adata, model.var_names)

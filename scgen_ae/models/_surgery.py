@@ -160,7 +160,7 @@ def map_query(model, adata: AnnData, *, batch_key: str, layer="model", pad_missi
     X = v.aligned_matrix(X, pos)
     counts = likelihood in COUNT_LIKELIHOODS
     if counts:
-        v.check_counts(X, layer, likelihood)
+        v.check_counts(X, layer, likelihood, needs=model.counts_needs, otherwise=model.counts_otherwise)
     empty = int((np.diff(X.indptr) == 0).sum())
     if empty:
         raise v.InputError(f"{empty} query cells have no counts in the model's {len(model.var_names)} genes. Drop "

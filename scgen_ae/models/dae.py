@@ -204,6 +204,8 @@ class DAEModule(nn.Module):
 class DAE(BaseModel):
     """A trained (denoising) count autoencoder (see :func:`scgen_ae.tl.denoise`)."""
 
+    counts_otherwise = None  # count likelihoods only: no gaussian to offer
+
     module_class = DAEModule
     config_class = DAEConfig
 

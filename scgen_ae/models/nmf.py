@@ -212,6 +212,9 @@ def apply_alignment(Z: np.ndarray, codes: np.ndarray, tables: dict[str, np.ndarr
 class NMF(BaseModel):
     """A fitted (integrative) NMF (see :func:`scgen_ae.tl.nmf` to fit one)."""
 
+    counts_needs = "this NMF model (fitted with transform='log1p', which normalises counts)"
+    counts_otherwise = "fit a model on log-normalised values with sa.tl.nmf(adata, transform='none')"
+
     module_class = NMFModule
     config_class = NMFConfig
 

@@ -148,6 +148,9 @@ class LDA(BaseModel):
     """A trained topic model (see :func:`scgen_ae.tl.lda`). ``method="classic"`` fits give
     a :class:`~scgen_ae.models.lda_vb.ClassicLDA`, a subclass with the same methods."""
 
+    counts_needs = "this topic model (LDA)"
+    counts_otherwise = None  # no likelihood for log-normalised data here
+
     module_class = TopicModule
     config_class = TopicConfig
 

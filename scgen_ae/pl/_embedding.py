@@ -4,6 +4,18 @@ from __future__ import annotations
 import numpy as np
 from anndata import AnnData
 
+from .._validate import InputError, MissingKeyError
+
+METHODS = ("umap", "tsne")
+
+
+def check_embedding(adata: AnnData, basis: str, method: str) -> None:
+    """Refuse an unknown ``basis`` or ``method`` before anything is computed or cached."""
+    if method not in METHODS:
+        raise InputError(f"method={method!r}; choose 'umap' or 'tsne'.")
+    if basis not in adata.obsm:
+        raise MissingKeyError(f"basis={basis!r} is not in adata.obsm (available: {list(adata.obsm.keys())}).")
+
 
 def embed_2d(X: np.ndarray, method: str, seed: int = 0, n_neighbors: int = 15, min_dist: float = 0.3,
              perplexity: float = 30.0) -> np.ndarray:
@@ -20,7 +32,7 @@ def embed_2d(X: np.ndarray, method: str, seed: int = 0, n_neighbors: int = 15, m
 
         perplexity = min(perplexity, (X.shape[0] - 1) / 3)
         return TSNE(perplexity=perplexity, random_state=seed, init="pca").fit_transform(X)
-    raise ValueError(f"method={method!r}; choose 'umap' or 'tsne'.")
+    raise InputError(f"method={method!r}; choose 'umap' or 'tsne'.")
 
 
 def cached_embedding(adata: AnnData, basis: str, method: str, recompute: bool = False, **kwargs) -> np.ndarray:
@@ -29,8 +41,7 @@ def cached_embedding(adata: AnnData, basis: str, method: str, recompute: bool = 
     The cache remembers the source basis' shape and the parameters in
     ``uns["embeddings"]``, and is recomputed when they no longer match.
     """
-    if basis not in adata.obsm:
-        raise KeyError(f"basis={basis!r} is not in adata.obsm (available: {list(adata.obsm.keys())}).")
+    check_embedding(adata, basis, method)
     key = f"{basis}_{method}"
     src = np.asarray(adata.obsm[basis])
     record = adata.uns.get("embeddings", {}).get(key)

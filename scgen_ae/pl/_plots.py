@@ -10,7 +10,8 @@ import pandas as pd
 import scipy.sparse as sp
 from anndata import AnnData
 
-from ._embedding import cached_embedding
+from .._validate import MissingKeyError
+from ._embedding import cached_embedding, check_embedding
 
 
 def _finish(fig, save, show):
@@ -28,7 +29,9 @@ def _color_values(adata: AnnData, key: str):
         col = adata[:, key].X
         col = col.toarray().ravel() if sp.issparse(col) else np.asarray(col).ravel()
         return pd.Series(np.log1p(col), index=adata.obs_names, name=f"log1p {key}")
-    raise KeyError(f"color={key!r} is neither an obs column nor a gene in var_names.")
+    genes = ", ".join(map(repr, adata.var_names[:5])) + (", ..." if adata.n_vars > 5 else "")
+    raise MissingKeyError(f"color={key!r} is neither a column of adata.obs (columns: "
+                          f"{list(map(str, adata.obs.columns[:20]))}) nor a gene in adata.var_names ({genes}).")
 
 
 def _scatter(ax, xy, values, title, point_size, adata):
@@ -62,16 +65,18 @@ def latent(adata: AnnData, *, basis: str = "X_vae", color: str | Sequence[str] |
     parameters in ``uns["embeddings"]``) and reused by later calls.
     ``color`` takes ``obs`` columns or gene names. Returns the matplotlib figure.
     """
+    keys = [None] if color is None else [color] if isinstance(color, str) else list(color)
+    # every argument is checked before the embedding is computed and cached
+    check_embedding(adata, basis, method)
+    values = [pd.Series(np.zeros(adata.n_obs), name="") if key is None else _color_values(adata, key) for key in keys]
     params = dict(n_neighbors=n_neighbors, min_dist=min_dist) if method == "umap" else dict(perplexity=perplexity)
     xy = cached_embedding(adata, basis, method, recompute, seed=seed, **params)
-    keys = [None] if color is None else [color] if isinstance(color, str) else list(color)
     ncols = min(ncols, len(keys))
     nrows = math.ceil(len(keys) / ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(4.6 * ncols, 4 * nrows), squeeze=False)
     size = point_size or max(2.0, 120000 / max(adata.n_obs, 1) ** 1.2)
-    for ax, key in zip(axes.flat, keys):
-        values = pd.Series(np.zeros(adata.n_obs), name="") if key is None else _color_values(adata, key)
-        _scatter(ax, xy, values, f"{basis} {method.upper()}" + (f": {key}" if key else ""), size, adata)
+    for ax, key, vals in zip(axes.flat, keys, values):
+        _scatter(ax, xy, vals, f"{basis} {method.upper()}" + (f": {key}" if key else ""), size, adata)
     for ax in list(axes.flat)[len(keys):]:
         ax.axis("off")
     fig.tight_layout()
@@ -113,7 +118,15 @@ def draw_history(ax, hist, key: str) -> None:
 
 def history(adata_or_model, *, key: str = "vae", save: str | None = None, show: bool = False):
     """Training and validation loss per epoch from ``uns[key]["history"]`` (or a model)."""
-    hist = adata_or_model.uns[key]["history"] if isinstance(adata_or_model, AnnData) else adata_or_model.history
+    if isinstance(adata_or_model, AnnData):
+        record = adata_or_model.uns.get(key)
+        if not isinstance(record, dict) or "history" not in record:
+            trained = [k for k, val in adata_or_model.uns.items() if isinstance(val, dict) and "history" in val]
+            raise MissingKeyError(f"adata.uns[{key!r}] holds no training history; pass key= naming one that does "
+                                  f"(uns keys with a history: {trained or 'none: train a model first'}).")
+        hist = record["history"]
+    else:
+        hist = adata_or_model.history
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
     draw_history(ax, hist, key)
     fig.tight_layout()

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 
+from .._validate import MissingKeyError
 from ._plots import _finish
 
 
@@ -17,11 +18,11 @@ def _loadings(adata: AnnData, key: str) -> np.ndarray:
     record = adata.uns.get(key)
     if not isinstance(record, dict) or "varm_key" not in record:
         fronts = [k for k, val in adata.uns.items() if isinstance(val, dict) and "varm_key" in val]
-        raise KeyError(f"adata.uns[{key!r}] holds no 'varm_key': run sa.tl.lda / sa.tl.nmf first "
+        raise MissingKeyError(f"adata.uns[{key!r}] holds no 'varm_key': run sa.tl.lda / sa.tl.nmf first "
                        f"(uns keys with gene loadings: {fronts or 'none'}).")
     varm_key = str(record["varm_key"])
     if varm_key not in adata.varm:
-        raise KeyError(f"adata.uns[{key!r}]['varm_key'] is {varm_key!r}, which is not in adata.varm "
+        raise MissingKeyError(f"adata.uns[{key!r}]['varm_key'] is {varm_key!r}, which is not in adata.varm "
                        f"(available: {list(adata.varm.keys())}). Was the AnnData subset to other genes?")
     return np.asarray(adata.varm[varm_key], dtype=np.float64)
 

@@ -3,6 +3,7 @@ in one step at the end, so a failure anywhere leaves the caller's AnnData untouc
 from __future__ import annotations
 
 import dataclasses
+import warnings
 
 import numpy as np
 from anndata import AnnData
@@ -16,18 +17,23 @@ from ..train import TrainConfig
 TRAIN_FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
 
 
-def training_data(adata: AnnData, layer: str | None, batch_key: str | None, likelihood: str | None):
+def training_data(adata: AnnData, layer: str | None, batch_key: str | None, likelihood: str | None, *,
+                  needs: str | None = None, otherwise: str | None = v.GAUSSIAN_ADVICE):
     """Validate ``adata`` for training; return (CellData, batch categories).
 
     When ``X`` is a CSR matrix on disk (backed ``.h5ad``, ``sa.read_backed``) the data
     source is an :class:`~scgen_ae.ondisk.OnDiskCellData` that streams it instead.
+    ``needs`` / ``otherwise`` word the error for data that are not counts
+    (see :func:`scgen_ae._validate.check_counts`).
     """
+    if isinstance(adata, AnnData):
+        v.check_unique_genes(adata)
     if ondisk.is_on_disk(adata, layer):
-        return ondisk.training_data(adata, layer, batch_key, likelihood)
+        return ondisk.training_data(adata, layer, batch_key, likelihood, needs=needs, otherwise=otherwise)
     X = v.get_matrix(adata, layer)
     counts = likelihood in COUNT_LIKELIHOODS or likelihood is None
     if counts:
-        v.check_counts(X, layer, likelihood or "counts")
+        v.check_counts(X, layer, likelihood or "counts", needs=needs, otherwise=otherwise)
     v.check_not_empty(X, layer)
     codes, cats = v.batch_codes(adata, batch_key)
     return CellData(X, codes, np.asarray(X.sum(1)).ravel(), log1p_input=counts), cats
@@ -48,9 +54,39 @@ def _uns_safe(value):
     return value
 
 
-def write_results(adata: AnnData, *, obsm=None, layers=None, varm=None, uns=None) -> None:
-    """Assign all outputs at once (after everything that can fail has run)."""
-    for store, items in ((adata.obsm, obsm), (adata.layers, layers), (adata.varm, varm), (adata.uns, uns)):
+_NOTHING = object()
+
+
+def write_results(adata: AnnData, *, X=_NOTHING, obs=None, obsm=None, layers=None, varm=None, uns=None) -> None:
+    """Assign all outputs at once, after everything that can fail has run.
+
+    The shapes are checked before the first assignment, so a result that does not fit
+    ``adata`` raises :class:`~scgen_ae.InputError` with ``adata`` untouched. Replacing a
+    key that is already there is announced with a ``UserWarning`` naming it. ``X`` replaces
+    ``adata.X`` when given.
+    """
+    n_obs, n_vars = adata.shape
+    stores = (("obs", adata.obs, obs, (n_obs,)), ("obsm", adata.obsm, obsm, (n_obs,)),
+              ("layers", adata.layers, layers, (n_obs, n_vars)), ("varm", adata.varm, varm, (n_vars,)),
+              ("uns", adata.uns, uns, None))
+    for name, _, items, shape in stores:
+        for key, value in (items or {}).items():
+            got = tuple(np.shape(value))[: len(shape)] if shape is not None else None
+            if shape is not None and got != shape:
+                raise v.InputError(
+                    f"The result for adata.{name}[{key!r}] has shape {np.shape(value)}, but adata has "
+                    f"{n_obs} cells x {n_vars} genes (expected {shape} first): nothing was written."
+                )
+    if X is not _NOTHING and tuple(np.shape(X)) != (n_obs, n_vars):
+        raise v.InputError(f"The result for adata.X has shape {np.shape(X)}, but adata is {n_obs} x {n_vars}: "
+                           "nothing was written.")
+    replaced = [f"adata.{name}[{key!r}]" for name, store, items, _ in stores for key in items or {} if key in store]
+    if replaced:
+        warnings.warn(f"Replacing {', '.join(replaced)}, which already existed, with this result; pass other keys "
+                      "(key_added= / uns_key= / layer_added=) to keep both.", UserWarning, stacklevel=3)
+    if X is not _NOTHING:
+        adata.X = X
+    for _, store, items, _ in stores:
         for key, value in (items or {}).items():
             store[key] = value
 

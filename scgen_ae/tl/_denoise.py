@@ -18,6 +18,29 @@ DAE_FIELDS = {f.name for f in dataclasses.fields(DAEConfig)} - {"n_genes", "n_ba
 METHODS = ("dae", "vae")
 
 
+def _check_model_genes(adata: AnnData, model_genes: list[str], genes) -> None:
+    """A trained model decodes its own genes only: refuse outputs it cannot fill, before any work.
+
+    ``layers`` hold one column per gene of ``adata``, so a denoised layer needs ``adata`` to
+    have exactly the model's genes (in any order: the columns are reordered). With more
+    genes, the model's values could only fill part of the layer; rather than pad it with
+    made-up values (NaN or 0), this is refused with the two ways that work.
+    """
+    v.align_genes(adata, model_genes)  # every model gene present (else a clear error), names unique
+    if genes is not None:
+        unknown = [g for g in genes if str(g) not in set(model_genes)]
+        if unknown:
+            raise v.InputError(f"genes= names {len(unknown)} genes the model was not trained on (e.g. {unknown[:5]}); "
+                               "the model decodes only its own genes (model.var_names).")
+    elif set(map(str, adata.var_names)) != set(model_genes):
+        raise v.InputError(
+            f"adata has {adata.n_vars} genes but the model was trained on {len(model_genes)} of them, so its "
+            f"denoised values cannot fill a layer of adata (one column per gene). Either pass "
+            f"genes=model.var_names (the model's genes, stored as a data frame in obsm), or denoise the model's "
+            f"genes only: sa.tl.denoise(adata[:, model.var_names].copy(), model=model)."
+        )
+
+
 def _check_request(adata: AnnData, *, method, layer, batch_key, transform_batch, library_size, genes,
                    layer_added, overwrite, return_info, likelihood, known_batches) -> None:
     """Everything about the call that can be refused before any training."""
@@ -68,7 +91,8 @@ def _train_dae(adata, layer, batch_key, likelihood, kwargs) -> DAE:
         train_cfg = dataclasses.replace(train_cfg, patience=10)
     if "max_epochs" not in kwargs:
         train_cfg = dataclasses.replace(train_cfg, max_epochs=default_epochs(adata.n_obs))
-    data, cats = training_data(adata, layer, batch_key, likelihood)
+    data, cats = training_data(adata, layer, batch_key, likelihood, otherwise=None)  # the DAE has no gaussian
+    v.check_n_latent(arch.get("n_latent", DAEConfig.n_latent), adata.n_vars)
     config = DAEConfig(n_genes=adata.n_vars, n_batches=len(cats), likelihood=likelihood,
                        input_scale=float(np.median(data.library)), **arch)
     with seeded_threads(train_cfg.seed, train_cfg.n_threads):
@@ -144,7 +168,12 @@ def denoise(
         "zinb" (default), "nb" or "poisson" (training only).
     model
         A trained :class:`~scgen_ae.models.DAE` or :class:`~scgen_ae.VAE`: applied to
-        ``adata`` without training.
+        ``adata`` without training. Genes are matched by name, so ``adata`` must hold every
+        gene of the model. A denoised layer needs ``adata`` to have exactly the model's
+        genes (any order); for an ``adata`` with more genes (e.g. a model trained on HVGs)
+        pass ``genes=model.var_names`` (the model's genes, as ``obsm`` data frames) or
+        ``adata[:, model.var_names].copy()``: otherwise the call is refused before anything
+        is written (the model has no values to fill the other genes' columns with).
     transform_batch
         Decode every cell as if it came from this batch (denoised *and* batch-corrected);
         None decodes each cell in its own batch.
@@ -222,6 +251,8 @@ def denoise(
                    library_size=library_size, genes=genes, layer_added=layer_added, overwrite=overwrite,
                    return_info=return_info, likelihood=model.config.likelihood if model else likelihood,
                    known_batches=model.batch_categories if model else None)
+    if model is not None:
+        _check_model_genes(adata, model.var_names, genes)
     if model is None:
         model = (_train_vae if method == "vae" else _train_dae)(adata, layer, batch_key, likelihood, kwargs)
         if model.interrupted:
@@ -240,6 +271,9 @@ def denoise(
             + (("dispersion",) if return_info else ())
         values = model.predict(adata, transform_batch=transform_batch, library_size=library_size, genes=genes,
                                outputs=outputs, **apply)
+    if genes is None and list(adata.var_names) != model.var_names:  # same genes, another order
+        order = pd.Index(model.var_names).get_indexer(adata.var_names)
+        values = {k: (a if k == "latent" else a[:, order]) for k, a in values.items()}
     target = adata.copy() if copy else adata
     base = layer_added or "denoised"
     per_gene = {(layer_added if k == "mean" else f"{base}_{k}"): a for k, a in values.items() if k != "latent"}
@@ -255,8 +289,7 @@ def denoise(
                               "return_info": return_info})
     uns = {uns_key: {"params": params, "history": model.history, "method": method,
                      "layer_added": str(layer_added), "key_added": key_added}}
-    if layer_added is None and genes is None:
-        target.X = layers.pop(None)
-    write_results(target, layers=layers, obsm=obsm, uns=uns)
+    new_X = {"X": layers.pop(None)} if layer_added is None and genes is None else {}  # layer_added=None: into X
+    write_results(target, layers=layers, obsm=obsm, uns=uns, **new_X)
     return (target, model) if copy else model
 

@@ -17,6 +17,8 @@ from ._common import params_record, split_kwargs, training_data, write_results
 METHODS = ("prodlda", "classic")
 # ProdLDA trains well with larger steps and minibatches than the VAE (fewer, cheaper epochs)
 PRODLDA_TRAIN_DEFAULTS = dict(max_epochs=100, batch_size=256, lr=1e-2, patience=15)
+# topic models are of counts only: the error for other data offers no likelihood to switch to
+COUNTS_ADVICE = dict(needs="tl.lda (a topic model of counts)", otherwise=None)
 
 
 def _classic_options(rest: dict, batch_key: str | None) -> dict:
@@ -154,7 +156,8 @@ def lda(
         # batch VB revisits every cell's counts in each of its E-steps: it is not a streaming method
         raise v.InputError("adata.X is on disk (a backed .h5ad / zarr store), but method='classic' needs X in "
                            "memory: call adata.to_memory() first, or use method='prodlda', which streams it.")
-    data, cats = training_data(adata, layer, batch_key, "poisson")
+    data, cats = training_data(adata, layer, batch_key, "poisson", **COUNTS_ADVICE)
+    v.check_n_latent(n_topics, adata.n_vars, "n_topics")
     with seeded_threads(train_cfg.seed, train_cfg.n_threads):
         # the same split train.fit draws: the held-out perplexity is on cells never trained on
         train_idx, val_idx = train_validation_split(data.n_cells, train_cfg.validation_fraction,
@@ -212,7 +215,8 @@ def _lda_scvi_tools(adata: AnnData, *, n_topics, method, batch_key, layer, n_hid
     unknown = sorted(set(train_kwargs) - set(SCVI_LDA_OPTIONS))
     if unknown:
         raise TypeError(f"lda(backend='scvi-tools') does not map {unknown}; it maps {list(SCVI_LDA_OPTIONS)}.")
-    training_data(adata, layer, None, "poisson")  # the native input checks and errors, before scvi-tools
+    training_data(adata, layer, None, "poisson", **COUNTS_ADVICE)  # the native checks and errors, before scvi-tools
+    v.check_n_latent(n_topics, adata.n_vars, "n_topics")
     result = bridge.fit_amortized_lda(adata, n_topics=n_topics, layer=layer, n_hidden=n_hidden, **train_kwargs)
     scvi = bridge.import_scvi()
     X = v.get_matrix(adata, layer)

@@ -181,6 +181,8 @@ def nmf(
     """
     _check_options(loss, solver, init, batch_key, n_components, max_iter, tol, batch_size, n_quantiles, min_cells,
                    min_match)
+    if isinstance(adata, AnnData):
+        v.check_unique_genes(adata)
     on_disk = ondisk.is_on_disk(adata, layer)
     if on_disk and batch_size is None:
         raise v.InputError("adata.X is on disk (a backed .h5ad / zarr store): pass batch_size= (e.g. 4096) to "

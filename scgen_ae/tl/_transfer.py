@@ -57,8 +57,9 @@ def transfer_labels(
     n_neighbors
         Neighbours per query cell (at most the number of labelled reference cells).
     key_added
-        Name of the predicted-label column; default ``f"{label_key}_transferred"`` (never
-        overwrites a ground-truth ``label_key`` column the query may have).
+        Name of the predicted-label column; default ``f"{label_key}_transferred"``. ``label_key``
+        itself is refused: it would replace the labels read from (and a ground-truth
+        ``label_key`` column the query may have). Replacing another existing column warns.
     copy
         Return an annotated copy instead of writing into ``adata``.
 
@@ -71,6 +72,12 @@ def transfer_labels(
     - ``adata.uns[key_added]``: ``params`` and ``labels``.
     """
     key_added = key_added or f"{label_key}_transferred"
+    if key_added in (label_key, f"{label_key}_uncertainty"):
+        raise v.InputError(
+            f"key_added={key_added!r} would replace the label column {label_key!r} that the labels are read from "
+            f"(and the query's own {label_key!r}, if it has one, the ground truth to compare with). Pass another "
+            f"key_added, e.g. the default {label_key + '_transferred'!r}."
+        )
     query = _latent(adata, basis, "adata")
     ref = _latent(reference, basis, "reference")
     if query.shape[1] != ref.shape[1]:
@@ -100,8 +107,7 @@ def transfer_labels(
     target = adata.copy() if copy else adata
     params = params_record(label_key=label_key, basis=basis, n_neighbors=k)
     uns = {key_added: {"params": params, "labels": np.asarray(names, dtype=str)}}
-    write_results(target, obsm={f"{key_added}_probabilities": proba.astype(np.float32)}, uns=uns)
-    # obs columns last: nothing after this point can fail
-    target.obs[key_added] = pd.Categorical.from_codes(best, categories=list(names))
-    target.obs[f"{key_added}_uncertainty"] = (1.0 - proba.max(1)).astype(np.float32)
+    obs = {key_added: pd.Categorical.from_codes(best, categories=list(names)),
+           f"{key_added}_uncertainty": (1.0 - proba.max(1)).astype(np.float32)}
+    write_results(target, obs=obs, obsm={f"{key_added}_probabilities": proba.astype(np.float32)}, uns=uns)
     return target if copy else None

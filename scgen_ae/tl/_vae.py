@@ -5,6 +5,7 @@ import warnings
 
 from anndata import AnnData
 
+from .._validate import check_n_latent
 from ..models.vae import VAE, VAEConfig, VAEModule
 from ..train import fit, seeded_threads
 from ._common import params_record, split_kwargs, training_data, write_results
@@ -156,6 +157,7 @@ def vae(
         raise TypeError(f"vae() got unexpected keyword arguments {sorted(rest)}.")
     data, cats = training_data(adata, layer, batch_key, likelihood)
     check_label_key(adata, label_key)
+    check_n_latent(n_latent, adata.n_vars)
     config = VAEConfig(
         n_genes=adata.n_vars, n_batches=len(cats), likelihood=likelihood, n_latent=n_latent,
         n_hidden=n_hidden, n_layers=n_layers, dropout_rate=dropout_rate, dispersion=dispersion,

@@ -5,6 +5,7 @@ import dataclasses
 
 from anndata import AnnData
 
+from .. import _validate as v
 from ._common import params_record, split_kwargs, training_data, write_results
 
 
@@ -31,6 +32,7 @@ def vae_scvi_tools(adata: AnnData, *, batch_key: str | None, layer: str | None, 
         train=train_cfg, n_cells=adata.n_obs)
     # the same input checks (and errors) as the native backend, before scvi-tools is imported
     _, cats = training_data(adata, layer, batch_key, likelihood)
+    v.check_n_latent(n_latent, adata.n_vars)
     result = bridge.fit_scvi(adata, batch_key=batch_key, layer=layer, model_kwargs=model_kwargs,
                              train_kwargs=fit_kwargs, linear_decoder=linear_decoder, seed=train_cfg.seed,
                              n_threads=train_cfg.n_threads)
