@@ -1,4 +1,7 @@
-"""Datasets: a built-in simulation (no network needed) and loaders for the real data.
+"""Datasets: one real dataset shipped with the package, a simulation, and loaders for the
+other real data.
+
+:func:`cellbench_3protocols` reads real counts shipped inside the package (no network).
 
 :func:`load` reads a local copy of a shared real dataset when there is one, looked up in
 order in ``data_dir``, ``$SCGEN_AE_DATA``, ``./shared/data``, ``../shared/data`` and the
@@ -105,6 +108,56 @@ def simulate(n_cells: int = 1500, n_genes: int = 1000, n_batches: int = 3, n_gro
     adata.uns["source"] = f"scgen_ae.datasets.simulate(seed={seed})"
     keep = np.asarray(adata.X.sum(0)).ravel() > 0
     return adata[:, keep].copy()
+
+
+#: The dataset shipped inside the package, and the SHA-256 it must have when read.
+BUILTIN_FILE = Path(__file__).resolve().parent / "data_files" / "cellbench_3protocols.h5ad"
+BUILTIN_SHA256 = "2559932c1195ac17a55297adb570dfb4e51d23135d2efc0cebafc00decd8a620"
+
+
+def cellbench_3protocols() -> AnnData:
+    """Real counts shipped with the package: 3 cell lines on 3 protocols (CellBench).
+
+    1,394 cells x 799 genes of raw UMI counts from Tian et al., Nat Methods 2019 (GEO
+    GSE118767): three lung-adenocarcinoma cell lines (H1975, H2228, HCC827) sequenced with
+    10x Chromium, CEL-seq2 and Drop-seq, a real cross-protocol batch effect with known
+    labels. The genes are a 799-gene panel (see ``scgen_ae/data_files/README.md`` for the
+    provenance, the processing and the licence situation). Needs no network.
+
+    Returns
+    -------
+    AnnData
+        A new object on every call. Raw counts (CSR float32) in ``X`` and a copy in
+        ``layers["counts"]``; ``obs["batch"]`` (``"10x"``, ``"CEL-seq2"``, ``"Drop-seq"``),
+        ``obs["cell_type"]`` (the cell line) and the authors' QC columns;
+        ``var["gene_ids"]`` (Ensembl IDs); ``uns["source"]``.
+
+    Raises
+    ------
+    OSError
+        The shipped file is missing or its SHA-256 is not the expected one (a damaged or
+        partial install); reinstalling the package restores it.
+
+    Examples
+    --------
+    >>> import scgen_ae as sa
+    >>> adata = sa.datasets.cellbench_3protocols()
+    >>> adata.shape
+    (1394, 799)
+    """
+    import anndata as ad
+
+    if not BUILTIN_FILE.is_file():
+        raise OSError(f"The built-in dataset {BUILTIN_FILE} is missing from this installation; "
+                      "reinstall scgen-ae (pip install --force-reinstall scgen-ae, or pip install -e . in a checkout).")
+    got = _sha256(BUILTIN_FILE)
+    if got != BUILTIN_SHA256:
+        raise OSError(f"The built-in dataset {BUILTIN_FILE} is damaged: its SHA-256 is {got}, expected "
+                      f"{BUILTIN_SHA256}. Reinstall scgen-ae (in a source checkout: "
+                      "git checkout scgen_ae/data_files/cellbench_3protocols.h5ad).")
+    adata = ad.read_h5ad(BUILTIN_FILE)
+    adata.layers["counts"] = adata.X.copy()
+    return adata
 
 
 def cache_dir() -> Path:

@@ -107,3 +107,73 @@ def test_a_download_with_the_wrong_checksum_is_not_kept(no_local_copy, tmp_path)
 def test_unknown_name_lists_the_known_ones():
     with pytest.raises(ValueError, match="known: .*cellbench_3cl"):
         sa.datasets.load("pbmc3k")
+
+
+# ---------------------------------------------------------------- the dataset shipped in the package
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Any attempt to open a connection fails the test."""
+    import socket
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the built-in dataset touched the network")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(urllib.request, "urlopen", refuse)
+
+
+def test_builtin_dataset_loads_offline(no_network):
+    adata = sa.datasets.cellbench_3protocols()
+    assert adata.shape == (1394, 799)
+    assert adata.obs["batch"].value_counts().to_dict() == {"10x": 895, "CEL-seq2": 274, "Drop-seq": 225}
+    assert adata.obs["cell_type"].value_counts().to_dict() == {"H1975": 516, "H2228": 458, "HCC827": 420}
+    # raw counts, whole numbers, in X and (a separate copy) in layers["counts"]
+    assert np.all(adata.X.data == np.round(adata.X.data)) and adata.X.data.min() > 0
+    assert adata.layers["counts"] is not adata.X
+    assert (adata.layers["counts"] != adata.X).nnz == 0
+    assert adata.var_names.is_unique and adata.var["gene_ids"].str.startswith("ENSG").all()
+
+
+def test_builtin_dataset_is_a_fresh_object_each_call():
+    first = sa.datasets.cellbench_3protocols()
+    first.X.data[:] = 0
+    first.obs["batch"] = "changed"
+    second = sa.datasets.cellbench_3protocols()
+    assert second.X.sum() > 0 and "changed" not in set(second.obs["batch"])
+
+
+def test_builtin_dataset_checksum_is_the_reference_build():
+    assert datasets._sha256(datasets.BUILTIN_FILE) == datasets.BUILTIN_SHA256
+    # the shipped copy is the shared file of the same name, byte for byte
+    assert datasets.BUILTIN_SHA256 == datasets.SOURCES[NAME].sha256
+
+
+def test_a_damaged_builtin_dataset_is_refused(tmp_path, monkeypatch):
+    damaged = tmp_path / "cellbench_3protocols.h5ad"
+    data = bytearray(datasets.BUILTIN_FILE.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one flipped byte: h5py might still read it
+    damaged.write_bytes(bytes(data))
+    monkeypatch.setattr(datasets, "BUILTIN_FILE", damaged)
+    with pytest.raises(OSError, match="damaged: its SHA-256 is .*Reinstall"):
+        sa.datasets.cellbench_3protocols()
+    monkeypatch.setattr(datasets, "BUILTIN_FILE", tmp_path / "absent.h5ad")
+    with pytest.raises(OSError, match="missing from this installation"):
+        sa.datasets.cellbench_3protocols()
+
+
+def test_builtin_dataset_ships_with_the_package():
+    """Declared as package data, next to its provenance note, and not git-ignored."""
+    import subprocess
+
+    tomllib = pytest.importorskip("tomllib", reason="tomllib is in the standard library from Python 3.11")
+    root = datasets.BUILTIN_FILE.parents[2]
+    package_data = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    shipped = {root / "scgen_ae" / p for p in package_data["scgen_ae"]}
+    assert datasets.BUILTIN_FILE in shipped and datasets.BUILTIN_FILE.with_name("README.md") in shipped
+    note = datasets.BUILTIN_FILE.with_name("README.md").read_text()
+    assert all(s in note for s in ("LuyiTian/sc_mixology", "PYangLab/Cepo", "GSE118767", "Licence"))
+    assert datasets.BUILTIN_FILE.stat().st_size <= 2 * 1024 * 1024
+    if (root / ".git").exists():
+        ignored = subprocess.run(["git", "check-ignore", "-q", str(datasets.BUILTIN_FILE)], cwd=root)
+        assert ignored.returncode == 1, "the built-in dataset is git-ignored: it would not be committed"
