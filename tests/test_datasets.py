@@ -1,13 +1,20 @@
 """sa.datasets.load: a local copy first, else a checked download into the cache, else an
 error that says where it looked, why nothing was downloaded and where the original is.
 
-The network is never touched: downloads are either made to fail (monkeypatched
-``_fetch``) or served from a local folder through a ``file://`` URL.
+The internet is never touched: downloads are made to fail (monkeypatched ``_fetch``),
+served from a local folder through a ``file://`` URL, or served by an HTTP server the
+test starts on 127.0.0.1.
 """
 from __future__ import annotations
 
+import functools
+import hashlib
+import http.server
 import shutil
+import socket
+import threading
 import urllib.error
+import urllib.request
 
 import numpy as np
 import pytest
@@ -69,7 +76,9 @@ def test_offline_download_fails_with_a_clear_message(no_local_copy, monkeypatch)
         sa.datasets.load(NAME, base_url="https://mirror.invalid/scgen_ae")
     msg = str(err.value)
     assert f"{NAME}.h5ad" in msg and "nowhere" in msg  # where it looked
-    assert "https://mirror.invalid/scgen_ae failed" in msg and "name resolution" in msg  # why the download failed
+    assert f"https://mirror.invalid/scgen_ae/{NAME}.h5ad failed" in msg and "name resolution" in msg  # why
+    assert "raw.githubusercontent.com/PYangLab/Cepo/" in msg and "download_originals" in msg  # the original files
+    assert "SCGEN_AE_DATA" in msg and str(no_local_copy) in msg  # how to provide the file by hand
     assert "PYangLab/Cepo" in msg and "SingleCellExperiment" in msg  # the original, and why it is not converted
     assert not any(no_local_copy.iterdir()), "a failed download left a file in the cache"
 
@@ -99,7 +108,7 @@ def test_a_download_with_the_wrong_checksum_is_not_kept(no_local_copy, tmp_path)
     mirror = tmp_path / "mirror"
     mirror.mkdir()
     (mirror / f"{NAME}.h5ad").write_bytes(b"not the reference file")
-    with pytest.raises(FileNotFoundError, match="is not the reference .*SHA-256"):
+    with pytest.raises(FileNotFoundError, match="is not the expected file: SHA-256"):
         sa.datasets.load(NAME, base_url=mirror.as_uri())
     assert not no_local_copy.exists() or not any(no_local_copy.iterdir())
 
@@ -177,3 +186,115 @@ def test_builtin_dataset_ships_with_the_package():
     if (root / ".git").exists():
         ignored = subprocess.run(["git", "check-ignore", "-q", str(datasets.BUILTIN_FILE)], cwd=root)
         assert ignored.returncode == 1, "the built-in dataset is git-ignored: it would not be committed"
+
+
+# ---------------------------------------------------------------- downloads over HTTP (a server on 127.0.0.1)
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):  # keep the test output clean
+        pass
+
+
+@pytest.fixture
+def http_folder(tmp_path):
+    """A folder served over HTTP on 127.0.0.1 (a free port) for the test's duration: (folder, base URL)."""
+    folder = tmp_path / "served"
+    folder.mkdir()
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0),
+                                             functools.partial(_QuietHandler, directory=str(folder)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield folder, f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+    thread.join()
+
+
+def _no_partial_files(folder):
+    return not folder.exists() or not [p for p in folder.iterdir() if p.name.endswith(".part")]
+
+
+def test_http_download_success(http_folder, tmp_path):
+    folder, url = http_folder
+    payload = b"gene,cell1\nCD3E,4\n" * 1000
+    (folder / "table.csv").write_bytes(payload)
+    dest = tmp_path / "cache" / "sub" / "table.csv"
+    got = datasets.download_file(f"{url}/table.csv", dest, hashlib.sha256(payload).hexdigest())
+    assert got == dest and dest.read_bytes() == payload
+    assert sorted(p.name for p in dest.parent.iterdir()) == ["table.csv"]  # no temporary file left
+
+
+def test_http_download_with_a_wrong_checksum_is_not_kept(http_folder, tmp_path):
+    folder, url = http_folder
+    (folder / "table.csv").write_bytes(b"tampered")
+    dest = tmp_path / "cache" / "table.csv"
+    with pytest.raises(datasets.DownloadError, match=r"table.csv is not the expected file: SHA-256 [0-9a-f]{64}"):
+        datasets.download_file(f"{url}/table.csv", dest, "0" * 64)
+    assert not dest.exists() and _no_partial_files(dest.parent)
+
+
+def test_http_download_does_not_replace_a_good_file_with_a_bad_one(http_folder, tmp_path):
+    folder, url = http_folder
+    (folder / "table.csv").write_bytes(b"tampered")
+    dest = tmp_path / "table.csv"
+    dest.write_bytes(b"the good copy")
+    with pytest.raises(datasets.DownloadError):
+        datasets.download_file(f"{url}/table.csv", dest, hashlib.sha256(b"the good copy").hexdigest())
+    assert dest.read_bytes() == b"the good copy"
+
+
+def test_http_404_is_a_clear_error(http_folder, tmp_path):
+    _, url = http_folder
+    dest = tmp_path / "cache" / "absent.csv"
+    with pytest.raises(datasets.DownloadError) as err:
+        datasets.download_file(f"{url}/absent.csv", dest, "0" * 64)
+    msg = str(err.value)
+    assert f"Downloading {url}/absent.csv failed" in msg and "HTTP 404" in msg  # what, which URL
+    assert f"place it at {dest}" in msg and "SCGEN_AE_DATA" in msg  # how to fix
+    assert not dest.exists() and _no_partial_files(dest.parent)
+
+
+def test_server_down_is_a_clear_error(tmp_path):
+    with socket.socket() as sock:  # a port nobody listens on once this socket is closed
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/table.csv"
+    dest = tmp_path / "cache" / "table.csv"
+    with pytest.raises(datasets.DownloadError) as err:
+        datasets.download_file(url, dest, "0" * 64)
+    msg = str(err.value)
+    assert f"Downloading {url} failed: the server could not be reached" in msg and "refused" in msg.lower()
+    assert f"place it at {dest}" in msg and "SCGEN_AE_DATA" in msg
+    assert not dest.exists() and _no_partial_files(dest.parent)
+
+
+def test_load_downloads_from_an_http_mirror(http_folder, no_local_copy):
+    folder, url = http_folder
+    shutil.copy(datasets.BUILTIN_FILE, folder / f"{NAME}.h5ad")  # the shipped file is the reference build
+    adata = sa.datasets.load(NAME, base_url=url)
+    assert adata.shape == (1394, 799)
+    assert sorted(p.name for p in no_local_copy.iterdir()) == [f"{NAME}.h5ad"]
+
+
+def test_download_originals_checks_every_file(http_folder, no_local_copy, monkeypatch):
+    folder, url = http_folder
+    files = {"a.csv.gz": b"first original", "b.rds": b"second original"}
+    for name, data in files.items():
+        (folder / name).write_bytes(data)
+    source = datasets.Source("https://github.com/example/repo", "test", "0" * 64, tuple(
+        datasets.OriginalFile(f"{url}/{name}", hashlib.sha256(data).hexdigest()) for name, data in files.items()))
+    monkeypatch.setitem(datasets.SOURCES, "kang_ifnb_pbmc_subset", source)
+    paths = datasets.download_originals("kang_ifnb_pbmc_subset")
+    assert [p.read_bytes() for p in paths] == list(files.values())
+    assert paths[0].parent == no_local_copy / "originals" / "kang_ifnb_pbmc_subset"
+    (folder / "a.csv.gz").unlink()  # already cached with the right checksum: not downloaded again
+    assert datasets.download_originals("kang_ifnb_pbmc_subset") == paths
+
+
+def test_original_files_are_pinned_github_urls_with_checksums():
+    for name, src in datasets.SOURCES.items():
+        assert src.files, f"{name} lists no original files"
+        for f in src.files:
+            owner_repo_commit = f.url.split("https://raw.githubusercontent.com/", 1)[1].split("/")
+            assert len(owner_repo_commit[2]) == 40, f"{f.url} is not pinned to a commit"
+            assert len(f.sha256) == 64 and int(f.sha256, 16) >= 0
