@@ -33,6 +33,51 @@ def test_integrate_bad_batch_key_exits_2(cellbench_raw, tmp_path, capsys):
     assert "batch_key='protocol_typo' is not a column" in capsys.readouterr().err
 
 
-def test_demo_runs_on_builtin_data(tmp_path):
-    assert main(["demo", "--out", str(tmp_path), "--n-cells", "300", "--max-epochs", "5", "--quiet"]) == 0
-    assert (tmp_path / "demo.h5ad").exists() and (tmp_path / "plots" / "vae_umap.png").exists()
+def test_demo_runs_on_the_builtin_real_cells(tmp_path, capsys):
+    assert main(["demo", "--out", str(tmp_path), "--n-cells", "300", "--max-epochs", "5", "--quiet",
+                 "--no-scib"]) == 0
+    printed = capsys.readouterr().out
+    assert "CellBench" in printed and "integration summary" in printed and "skipped (--no-scib)" in printed
+    assert {p.name for p in (tmp_path / "plots").iterdir()} == {"vae_umap.png", "uncorrected_umap.png",
+                                                                "vae_history.png"}
+    result = ad.read_h5ad(tmp_path / "demo.h5ad")
+    assert result.n_obs == 300 and result.n_vars == 799  # a subset of the real cells, every gene
+    assert set(result.obs["batch"]) == {"10x", "CEL-seq2", "Drop-seq"}
+    assert set(result.obs["cell_type"]) == {"H1975", "H2228", "HCC827"}
+    assert set(result.obs_names) <= set(sa.datasets.cellbench_3protocols().obs_names)
+    assert result.obsm["X_vae"].shape == (300, 10) and "integration_summary" in result.uns
+
+
+def test_demo_scores_with_scib_when_installed(tmp_path, capsys, monkeypatch):
+    """With scib-metrics, the demo calls tl.score_integration and writes its table and figure
+    (the scoring itself is tested in test_score.py; here it is replaced to keep the test short)."""
+    import sys
+    import types
+
+    import pandas as pd
+
+    calls = {}
+
+    def fake_scores(adata, **kwargs):
+        calls.update(kwargs)
+        table = pd.DataFrame({"Total": [0.6, 0.8]}, index=kwargs["bases"])
+        adata.uns["integration_scores"] = {"values": table.to_numpy(), "index": table.index.to_numpy(),
+                                           "columns": table.columns.to_numpy()}
+        return table
+
+    monkeypatch.setitem(sys.modules, "scib_metrics", types.ModuleType("scib_metrics"))
+    monkeypatch.setattr(sa.tl, "score_integration", fake_scores)
+    monkeypatch.setattr(sa.pl, "scores", lambda adata, save: open(save, "wb").close())
+    assert main(["demo", "--out", str(tmp_path), "--n-cells", "200", "--max-epochs", "2", "--quiet"]) == 0
+    assert calls["bases"] == ["X_pca_uncorrected", "X_vae"] and calls["label_key"] == "cell_type"
+    assert (tmp_path / "scores.csv").exists() and (tmp_path / "plots" / "scores.png").exists()
+    assert "integration_scores" in ad.read_h5ad(tmp_path / "demo.h5ad").uns
+
+
+def test_demo_without_scib_says_so(tmp_path, capsys, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "scib_metrics", None)  # import scib_metrics raises ImportError
+    assert main(["demo", "--out", str(tmp_path), "--n-cells", "200", "--max-epochs", "2", "--quiet"]) == 0
+    assert "scib-metrics is not installed" in capsys.readouterr().out
+    assert not (tmp_path / "scores.csv").exists()
