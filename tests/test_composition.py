@@ -65,3 +65,64 @@ def test_front_refuses_missing_inputs_and_leaves_adata_unchanged(cellbench, snap
     with pytest.raises(sa.InputError, match="use_rep='X_vae' is not in adata.obsm"):
         sa.tl.batch_composition(adata, batch_key="batch", use_rep="X_vae")
     snap.assert_unchanged(adata)
+
+
+# ---------------------------------------------------------------- the alignment keeps batch-unique types apart
+
+def test_mutual_neighbours_leave_out_a_type_other_batches_lack():
+    """Two batches share types A and B; type C is in batch 0 only. C has no mutual neighbours."""
+    import torch
+
+    from scgen_ae.models.vae import mutual_neighbours
+
+    gen = torch.Generator().manual_seed(0)
+    centres = {"A": torch.tensor([0.0, 0.0]), "B": torch.tensor([10.0, 0.0]), "C": torch.tensor([5.0, 8.0])}
+    cells, batch, kind = [], [], []
+    for b, types in ((0, "ABC"), (1, "AB")):
+        for t in types:
+            cells.append(centres[t] + torch.randn(20, 2, generator=gen) + torch.tensor([0.0, 1.5 * b]))
+            batch += [b] * 20
+            kind += [t] * 20
+    z, batch, kind = torch.cat(cells), torch.tensor(batch), np.array(kind)
+    d2 = torch.cdist(z, z) ** 2
+    gate = mutual_neighbours(d2, batch, 3).numpy()
+    assert not gate[kind == "C"].any()
+    assert gate[kind != "C"].mean() > 0.2
+
+
+def _purity(z, labels, of, k=15):
+    from sklearn.neighbors import NearestNeighbors
+
+    idx = NearestNeighbors(n_neighbors=k + 1).fit(z).kneighbors(z, return_distance=False)[:, 1:]
+    return float((labels[idx] == labels[:, None]).mean(1)[labels == of].mean())
+
+
+def test_vae_keeps_a_batch_unique_type_apart_and_says_so(cellbench_hvg2000):
+    """HCC827 removed from Drop-seq: the default alignment must not pull it onto the other lines.
+
+    The bar comes from the same design: uncorrected PCA keeps HCC827 apart (purity ~1), and the
+    integrated latent must keep at least 90 % of PCA's purity (the global MMD reached ~0.71)."""
+    import scanpy as sc
+
+    adata = _remove(cellbench_hvg2000, "Drop-seq", "HCC827")
+    labels = adata.obs["cell_type"].astype(str).to_numpy()
+    base = adata.copy()
+    sc.pp.normalize_total(base, target_sum=1e4)
+    sc.pp.log1p(base)
+    sc.pp.pca(base, n_comps=10, random_state=0)
+    bar = 0.9 * _purity(base.obsm["X_pca"], labels, "HCC827")
+    with pytest.warns(sa.tl.CompositionWarning, match="has almost no cells of batch 'Drop-seq'"):
+        model = sa.tl.vae(adata, batch_key="batch", seed=0, n_threads=1, progress=False)
+    purity = _purity(adata.obsm["X_vae"], labels, "HCC827")
+    assert purity >= bar, f"HCC827 purity {purity:.3f} < 0.9 x PCA's ({bar:.3f})"
+    missing = adata.uns["vae"]["composition"]
+    assert list(missing["missing_batch"]) == ["Drop-seq"]
+    assert model.config.mmd_mnn_k > 0
+
+
+def test_vae_composition_check_is_silent_on_the_balanced_file(cellbench_hvg2000):
+    adata = cellbench_hvg2000.copy()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", sa.tl.CompositionWarning)
+        sa.tl.vae(adata, batch_key="batch", seed=0, n_threads=1, progress=False)
+    assert adata.uns["vae"]["composition"]["share_affected"] == 0.0

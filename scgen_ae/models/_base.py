@@ -121,7 +121,9 @@ class BaseModel:
         header_fields(where, header, {"config": (dict,), "var_names": STRINGS, "batch_key": (str, type(None)),
                                       "batch_categories": STRINGS, "layer": (str, type(None)), "history": (dict,)})
         try:
-            config = model_cls.config_class(**header["config"])
+            # fields added later take the value files written before them were trained with
+            legacy = getattr(model_cls.config_class, "LEGACY_DEFAULTS", {})
+            config = model_cls.config_class(**{**legacy, **header["config"]})
             # the weights' shapes follow the config; these lists must match it too, or genes and
             # batches would be silently mislabelled
             for name, listed in (("n_genes", "var_names"), ("n_batches", "batch_categories")):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import scipy.sparse as sp
@@ -42,6 +43,9 @@ class TopicConfig:
         A per-batch, per-gene log-offset in the decoder (scETM's batch bias).
     mmd_weight
         Weight of an MMD penalty between the batches' distributions of z (0 = off).
+    mmd_mnn_k
+        Only cells with mutual nearest neighbours in other batches take part in the MMD
+        (see :func:`~scgen_ae.models.vae.batch_mmd`); 0 aligns all cells.
     """
 
     n_genes: int
@@ -54,6 +58,10 @@ class TopicConfig:
     encode_batch: bool = True
     batch_background: bool = True
     mmd_weight: float = 1.0
+    mmd_mnn_k: int = 3
+
+    #: what a model file without a field was trained with (files predate the field)
+    LEGACY_DEFAULTS: ClassVar[dict] = {"mmd_mnn_k": 0}
     likelihood: str = "poisson"  # multinomial up to a constant; read by the shared input checks
 
     def __post_init__(self):
@@ -123,7 +131,8 @@ class TopicModule(nn.Module):
         kl = 0.5 * ((log_var - plv).exp() + mean**2 / plv.exp() - 1.0 - log_var + plv).sum(-1)
         loss = (reconstruction + kl_weight * kl).mean()
         if self.training and self.cfg.mmd_weight > 0 and self.cfg.n_batches > 1:
-            loss = loss + self.cfg.mmd_weight * kl_weight * batch_mmd(z, mb.batch) * mb.x.shape[1]
+            mmd = batch_mmd(z, mb.batch, mnn_k=self.cfg.mmd_mnn_k, x=mb.x)
+            loss = loss + self.cfg.mmd_weight * kl_weight * mmd * mb.x.shape[1]
         return loss
 
 

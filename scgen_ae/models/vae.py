@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -47,8 +48,10 @@ class VAEConfig:
     batch_gene_offsets: bool = True
     norm: str | None = "batch"
     mmd_weight: float = 1.0
-    mmd_mnn_k: int = 0
-    mmd_match: str = "latent"
+    mmd_mnn_k: int = 3
+
+    #: what a model file without a field was trained with (files predate the field)
+    LEGACY_DEFAULTS: ClassVar[dict] = {"mmd_mnn_k": 0}
 
     def __post_init__(self):
         if self.likelihood not in LIKELIHOODS:
@@ -81,24 +84,26 @@ def mutual_neighbours(d2: torch.Tensor, batch: torch.Tensor, k: int) -> torch.Te
 
 
 def batch_mmd(z: torch.Tensor, batch: torch.Tensor, scales=(0.1, 1.0, 10.0), mnn_k: int = 0,
-              match_on: torch.Tensor | None = None, match: str = "latent") -> torch.Tensor:
+              x: torch.Tensor | None = None) -> torch.Tensor:
     """Sum over batches of the multi-scale RBF MMD^2 between that batch's and all cells' z.
 
     One (n x n) kernel serves every batch: its block means give each MMD term. Squared
-    distances come from a matmul (torch.cdist's backward is slow on the CPU). With
-    ``mnn_k > 0`` only cells with a mutual nearest neighbour (``mnn_k`` per batch) in another
-    batch take part, on both sides, so that cells of a type some batches lack are not pulled
-    onto other types.
+    distances come from a matmul (torch.cdist's backward is slow on the CPU).
+
+    With ``mnn_k > 0`` only cells that have a mutual nearest neighbour (``mnn_k`` per batch)
+    in another batch both in ``z`` and in the input ``x`` (cosine) take part, on both sides:
+    a cell type that some batches lack has none there, so it is not pulled onto other types.
+    Each view alone lets some through (``z`` is shaped by this very penalty; ``x`` carries the
+    batch effect); both together kept 0-2 % of a batch-unique cell line against 20-25 % of the
+    shared ones (BENCHMARKS.md, "Integration that never erases biology").
     """
     sq = (z * z).sum(1)
     d2 = (sq[:, None] + sq[None, :] - 2.0 * z @ z.T).clamp_min(0.0)
     kernel = sum(torch.exp(d2 * (-0.5 / (s * z.shape[1]))) for s in scales)
     onehot = torch.nn.functional.one_hot(batch).to(z.dtype)  # (n, B)
     if mnn_k > 0:
-        gate = mutual_neighbours(d2.detach(), batch, mnn_k) if match in ("latent", "both") else True
-        if match in ("input", "both"):
-            unit = F.normalize(match_on.float(), dim=1)
-            gate = gate & mutual_neighbours(2.0 - 2.0 * unit @ unit.T, batch, mnn_k)
+        unit = F.normalize(x.float(), dim=1)
+        gate = mutual_neighbours(d2.detach(), batch, mnn_k) & mutual_neighbours(2.0 - 2.0 * unit @ unit.T, batch, mnn_k)
         onehot = onehot * gate[:, None].to(z.dtype)
     counts = onehot.sum(0)
     present = counts >= 2
@@ -156,8 +161,8 @@ class VAEModule(nn.Module):
         loss = (reconstruction + self.cfg.beta * kl_weight * kl).mean()
         # the penalty shapes training only: evaluation (validation loss) reports the plain negative ELBO
         if self.training and self.cfg.mmd_weight > 0 and self.cfg.n_batches > 1:
-            loss = loss + self.cfg.mmd_weight * kl_weight * batch_mmd(z, mb.batch, mnn_k=self.cfg.mmd_mnn_k,
-                                                                   match_on=mb.x, match=self.cfg.mmd_match) * mb.x.shape[1]
+            mmd = batch_mmd(z, mb.batch, mnn_k=self.cfg.mmd_mnn_k, x=mb.x)
+            loss = loss + self.cfg.mmd_weight * kl_weight * mmd * mb.x.shape[1]
         return loss
 
 

@@ -28,7 +28,19 @@ def composition(adata: AnnData, batches, *, label_key: str | None, embedding=Non
 
 def warn_if_unbalanced(report: Composition, *, front: str, control: str) -> None:
     if not report.balanced:
-        warnings.warn(f"{front}: {report.describe()}. {control}", CompositionWarning, stacklevel=3)
+        warnings.warn(f"{front}: {report.describe()}. {control}", CompositionWarning, stacklevel=4)
+
+
+def composition_record(adata: AnnData, *, batch_key: str | None, label_key: str | None, embedding,
+                       use_rep: str, seed: int, front: str, control: str) -> dict | None:
+    """What a batch-aware front stores in ``uns[uns_key]["composition"]`` (None with < 2 batches),
+    warning when some batch lacks a group."""
+    if batch_key is None or adata.obs[batch_key].nunique() < 2:
+        return None
+    report = composition(adata, adata.obs[batch_key].astype(str).to_numpy(), label_key=label_key,
+                         embedding=embedding, use_rep=use_rep, seed=seed)
+    warn_if_unbalanced(report, front=front, control=control)
+    return report.to_uns()
 
 
 def check_label_key(adata: AnnData, label_key: str | None) -> None:

@@ -13,6 +13,7 @@ from ..models.lda_vb import ClassicLDA, VBLDAConfig, VBLDAModule, fit_vb
 from ..models.topic import LDA, TopicConfig, TopicModule
 from ..train import fit, seeded_threads
 from ._common import params_record, split_kwargs, training_data, write_results
+from ._composition import check_label_key, composition_record
 
 METHODS = ("prodlda", "classic")
 # ProdLDA trains well with larger steps and minibatches than the VAE (fewer, cheaper epochs)
@@ -63,6 +64,8 @@ def lda(
     encode_batch: bool = True,
     batch_background: bool = True,
     mmd_weight: float = 1.0,
+    mmd_mnn_k: int = 3,
+    label_key: str | None = None,
     key_added: str = "X_lda",
     varm_key: str = "lda_topics",
     uns_key: str = "lda",
@@ -92,9 +95,15 @@ def lda(
         ``obs`` column with the batch of each cell (prodlda only); None: no batch correction.
     layer
         Layer with the counts; None uses ``X``.
-    n_hidden, topic_prior, encode_batch, batch_background, mmd_weight
+    n_hidden, topic_prior, encode_batch, batch_background, mmd_weight, mmd_mnn_k
         prodlda only: encoder width; Dirichlet concentration approximated by the
-        logistic-normal prior; where batch enters (see :class:`~scgen_ae.models.topic.TopicConfig`).
+        logistic-normal prior; where batch enters and which cells the MMD aligns (only those
+        with mutual nearest neighbours in other batches, as in :func:`~scgen_ae.tl.vae`;
+        see :class:`~scgen_ae.models.topic.TopicConfig`).
+    label_key
+        Optional ``obs`` column with cell-type labels for the composition check run after a
+        batch-aware fit (see :func:`~scgen_ae.tl.batch_composition`); without it the check
+        clusters the topic proportions.
     key_added, varm_key, uns_key
         Keys of the proportions in ``obsm``, the topic-gene matrix in ``varm`` and the
         record in ``uns``.
@@ -157,6 +166,7 @@ def lda(
         raise v.InputError("adata.X is on disk (a backed .h5ad / zarr store), but method='classic' needs X in "
                            "memory: call adata.to_memory() first, or use method='prodlda', which streams it.")
     data, cats = training_data(adata, layer, batch_key, "poisson", **COUNTS_ADVICE)
+    check_label_key(adata, label_key)
     v.check_n_latent(n_topics, adata.n_vars, "n_topics")
     with seeded_threads(train_cfg.seed, train_cfg.n_threads):
         # the same split train.fit draws: the held-out perplexity is on cells never trained on
@@ -168,7 +178,8 @@ def lda(
         else:
             config = TopicConfig(n_genes=adata.n_vars, n_batches=len(cats), n_topics=n_topics, n_hidden=n_hidden,
                                  topic_prior=topic_prior, encode_batch=encode_batch,
-                                 batch_background=batch_background, mmd_weight=mmd_weight)
+                                 batch_background=batch_background, mmd_weight=mmd_weight,
+                                 mmd_mnn_k=mmd_mnn_k)
             module = TopicModule(config)
             module.init_background(data)
             history = fit(module, data, train_cfg, "poisson")
@@ -193,6 +204,13 @@ def lda(
     uns = {"params": params, "history": model.history, "perplexity": perplexity(val_idx),
            "train_perplexity": perplexity(train_idx),
            "key_added": key_added, "varm_key": varm_key}
+    composition = composition_record(
+        adata, batch_key=batch_key, label_key=label_key, embedding=proportions, use_rep=key_added,
+        seed=train_cfg.seed, front="tl.lda",
+        control="The batch-aware fit only aligns cells with mutual nearest neighbours in other batches "
+                "(mmd_mnn_k); check that such groups stay apart, and see uns[uns_key]['composition'].")
+    if composition is not None:
+        uns["composition"] = composition
     write_results(target, obsm={key_added: proportions}, varm={varm_key: model.topic_gene_matrix()},
                   uns={uns_key: uns})
     return (target, model) if copy else model

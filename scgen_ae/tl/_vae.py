@@ -9,7 +9,7 @@ from .._validate import check_n_latent
 from ..models.vae import VAE, VAEConfig, VAEModule
 from ..train import fit, seeded_threads
 from ._common import params_record, split_kwargs, training_data, write_results
-from ._composition import check_label_key, composition, warn_if_unbalanced
+from ._composition import check_label_key, composition_record
 
 _COMPOSITION_CONTROL = (
     "The default alignment (mmd_mnn_k > 0) only aligns cells with mutual nearest neighbours in other batches "
@@ -33,8 +33,7 @@ def vae(
     encode_batch: bool = True,
     batch_gene_offsets: bool = True,
     mmd_weight: float = 1.0,
-    mmd_mnn_k: int = 0,
-    mmd_match: str = "latent",
+    mmd_mnn_k: int = 3,
     key_added: str = "X_vae",
     uns_key: str = "vae",
     copy: bool = False,
@@ -71,9 +70,15 @@ def vae(
         Where batch enters the network: the encoder, and a per-batch, per-gene shift
         of the decoder output (both on by default; see BENCHMARKS.md for why).
     mmd_weight
-        Weight of an MMD penalty between the batches' latent distributions (default 1;
-        0 turns it off). It assumes the batches share cell types: lower it when their
-        compositions differ strongly. Without ``batch_key`` it has no effect.
+        Weight of an MMD penalty that pulls the batches' latent distributions together
+        (0 turns it off). Without ``batch_key`` it has no effect.
+    mmd_mnn_k
+        Which cells the MMD penalty aligns: only those with a mutual nearest neighbour
+        among the ``mmd_mnn_k`` nearest cells of another batch in the same minibatch, both
+        in the latent space and in the input (cosine). A cell type that some batches lack
+        has no such neighbours there and is left where the data put it, instead of being
+        pulled onto other types. 0 aligns every cell (assumes all batches hold the same
+        cell types in similar proportions).
     key_added
         ``obsm`` key of the latent space.
     uns_key
@@ -121,6 +126,14 @@ def vae(
 
     Notes
     -----
+    Batches rarely hold the same cell types (disease vs healthy, sorted populations,
+    atlases of several tissues). After training, the composition check
+    (:func:`~scgen_ae.tl.batch_composition`) counts cells per batch in each label of
+    ``label_key``, or in each Leiden cluster of the latent space, and warns
+    (:class:`~scgen_ae.tl.CompositionWarning`) naming the groups that some batch lacks; the
+    table is in ``uns[uns_key]["composition"]``. BENCHMARKS.md ("Integration that never
+    erases biology") measures the alignment on designs with batch-unique cell types.
+
     The defaults aim at the best integration (highest scIB Total measured in
     BENCHMARKS.md). For a quick first look, ``lr=3e-3, mmd_weight=0.1,
     kl_warmup_epochs=10, max_epochs=30`` beat scvi-tools' validation loss and scIB
@@ -134,6 +147,8 @@ def vae(
     - ``adata.uns[uns_key]["params"]``: the arguments used.
     - ``adata.uns[uns_key]["history"]``: per-epoch ``train_loss``, ``validation_loss``
       (mean negative ELBO per cell), ``kl_weight``, ``best_epoch``, ``seconds``.
+    - ``adata.uns[uns_key]["composition"]``: with two or more batches, the composition
+      check's result (fields as in :func:`~scgen_ae.tl.batch_composition`).
     - ``adata.varm[f"{uns_key}_loadings"]``: (n_genes, n_latent) gene loadings, only with
       ``backend="scvi-tools", linear_decoder=True``; ``params`` then also holds
       ``backend``, ``scvi_model`` and ``scvi_tools_version``.
@@ -162,7 +177,7 @@ def vae(
         n_genes=adata.n_vars, n_batches=len(cats), likelihood=likelihood, n_latent=n_latent,
         n_hidden=n_hidden, n_layers=n_layers, dropout_rate=dropout_rate, dispersion=dispersion,
         beta=beta, encode_batch=encode_batch, batch_gene_offsets=batch_gene_offsets,
-        mmd_weight=mmd_weight, mmd_mnn_k=mmd_mnn_k, mmd_match=mmd_match,
+        mmd_weight=mmd_weight, mmd_mnn_k=mmd_mnn_k,
     )
     with seeded_threads(train_cfg.seed, train_cfg.n_threads):
         module = VAEModule(config)
@@ -179,11 +194,11 @@ def vae(
     result = {"params": params_record(batch_key=batch_key, layer=layer, label_key=label_key,
                                       **dataclasses.asdict(config), **dataclasses.asdict(train_cfg)),
               "history": model.history, "key_added": key_added}
-    if len(cats) > 1:
-        report = composition(adata, adata.obs[batch_key].astype(str).to_numpy(), label_key=label_key, embedding=latent,
-                             use_rep=key_added, seed=train_cfg.seed)
-        warn_if_unbalanced(report, front="tl.vae", control=_COMPOSITION_CONTROL)
-        result["composition"] = report.to_uns()
+    composition = composition_record(adata, batch_key=batch_key, label_key=label_key, embedding=latent,
+                                     use_rep=key_added, seed=train_cfg.seed, front="tl.vae",
+                                     control=_COMPOSITION_CONTROL)
+    if composition is not None:
+        result["composition"] = composition
     target = adata.copy() if copy else adata
     write_results(target, obsm={key_added: latent}, uns={uns_key: result})
     return (target, model) if copy else model
