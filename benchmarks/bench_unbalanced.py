@@ -94,6 +94,7 @@ def build_design(design: str):
     adata.obs["cell_type"] = adata.obs["cell_type"].astype(str).astype("category")
     adata.obs["batch"] = adata.obs["batch"].astype("category")
     sc.pp.filter_genes(adata, min_cells=3)
+    sc.pp.filter_cells(adata, min_counts=1)  # the groups design's shared genes leave a few PBMCs empty
     if adata.n_vars > N_HVG:
         sc.pp.highly_variable_genes(adata, n_top_genes=N_HVG, flavor="seurat_v3", batch_key="batch", subset=True)
     adata.layers["counts"] = adata.X.copy()

@@ -69,11 +69,12 @@ def test_front_refuses_missing_inputs_and_leaves_adata_unchanged(cellbench, snap
 
 # ---------------------------------------------------------------- the alignment keeps batch-unique types apart
 
-def test_mutual_neighbours_leave_out_a_type_other_batches_lack():
-    """Two batches share types A and B; type C is in batch 0 only. C has no mutual neighbours."""
+def test_mutual_pairs_leave_out_a_type_other_batches_lack():
+    """Two batches share types A and B; type C is in batch 0 only. C has no mutual neighbours,
+    and every pair joins cells of one type."""
     import torch
 
-    from scgen_ae.models.vae import mutual_neighbours
+    from scgen_ae.models.vae import mutual_pairs
 
     gen = torch.Generator().manual_seed(0)
     centres = {"A": torch.tensor([0.0, 0.0]), "B": torch.tensor([10.0, 0.0]), "C": torch.tensor([5.0, 8.0])}
@@ -85,9 +86,12 @@ def test_mutual_neighbours_leave_out_a_type_other_batches_lack():
             kind += [t] * 20
     z, batch, kind = torch.cat(cells), torch.tensor(batch), np.array(kind)
     d2 = torch.cdist(z, z) ** 2
-    gate = mutual_neighbours(d2, batch, 3).numpy()
-    assert not gate[kind == "C"].any()
-    assert gate[kind != "C"].mean() > 0.2
+    pairs = mutual_pairs(d2, batch, 3).numpy()
+    paired = pairs.any(1)
+    assert not paired[kind == "C"].any()
+    assert paired[kind != "C"].mean() > 0.2
+    rows, cols = np.nonzero(pairs)
+    assert (kind[rows] == kind[cols]).all() and (batch.numpy()[rows] != batch.numpy()[cols]).all()
 
 
 def _purity(z, labels, of, k=15):
@@ -112,7 +116,7 @@ def test_vae_keeps_a_batch_unique_type_apart_and_says_so(cellbench_hvg2000):
     sc.pp.pca(base, n_comps=10, random_state=0)
     bar = 0.9 * _purity(base.obsm["X_pca"], labels, "HCC827")
     with pytest.warns(sa.tl.CompositionWarning, match="has almost no cells of batch 'Drop-seq'"):
-        model = sa.tl.vae(adata, batch_key="batch", seed=0, n_threads=1, progress=False)
+        model = sa.tl.vae(adata, batch_key="batch", label_key="cell_type", seed=0, n_threads=1, progress=False)
     purity = _purity(adata.obsm["X_vae"], labels, "HCC827")
     assert purity >= bar, f"HCC827 purity {purity:.3f} < 0.9 x PCA's ({bar:.3f})"
     missing = adata.uns["vae"]["composition"]

@@ -45,8 +45,9 @@ def test_vae_writes_obsm_and_uns(trained, cellbench_hvg):
     assert np.isfinite(hist["train_loss"]).all() and np.isfinite(hist["validation_loss"]).all()
     assert 0 <= hist["best_epoch"] < len(hist["train_loss"])
     assert hist["seconds"] > 0
-    # training lowers the loss
-    assert hist["train_loss"][-1] < hist["train_loss"][0]
+    # training lowers the loss (the validation loss: the training loss also holds the alignment
+    # penalty, which grows with the KL warm-up while the batches are pulled together)
+    assert hist["validation_loss"][-1] < hist["validation_loss"][0]
     # the model knows what it was trained on
     assert model.var_names == list(adata.var_names)
     assert model.batch_key == "batch"

@@ -25,7 +25,7 @@ from ..data import CellData, iter_row_blocks
 from ..likelihoods import Minibatch, cell_log_prob
 from ..nn import GaussianEncoder
 from ._base import BaseModel
-from .vae import batch_mmd
+from .vae import batch_alignment
 
 
 @dataclass(frozen=True)
@@ -44,8 +44,8 @@ class TopicConfig:
     mmd_weight
         Weight of an MMD penalty between the batches' distributions of z (0 = off).
     mmd_mnn_k
-        Only cells with mutual nearest neighbours in other batches take part in the MMD
-        (see :func:`~scgen_ae.models.vae.batch_mmd`); 0 aligns all cells.
+        > 0: the alignment pulls together only mutual nearest neighbours of different batches
+        (see :func:`~scgen_ae.models.vae.mnn_attraction`); 0: the global MMD.
     """
 
     n_genes: int
@@ -131,7 +131,7 @@ class TopicModule(nn.Module):
         kl = 0.5 * ((log_var - plv).exp() + mean**2 / plv.exp() - 1.0 - log_var + plv).sum(-1)
         loss = (reconstruction + kl_weight * kl).mean()
         if self.training and self.cfg.mmd_weight > 0 and self.cfg.n_batches > 1:
-            mmd = batch_mmd(z, mb.batch, mnn_k=self.cfg.mmd_mnn_k, x=mb.x)
+            mmd = batch_alignment(z, mb.batch, mb.x, self.cfg.mmd_mnn_k)
             loss = loss + self.cfg.mmd_weight * kl_weight * mmd * mb.x.shape[1]
         return loss
 

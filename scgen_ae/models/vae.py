@@ -28,11 +28,14 @@ class VAEConfig:
     batch_gene_offsets
         Let the decoder add a per-batch, per-gene shift to its output.
     mmd_weight
-        Weight of a maximum-mean-discrepancy penalty between the batches'
-        latent distributions (0 = off); pushes what the decoder's batch terms did not
-        absorb out of ``z``. On by default (see BENCHMARKS.md: it is what lifts the scIB
-        batch score above linear corrections); set 0 for a plain conditional VAE. It
-        assumes batches share cell types; with very different compositions lower it.
+        Weight of the batch-alignment penalty on ``z`` (0 = off: a plain conditional VAE);
+        it removes what the decoder's batch terms did not absorb.
+    mmd_mnn_k
+        > 0 (default 3): the penalty pulls together mutual nearest neighbours of different
+        batches (:func:`mnn_attraction`), which leaves batch-unique cell types apart. 0: the
+        global MMD between each batch's and the pooled latent distribution
+        (:func:`batch_mmd`), which assumes every batch holds the same cell types in similar
+        proportions; model files written before this field load with 0.
     """
 
     n_genes: int
@@ -65,55 +68,61 @@ class VAEConfig:
             raise ValueError(f"dropout_rate must be in [0, 1), got {self.dropout_rate!r}.")
 
 
-def mutual_neighbours(d2: torch.Tensor, batch: torch.Tensor, k: int) -> torch.Tensor:
-    """(n,) bool: cells that are among the ``k`` nearest cells of some cell of another batch
-    whose own ``k`` nearest cells of this cell's batch include it (mutual nearest neighbours).
-
-    A cell type that only some batches hold has no mutual neighbours in the others: its
-    nearest cells there are of other types, and those have nearer partners of their own type.
-    """
+def mutual_pairs(d2: torch.Tensor, batch: torch.Tensor, k: int) -> torch.Tensor:
+    """(n, n) bool: mutual nearest neighbours across batches (``k`` per batch)."""
     n = len(batch)
-    other = batch[:, None] != batch[None, :]
     near = torch.zeros(n, n, dtype=torch.bool, device=d2.device)
     for b in torch.unique(batch):
         cols = (batch == b).nonzero().squeeze(1)
-        kb = min(k, len(cols))
-        nearest = d2[:, cols].topk(kb, dim=1, largest=False).indices  # (n, kb), into cols
+        nearest = d2[:, cols].topk(min(k, len(cols)), dim=1, largest=False).indices
         near[torch.arange(n, device=d2.device)[:, None], cols[nearest]] = True
-    return (near & near.T & other).any(1)
+    return near & near.T & (batch[:, None] != batch[None, :])
 
 
-def batch_mmd(z: torch.Tensor, batch: torch.Tensor, scales=(0.1, 1.0, 10.0), mnn_k: int = 0,
-              x: torch.Tensor | None = None) -> torch.Tensor:
+def mnn_attraction(z: torch.Tensor, batch: torch.Tensor, x: torch.Tensor, k: int,
+                   scales=(0.1, 1.0, 10.0)) -> torch.Tensor:
+    """Batch alignment that leaves batch-unique cell types alone: the mean kernel distance in
+    ``z`` between cells of different batches that are mutual nearest neighbours (``k`` per
+    batch) both in ``z`` and in the input ``x`` (cosine).
+
+    A type that some batches lack has no mutual neighbours there (its nearest cells are of
+    other types, which have nearer partners of their own type), so nothing pulls it; and unlike
+    a distribution penalty (MMD) it does not move mass between types when the batches hold
+    the shared types in other proportions. Each view alone lets wrong pairs through (``z`` is
+    shaped by this penalty, ``x`` carries the batch effect); BENCHMARKS.md, "Integration that
+    never erases biology", has the measurements.
+    """
+    sq = (z * z).sum(1)
+    d2 = (sq[:, None] + sq[None, :] - 2.0 * z @ z.T).clamp_min(0.0)
+    unit = F.normalize(x.float(), dim=1)
+    pairs = mutual_pairs(d2.detach(), batch, k) & mutual_pairs(2.0 - 2.0 * unit @ unit.T, batch, k)
+    kernel = sum(torch.exp(d2 * (-0.5 / (s * z.shape[1]))) for s in scales)
+    return ((len(scales) - kernel) * pairs).sum() / pairs.sum().clamp_min(1)
+
+
+def batch_mmd(z: torch.Tensor, batch: torch.Tensor, scales=(0.1, 1.0, 10.0)) -> torch.Tensor:
     """Sum over batches of the multi-scale RBF MMD^2 between that batch's and all cells' z.
 
     One (n x n) kernel serves every batch: its block means give each MMD term. Squared
-    distances come from a matmul (torch.cdist's backward is slow on the CPU).
-
-    With ``mnn_k > 0`` only cells that have a mutual nearest neighbour (``mnn_k`` per batch)
-    in another batch both in ``z`` and in the input ``x`` (cosine) take part, on both sides:
-    a cell type that some batches lack has none there, so it is not pulled onto other types.
-    Each view alone lets some through (``z`` is shaped by this very penalty; ``x`` carries the
-    batch effect); both together kept 0-2 % of a batch-unique cell line against 20-25 % of the
-    shared ones (BENCHMARKS.md, "Integration that never erases biology").
+    distances come from a matmul (torch.cdist's backward is slow on the CPU). It assumes
+    every batch holds the same cell types in similar proportions.
     """
     sq = (z * z).sum(1)
     d2 = (sq[:, None] + sq[None, :] - 2.0 * z @ z.T).clamp_min(0.0)
     kernel = sum(torch.exp(d2 * (-0.5 / (s * z.shape[1]))) for s in scales)
     onehot = torch.nn.functional.one_hot(batch).to(z.dtype)  # (n, B)
-    if mnn_k > 0:
-        unit = F.normalize(x.float(), dim=1)
-        gate = mutual_neighbours(d2.detach(), batch, mnn_k) & mutual_neighbours(2.0 - 2.0 * unit @ unit.T, batch, mnn_k)
-        onehot = onehot * gate[:, None].to(z.dtype)
     counts = onehot.sum(0)
     present = counts >= 2
     per_batch_rows = onehot.T @ kernel  # (B, n): sums of kernel rows per batch
     within = (per_batch_rows @ onehot).diagonal() / counts.clamp_min(1) ** 2
-    pooled = onehot.sum(1)
-    n_pooled = pooled.sum().clamp_min(1)
-    across = (per_batch_rows @ pooled) / (counts.clamp_min(1) * n_pooled)
-    mmd = within + (pooled @ kernel @ pooled) / n_pooled**2 - 2.0 * across
+    across = per_batch_rows.sum(1) / (counts.clamp_min(1) * len(z))
+    mmd = within + kernel.mean() - 2.0 * across
     return (mmd * present).sum()
+
+
+def batch_alignment(z: torch.Tensor, batch: torch.Tensor, x: torch.Tensor, mnn_k: int) -> torch.Tensor:
+    """The alignment penalty: MNN attraction with ``mnn_k > 0``, else the global MMD."""
+    return mnn_attraction(z, batch, x, mnn_k) if mnn_k > 0 else batch_mmd(z, batch)
 
 
 class VAEModule(nn.Module):
@@ -161,7 +170,7 @@ class VAEModule(nn.Module):
         loss = (reconstruction + self.cfg.beta * kl_weight * kl).mean()
         # the penalty shapes training only: evaluation (validation loss) reports the plain negative ELBO
         if self.training and self.cfg.mmd_weight > 0 and self.cfg.n_batches > 1:
-            mmd = batch_mmd(z, mb.batch, mnn_k=self.cfg.mmd_mnn_k, x=mb.x)
+            mmd = batch_alignment(z, mb.batch, mb.x, self.cfg.mmd_mnn_k)
             loss = loss + self.cfg.mmd_weight * kl_weight * mmd * mb.x.shape[1]
         return loss
 

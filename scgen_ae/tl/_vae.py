@@ -12,9 +12,10 @@ from ._common import params_record, split_kwargs, training_data, write_results
 from ._composition import check_label_key, composition_record
 
 _COMPOSITION_CONTROL = (
-    "The default alignment (mmd_mnn_k > 0) only aligns cells with mutual nearest neighbours in other batches "
-    "and keeps such groups apart; check that they stay apart (e.g. sc.pl.umap coloured by batch), and see "
-    "uns[uns_key]['composition']. mmd_weight=0 turns the alignment off.")
+    "The default alignment (mmd_mnn_k > 0) only pulls together mutual nearest neighbours of different batches, "
+    "which leaves such groups apart; check that they stay apart (e.g. sc.pl.umap coloured by batch), and see "
+    "uns[uns_key]['composition']. mmd_weight=0 turns the alignment off; mmd_mnn_k=0 aligns whole batches "
+    "(only for batches that hold the same cell types).")
 
 
 def vae(
@@ -70,15 +71,17 @@ def vae(
         Where batch enters the network: the encoder, and a per-batch, per-gene shift
         of the decoder output (both on by default; see BENCHMARKS.md for why).
     mmd_weight
-        Weight of an MMD penalty that pulls the batches' latent distributions together
-        (0 turns it off). Without ``batch_key`` it has no effect.
+        Weight of the batch-alignment penalty on the latent space (0 turns it off: a plain
+        conditional VAE). Without ``batch_key`` it has no effect.
     mmd_mnn_k
-        Which cells the MMD penalty aligns: only those with a mutual nearest neighbour
-        among the ``mmd_mnn_k`` nearest cells of another batch in the same minibatch, both
-        in the latent space and in the input (cosine). A cell type that some batches lack
-        has no such neighbours there and is left where the data put it, instead of being
-        pulled onto other types. 0 aligns every cell (assumes all batches hold the same
-        cell types in similar proportions).
+        How batches are aligned. > 0 (default 3): cells of different batches that are
+        mutual nearest neighbours (``mmd_mnn_k`` per batch, within a minibatch) both in the
+        latent space and in the input (cosine) are pulled together. A cell type that some
+        batches lack has no such neighbours there and stays apart, and batches that hold
+        the shared types in other proportions are not distorted. 0: an MMD penalty between
+        each batch's and the pooled latent distribution (the default before; it assumes all
+        batches hold the same cell types in similar proportions and merged batch-unique
+        types on the CellBench designs of BENCHMARKS.md).
     key_added
         ``obsm`` key of the latent space.
     uns_key
@@ -159,7 +162,8 @@ def vae(
         from ._vae_scvi import vae_scvi_tools
 
         return vae_scvi_tools(
-            adata, batch_key=batch_key, layer=layer, likelihood=likelihood, n_latent=n_latent, n_hidden=n_hidden,
+            adata, batch_key=batch_key, layer=layer, label_key=label_key, likelihood=likelihood, n_latent=n_latent,
+            n_hidden=n_hidden,
             n_layers=n_layers, dropout_rate=dropout_rate, dispersion=dispersion, beta=beta,
             encode_batch=encode_batch, batch_gene_offsets=batch_gene_offsets, mmd_weight=mmd_weight,
             linear_decoder=linear_decoder, key_added=key_added, uns_key=uns_key, copy=copy,

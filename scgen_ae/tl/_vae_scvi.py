@@ -7,9 +7,10 @@ from anndata import AnnData
 
 from .. import _validate as v
 from ._common import params_record, split_kwargs, training_data, write_results
+from ._composition import check_label_key, composition_record
 
 
-def vae_scvi_tools(adata: AnnData, *, batch_key: str | None, layer: str | None, likelihood: str,
+def vae_scvi_tools(adata: AnnData, *, batch_key: str | None, layer: str | None, label_key: str | None, likelihood: str,
                    n_latent: int, n_hidden: int, n_layers: int, dropout_rate: float, dispersion: str,
                    beta: float, encode_batch: bool, batch_gene_offsets: bool, mmd_weight: float,
                    linear_decoder: bool, key_added: str, uns_key: str, copy: bool, train_kwargs: dict):
@@ -32,6 +33,7 @@ def vae_scvi_tools(adata: AnnData, *, batch_key: str | None, layer: str | None, 
         train=train_cfg, n_cells=adata.n_obs)
     # the same input checks (and errors) as the native backend, before scvi-tools is imported
     _, cats = training_data(adata, layer, batch_key, likelihood)
+    check_label_key(adata, label_key)
     v.check_n_latent(n_latent, adata.n_vars)
     result = bridge.fit_scvi(adata, batch_key=batch_key, layer=layer, model_kwargs=model_kwargs,
                              train_kwargs=fit_kwargs, linear_decoder=linear_decoder, seed=train_cfg.seed,
@@ -42,7 +44,7 @@ def vae_scvi_tools(adata: AnnData, *, batch_key: str | None, layer: str | None, 
         batch_key=batch_key, layer=layer, n_genes=adata.n_vars, n_batches=len(cats), likelihood=likelihood,
         n_latent=n_latent, n_hidden=n_hidden, n_layers=n_layers, dropout_rate=dropout_rate,
         dispersion=dispersion, beta=beta, encode_batch=encode_batch, batch_gene_offsets=batch_gene_offsets,
-        mmd_weight=mmd_weight, **dataclasses.asdict(train_cfg),
+        mmd_weight=mmd_weight, mmd_mnn_k=0, label_key=label_key, **dataclasses.asdict(train_cfg),
         norm="batch",  # scvi-tools' default batch norm in the hidden layers, as the native VAEConfig.norm
     )
     record.update(ran)  # what actually ran, not what the native defaults say
@@ -51,7 +53,12 @@ def vae_scvi_tools(adata: AnnData, *, batch_key: str | None, layer: str | None, 
                   scvi_tools_version=str(scvi.__version__), linear_decoder=linear_decoder)
     varm = {f"{uns_key}_loadings": result.loadings} if linear_decoder else None
     target = adata.copy() if copy else adata
-    write_results(target, obsm={key_added: result.latent}, varm=varm,
-                  uns={uns_key: {"params": params_record(**record), "history": result.history,
-                                 "key_added": key_added}})
+    uns = {"params": params_record(**record), "history": result.history, "key_added": key_added}
+    composition = composition_record(adata, batch_key=batch_key, label_key=label_key, embedding=result.latent,
+                                     use_rep=key_added, seed=train_cfg.seed, front="tl.vae (scvi-tools)",
+                                     control="scvi-tools' SCVI adds no alignment penalty; check that such groups "
+                                             "stay apart, and see uns[uns_key]['composition'].")
+    if composition is not None:
+        uns["composition"] = composition
+    write_results(target, obsm={key_added: result.latent}, varm=varm, uns={uns_key: uns})
     return (target, result.model) if copy else result.model
