@@ -190,7 +190,7 @@ def _demo_scores(adata, out: Path, plots: Path) -> None:
     print(f"scores written to {out / 'scores.csv'} and {plots / 'scores.png'}")
 
 
-# --- nmf (issue 6) ---
+# --- nmf ---
 def _train_nmf(adata, args):
     import scgen_ae as sa
 
@@ -202,7 +202,7 @@ def _train_nmf(adata, args):
 # --- end nmf ---
 
 
-# --- topic models (issue 6, LDA half) ---
+# --- topic models ---
 def _train_lda(adata, args):
     import scgen_ae as sa
 
@@ -218,7 +218,7 @@ def _train_lda(adata, args):
 TRAINERS = {"vae": _train_vae, "nmf": _train_nmf, "lda": _train_lda}  # --model; each returns (model, obsm key)
 
 
-# issue 5: denoising ------------------------------------------------------------
+# denoising --------------------------------------------------------------------
 def _denoise(adata, args) -> None:
     import scgen_ae as sa
 
@@ -263,10 +263,10 @@ def _add_denoise_parser(sub) -> None:
     p.add_argument("--save-model", type=Path, default=None)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--force", action="store_true", help="allow -o to replace the input file")
-# ------------------------------------------------------------ end of issue 5 block
+# ------------------------------------------------------------ end of denoising
 
 
-# --- evaluation (issue 4): `scgen-ae score` ---
+# --- evaluation: `scgen-ae score` ---
 def _score(args) -> None:
     import anndata as ad
 
@@ -345,8 +345,8 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(max_epochs=200, threads=1)
     p.description = "Defaults for the demo: --max-epochs 200, --threads 1."
 
-    _add_denoise_parser(sub)  # issue 5
-    _add_score_parser(sub)  # issue 4
+    _add_denoise_parser(sub)
+    _add_score_parser(sub)
 
     try:
         args = parser.parse_args(argv)
@@ -361,9 +361,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "integrate":
             adata = ad.read_h5ad(args.input)
             _integrate(adata, args, args.output, args.plots)
-        elif args.command == "denoise":  # issue 5
+        elif args.command == "denoise":
             _denoise(ad.read_h5ad(args.input), args)
-        elif args.command == "score":  # issue 4
+        elif args.command == "score":
             _score(args)
         elif args.command == "demo":
             _demo(args)

@@ -46,7 +46,7 @@ class TrainConfig:
     precision: str = "auto"  # "bf16": matmuls in bfloat16 autocast (likelihoods stay fp32); "fp32"; "auto"
     n_threads: int | None = None
     progress: bool = True
-    # scale (issue 8): checkpoint / resume and data-parallel training (scgen_ae/distributed.py)
+    # scale: checkpoint / resume and data-parallel training (scgen_ae/distributed.py)
     checkpoint_path: str | None = None  # write a checkpoint here (.npz) every checkpoint_every epochs
     checkpoint_every: int = 1
     resume: bool = False  # continue from checkpoint_path when it exists (else start afresh)
@@ -121,7 +121,7 @@ def _bf16_is_native(device: torch.device) -> bool:
         return torch.cuda.is_bf16_supported()
     if device.type == "cpu":
         # not mkldnn's bf16 check: it says yes on any AVX-512 CPU, where bf16 is emulated and
-        # training ran 2x slower than in fp32 (Xeon without avx512_bf16; BENCHMARKS.md, issue 2)
+        # training ran 2x slower than in fp32 (Xeon without avx512_bf16; BENCHMARKS.md, speed section)
         try:
             return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
         except AttributeError:

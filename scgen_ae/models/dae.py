@@ -54,7 +54,7 @@ class DAEConfig:
     corruption_rate: float = 0.1
     hidden_loss_weight: float = 0.0
     # the network
-    n_latent: int = 10  # lower held-out error than 32 on all four shared data sets (BENCHMARKS.md, issue 5)
+    n_latent: int = 10  # lower held-out error than 32 on all four shared data sets (BENCHMARKS.md, denoising section)
     n_hidden: int = 128
     n_layers: int = 1
     dropout_rate: float = 0.0
