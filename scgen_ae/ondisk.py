@@ -1,5 +1,7 @@
 """Out-of-core cells: a data source with :class:`~scgen_ae.data.CellData`'s interface
-that reads its counts from a CSR matrix on disk (a backed ``.h5ad`` or a zarr store).
+that reads its counts from a matrix on disk: CSR in a backed ``.h5ad`` or a zarr store, or
+dense in a backed ``.h5ad``. Any backed AnnData streams, however it was opened
+(``anndata.read_h5ad(path, backed="r")`` or :func:`read_backed`).
 
 Why this design (measured in BENCHMARKS.md, issue 8):
 
@@ -17,6 +19,9 @@ Why this design (measured in BENCHMARKS.md, issue 8):
 - Minibatches are cut exactly where :meth:`CellData.iterate` cuts them (same sizes,
   same count), and built by the in-memory code itself (a :class:`CellData` per window).
 - The next window is read in a background thread while the current one trains.
+- A read never spans more than a window of rows: the validation cells, 1 in 10 spread
+  over the whole file, are read a window at a time, not in one read of the whole file.
+  Dense rows are read :data:`DENSE_READ_VALUES` values at a time and kept as CSR.
 
 Memory is O(window) for the counts plus about 40 bytes per cell of bookkeeping
 (``indptr``, batch codes, library sizes, index arrays): 40 MB at 10^6 cells.
@@ -39,22 +44,28 @@ CHUNK_CELLS = 256  # contiguous rows per read
 WINDOW_CHUNKS = 64  # chunks shuffled together (16,384 cells by default)
 SCAN_CELLS = 16_384  # rows per block in the validation pass
 PREFETCH = True  # read the next window in a background thread
+DENSE_READ_VALUES = 1 << 22  # values per read of a dense matrix on disk (16 MB of float32)
 
 
-def _csr_dataset(adata: AnnData, layer: str | None):
-    """The on-disk CSR matrix of ``adata`` (X only), or None when it is in memory or not CSR."""
+def _stored(adata: AnnData, layer: str | None):
+    """Where ``adata.X`` is on disk: the group of a CSR matrix, or a dense 2-D h5py dataset;
+    None when it is in memory or CSC (which cannot be read by rows), and for any ``layer``:
+    anndata's backed mode keeps layers in memory."""
+    import h5py
     from anndata.abc import CSRDataset
 
     if not isinstance(adata, AnnData) or layer is not None:
         return None
-    X = adata.X  # a backed AnnData hands out a CSRDataset here, without reading it
-    return X if isinstance(X, CSRDataset) else None
+    X = adata.X  # a backed AnnData hands out a CSRDataset / h5py.Dataset here, without reading it
+    if isinstance(X, CSRDataset):
+        return X.group
+    return X if isinstance(X, h5py.Dataset) and X.ndim == 2 else None
 
 
 def is_on_disk(adata: AnnData, layer: str | None = None) -> bool:
-    """True when ``adata.X`` is a CSR matrix on disk (backed ``.h5ad`` or :func:`read_backed`)."""
+    """True when ``adata.X`` is a CSR or dense matrix on disk (backed ``.h5ad``, :func:`read_backed`)."""
     try:
-        return _csr_dataset(adata, layer) is not None
+        return _stored(adata, layer) is not None
     except Exception:  # noqa: BLE001 - any odd object simply is not on disk
         return False
 
@@ -97,7 +108,8 @@ class OnDiskCellData:
     Parameters
     ----------
     group
-        The h5py / zarr group of a CSR matrix (arrays ``data``, ``indices``, ``indptr``).
+        The h5py / zarr group of a CSR matrix (arrays ``data``, ``indices``, ``indptr``), or a
+        dense 2-D h5py dataset.
     batch
         (n_cells,) int64 batch codes.
     library
@@ -110,9 +122,13 @@ class OnDiskCellData:
     def __init__(self, group, batch: np.ndarray, library: np.ndarray, log1p_input: bool = True,
                  columns: np.ndarray | None = None, chunk_cells: int = CHUNK_CELLS,
                  window_chunks: int = WINDOW_CHUNKS, prefetch: bool | None = None):
-        self.data_array, self.indices_array = group["data"], group["indices"]
-        self.indptr = np.asarray(group["indptr"][:], dtype=np.int64)
-        self.n_stored_genes = int(group.attrs["shape"][1])
+        if getattr(group, "ndim", None) == 2:  # dense: rows are read straight from the array
+            self.dense, self.indptr = group, None
+            self.n_cells, self.n_stored_genes = map(int, group.shape)
+        else:
+            self.dense, self.data_array, self.indices_array = None, group["data"], group["indices"]
+            self.indptr = np.asarray(group["indptr"][:], dtype=np.int64)
+            self.n_cells, self.n_stored_genes = len(self.indptr) - 1, int(group.attrs["shape"][1])
         self.batch, self.library, self.log1p_input = batch, library, log1p_input
         self.columns = columns
         self.chunk_size = max(int(chunk_cells), self._rows_per_compressed_chunk())  # also the unit of sharding
@@ -126,21 +142,21 @@ class OnDiskCellData:
         fewer rows than it holds multiplies the work (zarr's 1M-value chunks at 200 values
         per cell: 20x): reads are widened to whole storage chunks then.
         """
-        arr = self.data_array
+        arr = self.dense if self.dense is not None else self.data_array
         compressed = getattr(arr, "compression", None) is not None or type(arr).__module__.startswith("zarr")
         chunks = getattr(arr, "chunks", None)
-        if not compressed or not chunks or self.indptr[-1] == 0:
+        if not compressed or not chunks or (self.dense is None and self.indptr[-1] == 0):
             return 0
-        return int(np.ceil(chunks[0] * self.n_cells / self.indptr[-1]))
-
-    @property
-    def n_cells(self) -> int:
-        return len(self.indptr) - 1
+        return int(chunks[0] if self.dense is not None else np.ceil(chunks[0] * self.n_cells / self.indptr[-1]))
 
     # ------------------------------------------------------------ reading rows
     def read_span(self, start: int, stop: int, *, sorted_indices: bool = True) -> sp.csr_matrix:
         """Rows ``start:stop`` as stored (CSR float32, no stored zeros, all stored genes; see
         :func:`~scgen_ae.data.to_csr32` for ``sorted_indices``)."""
+        if self.dense is not None:  # in pieces, so that only the sparse rows are held whole
+            step = max(1, DENSE_READ_VALUES // max(self.n_stored_genes, 1))
+            parts = [to_csr32(self.dense[a:min(a + step, stop)]) for a in range(start, stop, step)]
+            return sp.vstack(parts, format="csr") if len(parts) > 1 else parts[0]
         lo, hi = self.indptr[start], self.indptr[stop]
         X = sp.csr_matrix((self.data_array[lo:hi], self.indices_array[lo:hi], self.indptr[start:stop + 1] - lo),
                           shape=(stop - start, self.n_stored_genes))
@@ -152,11 +168,13 @@ class OnDiskCellData:
         return v.aligned_matrix(X, self.columns) if self.columns is not None else X
 
     def read_rows(self, rows: np.ndarray, *, sorted_indices: bool = True) -> sp.csr_matrix:
-        """Rows ``rows`` (any order) with the model's columns: one read per run of adjacent chunks."""
+        """Rows ``rows`` (any order) with the model's columns: one read per run of adjacent
+        chunks, cut where a run would span more than a window of rows."""
         order = np.argsort(rows, kind="stable")
         srt = rows[order]
         chunk = srt // self.chunk_size
-        breaks = np.flatnonzero(np.diff(chunk) > 1) + 1  # adjacent chunks are read in one go
+        block = srt // max(self.window_cells, self.chunk_size)
+        breaks = np.flatnonzero((np.diff(chunk) > 1) | (np.diff(block) > 0)) + 1
         parts = []
         for run in np.split(srt, breaks):
             span = self.read_span(int(run[0]), int(run[-1]) + 1, sorted_indices=sorted_indices)
@@ -246,7 +264,7 @@ def _scan(data: OnDiskCellData, check: Callable[[sp.csr_matrix], None]) -> tuple
 def _open(adata: AnnData, layer) -> OnDiskCellData:
     if adata.n_obs == 0 or adata.n_vars == 0:
         raise v.InputError(f"The AnnData is empty ({adata.n_obs} cells x {adata.n_vars} genes).")
-    return OnDiskCellData(_csr_dataset(adata, layer).group, np.zeros(adata.n_obs, np.int64), None)
+    return OnDiskCellData(_stored(adata, layer), np.zeros(adata.n_obs, np.int64), None)
 
 
 def validated(adata: AnnData, layer: str | None, check: Callable[[sp.csr_matrix], None]) -> OnDiskCellData:

@@ -21,8 +21,9 @@ def training_data(adata: AnnData, layer: str | None, batch_key: str | None, like
                   needs: str | None = None, otherwise: str | None = v.GAUSSIAN_ADVICE):
     """Validate ``adata`` for training; return (CellData, batch categories).
 
-    When ``X`` is a CSR matrix on disk (backed ``.h5ad``, ``sa.read_backed``) the data
-    source is an :class:`~scgen_ae.ondisk.OnDiskCellData` that streams it instead.
+    When ``X`` is a CSR or dense matrix on disk (a backed AnnData, however opened) the data
+    source is an :class:`~scgen_ae.ondisk.OnDiskCellData` that streams it instead; a
+    ``layer`` is in memory even then (anndata's backed mode reads layers whole).
     ``needs`` / ``otherwise`` word the error for data that are not counts
     (see :func:`scgen_ae._validate.check_counts`).
     """
