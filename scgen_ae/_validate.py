@@ -238,6 +238,15 @@ def check_unique_genes(adata: AnnData) -> None:
         )
 
 
+def check_copy(adata: AnnData, copy: bool) -> None:
+    """Refuse ``copy=True`` on a backed AnnData before any work: anndata copies one only to a
+    new file (``adata.copy()`` raises), and reading it into memory defeats streaming it."""
+    if copy and isinstance(adata, AnnData) and adata.isbacked:
+        raise InputError("copy=True needs an in-memory AnnData, but adata is backed (X stays on disk, and anndata "
+                         "copies it only to a new file). Pass copy=False: the results go to adata.obsm / adata.uns "
+                         "in memory and the file is left unchanged; or call adata.to_memory() first.")
+
+
 # ---------------------------------------------------------------- training options
 
 def _is_int(x) -> bool:

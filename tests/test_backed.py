@@ -115,6 +115,13 @@ def test_layer_of_a_backed_adata_trains_from_memory_as_in_memory(written, spy):
     assert_same_latent(model.get_latent(adata, layer="counts"), reference.get_latent(adata, layer="counts"))
 
 
+def test_copy_of_a_backed_adata_refused_before_training(written, monkeypatch):
+    backed = ad.read_h5ad(written[1]["csr"], backed="r")
+    monkeypatch.setattr("scgen_ae.tl._vae.fit", lambda *a, **k: pytest.fail("trained before refusing"))
+    with pytest.raises(sa.InputError, match="copy=True needs an in-memory AnnData.*copy=False"):
+        sa.tl.vae(backed, copy=True, max_epochs=1, **SMALL)
+
+
 @pytest.mark.parametrize("fmt", ["csr", "dense"])
 @pytest.mark.parametrize("value, message", [(2.5, "non-integer values"), (np.nan, "NaN/Inf")],
                          ids=["fraction", "nan"])

@@ -5,7 +5,7 @@ import warnings
 
 from anndata import AnnData
 
-from .._validate import check_n_latent
+from .._validate import check_copy, check_n_latent
 from ..models.vae import VAE, VAEConfig, VAEModule
 from ..train import fit, seeded_threads
 from ._common import params_record, split_kwargs, training_data, write_results
@@ -51,11 +51,16 @@ def vae(
     Parameters
     ----------
     adata
-        Cells x genes; raw counts in ``X`` or ``layers[layer]`` (sparse or dense).
+        Cells x genes; raw counts in ``X`` or ``layers[layer]`` (sparse or dense). A backed
+        AnnData (``anndata.read_h5ad(path, backed="r")`` or :func:`~scgen_ae.read_backed`)
+        trains out of core: its ``X``, CSR or dense on disk, is checked and trained on in
+        bounded row chunks and never read whole, and the results are written to its
+        in-memory ``obsm`` / ``uns`` (the file is not changed; ``copy=True`` is refused).
     batch_key
         ``obs`` column with the batch of each cell; None trains an unconditional VAE.
     layer
-        Layer with the counts; None uses ``X``.
+        Layer with the counts; None uses ``X``. anndata's backed mode keeps layers in
+        memory, so a layer of a backed AnnData trains from memory.
     label_key
         Optional ``obs`` column with cell-type labels, used by the composition check (see
         Notes): without it, the check clusters the latent space instead.
@@ -158,6 +163,7 @@ def vae(
     """
     if backend not in ("native", "scvi-tools"):
         raise ValueError(f"backend={backend!r}; choose 'native' or 'scvi-tools'.")
+    check_copy(adata, copy)
     if backend == "scvi-tools":
         from ._vae_scvi import vae_scvi_tools
 
