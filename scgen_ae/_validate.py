@@ -59,7 +59,7 @@ def get_matrix(adata: AnnData, layer: str | None, *, sorted_indices: bool = True
     if X is None:
         raise InputError("adata.X is None; pass layer= naming the layer that holds the counts.")
     if adata.isbacked and layer is None:
-        X = X[:]  # backed: read into memory (out-of-core training is a separate path)
+        X = X[:]  # backed but not streamed (CSC on disk, or a front with no out-of-core path): read whole
     if not sp.issparse(X):
         X = np.asarray(X)
         if not np.issubdtype(X.dtype, np.number):

@@ -178,11 +178,13 @@ class OnDiskCellData:
         parts = []
         for run in np.split(srt, breaks):
             span = self.read_span(int(run[0]), int(run[-1]) + 1, sorted_indices=sorted_indices)
-            parts.append(span[run - run[0]])
+            # whole spans (inference's windows) and rows already in order are kept without a copy
+            parts.append(span if np.all(np.diff(run) == 1) else span[run - run[0]])
         X = sp.vstack(parts, format="csr") if len(parts) > 1 else parts[0]
-        inverse = np.empty_like(order)
-        inverse[order] = np.arange(len(order))
-        X = X[inverse]
+        if np.any(np.diff(rows) < 0):
+            inverse = np.empty_like(order)
+            inverse[order] = np.arange(len(order))
+            X = X[inverse]
         return v.aligned_matrix(X, self.columns) if self.columns is not None else X
 
     def in_memory(self, rows: np.ndarray) -> CellData:

@@ -54,8 +54,9 @@ def vae(
         Cells x genes; raw counts in ``X`` or ``layers[layer]`` (sparse or dense). A backed
         AnnData (``anndata.read_h5ad(path, backed="r")`` or :func:`~scgen_ae.read_backed`)
         trains out of core: its ``X``, CSR or dense on disk, is checked and trained on in
-        bounded row chunks and never read whole, and the results are written to its
-        in-memory ``obsm`` / ``uns`` (the file is not changed; ``copy=True`` is refused).
+        bounded row chunks and never read whole (a CSC ``X`` cannot be read by rows and is),
+        and the results are written to its in-memory ``obsm`` / ``uns`` (the file is not
+        changed; ``copy=True`` is refused).
     batch_key
         ``obs`` column with the batch of each cell; None trains an unconditional VAE.
     layer
