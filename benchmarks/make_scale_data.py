@@ -11,6 +11,9 @@ binomial of a per-cell probability drawn from U(0.5, 1): new library sizes, new 
 patterns, the same gene-gene structure and batch effects.
 
     python benchmarks/make_scale_data.py --cells 100000 1000000 --out bench_out/scale
+    python benchmarks/make_scale_data.py --cells 200000 --formats h5ad h5ad-dense --out /tmp/scale
+
+``h5ad-dense`` writes the same cells with a dense ``X`` (``pbmc_<n>_dense.h5ad``).
 """
 from __future__ import annotations
 
@@ -79,7 +82,20 @@ class CSRAppender:
         self.row += n
 
 
-def write(path: Path, src, n_cells: int, seed: int, zarr_store: bool) -> None:
+class DenseAppender:
+    """Append row blocks to a dense ``X`` of an h5ad (h5py) in anndata's encoding."""
+
+    def __init__(self, root, n_cells: int, n_genes: int):
+        self.X = root.create_dataset("X", shape=(n_cells, n_genes), dtype="float32")
+        self.X.attrs.update({"encoding-type": "array", "encoding-version": "0.2.0"})
+        self.row = 0
+
+    def append(self, block: sp.csr_matrix) -> None:
+        self.X[self.row:self.row + block.shape[0]] = block.toarray()
+        self.row += block.shape[0]
+
+
+def write(path: Path, src, n_cells: int, seed: int, zarr_store: bool, dense: bool = False) -> None:
     import anndata as ad
 
     rng = np.random.default_rng(seed)
@@ -105,7 +121,7 @@ def write(path: Path, src, n_cells: int, seed: int, zarr_store: bool) -> None:
     for key in ("obsm", "varm", "layers", "obsp", "varp"):
         ad.io.write_elem(root, key, {})
     ad.io.write_elem(root, "uns", {"source": f"make_scale_data.py: pbmc_10x_chemistries resampled, seed {seed}"})
-    out = CSRAppender(root, n_cells, X.shape[1], zarr_store)
+    out = DenseAppender(root, n_cells, X.shape[1]) if dense else CSRAppender(root, n_cells, X.shape[1], zarr_store)
     pools = [np.flatnonzero(codes == b) for b in range(len(cats))]
     for start in range(0, n_cells, BLOCK):
         b_rows = batch[start:start + BLOCK]
@@ -122,16 +138,16 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cells", type=int, nargs="+", default=[100_000, 1_000_000])
     p.add_argument("--out", type=Path, default=Path("bench_out/scale"))
-    p.add_argument("--formats", nargs="+", default=["h5ad", "zarr"], choices=["h5ad", "zarr"])
+    p.add_argument("--formats", nargs="+", default=["h5ad", "zarr"], choices=["h5ad", "zarr", "h5ad-dense"])
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     src = source_cells()
     for n in args.cells:
         for fmt in args.formats:
-            path = args.out / f"pbmc_{n}.{fmt}"
+            path = args.out / (f"pbmc_{n}_dense.h5ad" if fmt == "h5ad-dense" else f"pbmc_{n}.{fmt}")
             t = time.perf_counter()
-            write(path, src, n, args.seed, fmt == "zarr")
+            write(path, src, n, args.seed, fmt == "zarr", dense=fmt == "h5ad-dense")
             print(f"wrote {path} ({n} x {src.n_vars}) in {time.perf_counter() - t:.0f} s", flush=True)
     return 0
 
