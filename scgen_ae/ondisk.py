@@ -124,11 +124,11 @@ class OnDiskCellData:
                  window_chunks: int = WINDOW_CHUNKS, prefetch: bool | None = None):
         if getattr(group, "ndim", None) == 2:  # dense: rows are read straight from the array
             self.dense, self.indptr = group, None
-            self.n_cells, self.n_stored_genes = map(int, group.shape)
+            self._n_cells, self.n_stored_genes = map(int, group.shape)
         else:
             self.dense, self.data_array, self.indices_array = None, group["data"], group["indices"]
             self.indptr = np.asarray(group["indptr"][:], dtype=np.int64)
-            self.n_cells, self.n_stored_genes = len(self.indptr) - 1, int(group.attrs["shape"][1])
+            self._n_cells, self.n_stored_genes = len(self.indptr) - 1, int(group.attrs["shape"][1])
         self.batch, self.library, self.log1p_input = batch, library, log1p_input
         self.columns = columns
         self.chunk_size = max(int(chunk_cells), self._rows_per_compressed_chunk())  # also the unit of sharding
@@ -148,6 +148,10 @@ class OnDiskCellData:
         if not compressed or not chunks or (self.dense is None and self.indptr[-1] == 0):
             return 0
         return int(chunks[0] if self.dense is not None else np.ceil(chunks[0] * self.n_cells / self.indptr[-1]))
+
+    @property
+    def n_cells(self) -> int:
+        return self._n_cells
 
     # ------------------------------------------------------------ reading rows
     def read_span(self, start: int, stop: int, *, sorted_indices: bool = True) -> sp.csr_matrix:
