@@ -41,8 +41,11 @@ class CellData:
         return self.X.shape[0]
 
     def row_block(self, start: int, stop: int) -> sp.csr_matrix:
-        """Rows ``start:stop`` (what :func:`iter_row_blocks` reads, here and on disk)."""
-        return self.X[start:stop]
+        """Rows ``start:stop`` (what :func:`iter_row_blocks` reads, here and on disk): a view
+        of ``X``'s arrays, not a copy, so read it only."""
+        lo, hi = self.X.indptr[start], self.X.indptr[stop]
+        return sp.csr_matrix((self.X.data[lo:hi], self.X.indices[lo:hi], self.X.indptr[start:stop + 1] - lo),
+                             shape=(stop - start, self.X.shape[1]))
 
     @cached_property
     def log_x_factorial(self) -> np.ndarray:

@@ -29,21 +29,15 @@ def log2_ratio(scale1: np.ndarray, scale2: np.ndarray, pseudocount: float) -> np
     return np.log2(scale1 + pseudocount) - np.log2(scale2 + pseudocount)
 
 
-def row_quantiles(samples: np.ndarray, probs) -> list[np.ndarray]:
-    """``np.quantile(samples, p, axis=1)`` (linear interpolation) for each ``p``, reordering the
-    rows of ``samples`` in place: one single-kth partition per probability and the minimum
-    above it, where numpy's multi-kth partition is about 7x slower."""
+def row_medians(samples: np.ndarray) -> np.ndarray:
+    """``np.median(samples, axis=1)``, reordering the rows of ``samples`` in place: one
+    single-kth partition and the minimum above it, where numpy's two-kth partition (even
+    lengths) is about 7x slower."""
     n = samples.shape[1]
-    out = []
-    for p in probs:
-        pos = p * (n - 1)
-        k = int(np.floor(pos))
-        samples.partition(k, axis=1)
-        value = samples[:, k].astype(np.float64)
-        if pos > k:  # interpolate towards the next order statistic: the smallest value above k
-            value += (pos - k) * (samples[:, k + 1:].min(1) - value)
-        out.append(value)
-    return out
+    k = (n - 1) // 2
+    samples.partition(k, axis=1)
+    low = samples[:, k].astype(np.float64)
+    return low if n % 2 else 0.5 * (low + samples[:, k + 1:].min(1))
 
 
 def summarize_lfc(lfc: np.ndarray, *, mode: str, delta: float) -> dict[str, np.ndarray]:
@@ -52,8 +46,7 @@ def summarize_lfc(lfc: np.ndarray, *, mode: str, delta: float) -> dict[str, np.n
 
     ``proba_m1`` / ``proba_m2``: the probability that group 1 is higher / lower; beyond
     ``delta`` in mode "change" (``lfc >= delta`` / ``lfc <= -delta``), at all in mode
-    "vanilla" (then they sum to 1). ``proba_de`` is the larger of the two. ``lfc_q05`` /
-    ``lfc_q95`` bound the central 90 % of the samples. ``bayes_factor`` is
+    "vanilla" (then they sum to 1). ``proba_de`` is the larger of the two. ``bayes_factor`` is
     log(proba_de / (1 - proba_de)) in mode "change" and log(proba_m1 / proba_m2) in mode
     "vanilla", as in scvi-tools.
     """
@@ -68,12 +61,9 @@ def summarize_lfc(lfc: np.ndarray, *, mode: str, delta: float) -> dict[str, np.n
         bayes_factor = np.log(proba_de + LOG_EPS) - np.log(1.0 - proba_de + LOG_EPS)
     else:
         bayes_factor = np.log(up + LOG_EPS) - np.log(down + LOG_EPS)
-    moments = {"lfc_mean": lfc.mean(1), "lfc_std": lfc.std(1), "lfc_min": lfc.min(1), "lfc_max": lfc.max(1)}
-    median, q05, q95 = row_quantiles(lfc, (0.5, 0.05, 0.95))
     return {"proba_de": proba_de, "proba_not_de": 1.0 - proba_de, "bayes_factor": bayes_factor,
-            "proba_m1": up, "proba_m2": down, "lfc_mean": moments["lfc_mean"], "lfc_median": median,
-            "lfc_std": moments["lfc_std"], "lfc_min": moments["lfc_min"], "lfc_max": moments["lfc_max"],
-            "lfc_q05": q05, "lfc_q95": q95}
+            "proba_m1": up, "proba_m2": down, "lfc_mean": lfc.mean(1), "lfc_std": lfc.std(1),
+            "lfc_min": lfc.min(1), "lfc_max": lfc.max(1), "lfc_median": row_medians(lfc)}  # reorders: last
 
 
 def posterior_fdr(proba_de: np.ndarray) -> np.ndarray:
@@ -95,14 +85,14 @@ def raw_stats(blocks, library: np.ndarray, rows1: np.ndarray, rows2: np.ndarray)
     counts per 10^4 (scvi-tools' column names, suffix 1 / 2 for the groups), from
     ``(start, stop, CSR rows)`` blocks of all cells (:func:`~scgen_ae.data.iter_row_blocks`):
     two sparse products per block, no copy of a group's rows."""
-    weights = np.zeros((len(library), 4))
+    weights = np.zeros((len(library), 4), np.float32)  # the counts' dtype: float64 would copy each block
     weights[rows1, 0], weights[rows2, 1] = 1.0 / len(rows1), 1.0 / len(rows2)
     weights[:, 2:] = weights[:, :2] * (1e4 / np.maximum(library, 1.0))[:, None]
-    sums, nonzero = 0.0, 0.0
+    sums, nonzero = 0.0, 0.0  # float64 across blocks
     for start, stop, X in blocks:
         binary = sp.csr_matrix((np.ones_like(X.data), X.indices, X.indptr), shape=X.shape)
-        sums = sums + X.T @ weights[start:stop]
-        nonzero = nonzero + binary.T @ weights[start:stop, :2]
+        sums = sums + (X.T @ weights[start:stop]).astype(np.float64)
+        nonzero = nonzero + (binary.T @ weights[start:stop, :2]).astype(np.float64)
     return {"raw_mean1": sums[:, 0], "raw_mean2": sums[:, 1], "non_zeros_proportion1": nonzero[:, 0],
             "non_zeros_proportion2": nonzero[:, 1], "raw_normalized_mean1": sums[:, 2],
             "raw_normalized_mean2": sums[:, 3]}

@@ -11,7 +11,7 @@ import scipy.sparse as sp
 
 import scgen_ae as sa
 import scgen_ae.tl._de as de_front
-from scgen_ae.de import posterior_fdr
+from scgen_ae.de import posterior_fdr, row_medians
 
 from .conftest import FAST
 
@@ -100,6 +100,12 @@ def test_posterior_fdr_is_the_mean_error_of_the_list():
     order = np.argsort(-p)
     np.testing.assert_allclose(q[order], np.cumsum(1 - p[order]) / np.arange(1, 6))
     assert list(q <= 0.05) == [True, False, True, True, True]  # mean error of the first four: 0.035
+
+
+@pytest.mark.parametrize("n", [1, 2, 7, 10])
+def test_row_medians_are_numpys(n):
+    samples = np.random.default_rng(n).normal(size=(5, n)).astype(np.float32)
+    np.testing.assert_allclose(row_medians(samples.copy()), np.median(samples, axis=1), rtol=1e-6)
 
 
 # ---------------------------------------------------------------- outputs

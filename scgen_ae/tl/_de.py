@@ -9,7 +9,7 @@ import torch
 from anndata import AnnData
 
 from .. import _validate as v
-from ..data import CellData, iter_row_blocks
+from ..data import iter_row_blocks
 from ..de import MODES, balanced_draws, de_table, log2_ratio, rank_genes_groups_record, raw_stats, summarize_lfc
 from ..models.dae import DAE
 from ..models.vae import VAE
@@ -193,8 +193,7 @@ def differential_expression(
         One row per gene and comparison (genes as the index, scvi-tools' column names), most
         evidence first: ``proba_de``, ``proba_not_de``, ``bayes_factor``, ``proba_m1`` /
         ``proba_m2`` (P(up) / P(down), beyond ``delta`` in mode "change"), ``lfc_mean``,
-        ``lfc_median``, ``lfc_std``, ``lfc_min``, ``lfc_max``, ``lfc_q05`` / ``lfc_q95`` (the central
-        90 % of the samples), ``scale1`` / ``scale2`` (mean
+        ``lfc_median``, ``lfc_std``, ``lfc_min``, ``lfc_max``, ``scale1`` / ``scale2`` (mean
         expression shares), ``raw_mean1`` / ``2``, ``non_zeros_proportion1`` / ``2``,
         ``raw_normalized_mean1`` / ``2`` (counts per 10^4), ``pseudocounts``, ``delta``,
         ``posterior_fdr`` (expected FDR of the list cut at that gene),
@@ -220,13 +219,12 @@ def differential_expression(
     comparisons = _comparisons(labels, groupby, group1, group2)
     # genes, batches and counts checked here; only rows are densified, so the column order stays as given
     data = model._cell_data(adata, layer, batch_key, sorted_indices=False)
-    counts = [(0, data.n_cells, data.X)] if isinstance(data, CellData) else list(iter_row_blocks(data))
     tables = {}
     for first, second, rows1, rows2 in comparisons:
         summary, scale1, scale2 = _posterior_summary(
             model, data, rows1, rows2, n_samples=n_samples, batch_correction=batch_correction,
             pseudocount=pseudocount, chunk_size=chunk_size, random_state=random_state, mode=mode, delta=delta)
-        tables[first] = de_table(model.var_names, summary, raw_stats(counts, data.library, rows1, rows2),
+        tables[first] = de_table(model.var_names, summary, raw_stats(iter_row_blocks(data), data.library, rows1, rows2),
                                  scale1=scale1, scale2=scale2, pseudocount=pseudocount, delta=delta, mode=mode,
                                  fdr_target=fdr_target, group1=first, group2=second)
     kind = "vae" if isinstance(model, VAE) else "dae"
