@@ -40,8 +40,8 @@ def planted():
     mu = shares * fold
     mu = mu / mu.sum(1, keepdims=True) * rng.lognormal(np.log(3000), 0.2, n_cells)[:, None]
     counts = rng.negative_binomial(5.0, 5.0 / (5.0 + mu)).astype(np.float32)
-    adata = ad.AnnData(sp.csr_matrix(counts), obs=pd.DataFrame({"group": group}, index=[f"c{i}" for i in range(n_cells)]),
-                       var=pd.DataFrame(index=[f"g{j}" for j in range(n_genes)]))
+    obs = pd.DataFrame({"group": group}, index=[f"c{i}" for i in range(n_cells)])
+    adata = ad.AnnData(sp.csr_matrix(counts), obs=obs, var=pd.DataFrame(index=[f"g{j}" for j in range(n_genes)]))
     model = sa.tl.vae(adata, n_latent=4, n_hidden=64, max_epochs=60, seed=0, **FAST)
     return adata, model
 
@@ -65,7 +65,8 @@ def test_planted_genes_rank_first_and_make_the_fdr_set(planted):
     assert len(top & truth) >= 0.8 * N_PLANTED, sorted(top - truth)
     called = _called(df)
     assert len(called & truth) >= 0.8 * N_PLANTED and len(called - truth) <= 0.2 * len(called), (called, truth)
-    up, down = df.loc[[f"g{j}" for j in range(N_PLANTED // 2)]], df.loc[[f"g{j}" for j in range(N_PLANTED // 2, N_PLANTED)]]
+    half = N_PLANTED // 2
+    up, down = df.loc[[f"g{j}" for j in range(half)]], df.loc[[f"g{j}" for j in range(half, N_PLANTED)]]
     assert (up["lfc_mean"] > 1.0).all() and (down["lfc_mean"] < -1.0).all()  # log2(4) = 2, shrunk by the model
     assert (up["raw_mean1"] > 2 * up["raw_mean2"]).all() and (down["raw_mean2"] > 2 * down["raw_mean1"]).all()
     # the DAE (no posterior, only the variation between cells) finds them too
@@ -160,6 +161,18 @@ def test_same_seed_same_result_and_gene_blocks_change_nothing(planted, monkeypat
     pd.testing.assert_frame_equal(first, sa.tl.differential_expression(model, adata.copy(), **run))
 
 
+def test_cells_on_disk_give_the_in_memory_result(planted, tmp_path):
+    """A backed .h5ad is read a block of rows at a time (statistics) and by rows (samples)."""
+    adata, model = planted
+    adata.write_h5ad(tmp_path / "planted.h5ad")
+    backed = sa.read_backed(tmp_path / "planted.h5ad")
+    run = dict(groupby="group", group1=["A", "A"], n_samples=300)  # a repeated group is one comparison
+    on_disk = sa.tl.differential_expression(model, backed, **run)
+    in_memory = sa.tl.differential_expression(model, adata.copy(), **run)
+    assert sa.ondisk.is_on_disk(backed) and len(on_disk) == adata.n_vars
+    pd.testing.assert_frame_equal(on_disk, in_memory, rtol=1e-5)
+
+
 def test_replacing_a_result_warns(planted):
     adata, model = planted
     adata = adata.copy()
@@ -187,7 +200,8 @@ BAD = {
     "same groups": (lambda a: a, dict(group1="A", group2="A"), r"both 'A'"),
     "groupby missing": (lambda a: a, dict(groupby="cluster", group1="A"),
                         r"groupby='cluster' is not a column of adata.obs \(columns: 'group'"),
-    "missing genes": (_subset_missing_genes, dict(group1="A"), r"5 of the model's 200 genes are not in adata.var_names"),
+    "missing genes": (_subset_missing_genes, dict(group1="A"),
+                      r"5 of the model's 200 genes are not in adata.var_names"),
     "bad mode": (lambda a: a, dict(group1="A", mode="bayes"), r"mode='bayes' is invalid; choose 'change'"),
     "bad delta": (lambda a: a, dict(group1="A", delta=-1), r"delta=-1 is invalid"),
     "bad fdr": (lambda a: a, dict(group1="A", fdr_target=5), r"fdr_target=5 is invalid"),

@@ -34,7 +34,8 @@ def _check_options(model, *, mode, delta, fdr_target, n_samples, pseudocount, ch
         (v._is_number(fdr_target) and 0 < fdr_target < 1, f"fdr_target={fdr_target!r}", "pass e.g. 0.05"),
         (v._is_int(n_samples) and n_samples >= 2, f"n_samples={n_samples!r}",
          "pass an integer >= 2 (posterior samples per group), e.g. 5000"),
-        (v._is_number(pseudocount) and pseudocount >= 0, f"pseudocount={pseudocount!r}", "pass a share >= 0, e.g. 1e-5"),
+        (v._is_number(pseudocount) and pseudocount >= 0, f"pseudocount={pseudocount!r}",
+         "pass a share >= 0, e.g. 1e-5"),
         (v._is_int(chunk_size) and chunk_size >= 1, f"chunk_size={chunk_size!r}", "pass e.g. 1024"),
         (v._is_int(random_state) and random_state >= 0, f"random_state={random_state!r}", "pass e.g. 0"),
     ]
@@ -57,7 +58,12 @@ def _comparisons(labels: np.ndarray, groupby: str, group1, group2) -> list[tuple
                                f"differential expression needs at least {MIN_CELLS} per group. Merge it with "
                                "another group or leave it out.")
 
-    firsts = known if group1 is None else [group1] if isinstance(group1, str) else list(group1)
+    if group1 is None:
+        firsts = known
+    elif isinstance(group1, (list, tuple, np.ndarray, pd.Index, pd.Series)):
+        firsts = list(dict.fromkeys(group1))  # each comparison once
+    else:
+        firsts = [group1]
     if not firsts:
         raise v.InputError("group1 is empty; pass a value of adata.obs[groupby], a list of them, or None for all.")
     if group2 is not None:
@@ -184,8 +190,18 @@ def differential_expression(
     ------
     One chunk of ``chunk_size x n_genes`` shares per group, and the ``n_samples x n_genes``
     float32 fold-change samples (for the medians) but at most 256 MB of them: beyond, the
-    genes are done in blocks, each drawing the same pairs again. Nothing grows with the number
-    of cells except the sparse counts' statistics.
+    genes are done in blocks, each drawing the same pairs again. The counts are read a block of
+    rows at a time and never copied, so the cells add only a few per-cell vectors (and the NaN
+    check's byte per stored count): about 180 MB in all at 10^4 and at 10^5 cells x 2,000 genes.
+
+    Notes
+    -----
+    ``lfc_mean`` averages over pairs of cells: it is the difference of the groups' mean log2
+    expression, not the log2 ratio of their mean expression (``scale1`` / ``scale2``). The DAE
+    has no posterior, so its samples differ only between cells. The DataFrame lists genes as
+    scvi-tools does (by ``proba_de``); ``uns[key_added]`` ranks the genes called DE by fold
+    change instead, which agreed better between protocols (BENCHMARKS.md, "Differential
+    expression").
 
     Returns
     -------
@@ -203,9 +219,10 @@ def differential_expression(
     and ``sc.pl.rank_genes_groups*`` read it), with one field per ``group1`` value in each of
 
     - ``names``, ``scores`` (``lfc_mean`` of the genes called DE, 0 for the others: called
-      up-regulated genes first, largest fold change first), ``logfoldchanges`` (``lfc_mean``), ``pvals`` (``proba_not_de``: not a p-value but the
-      posterior probability of no DE) and ``pvals_adj`` (``posterior_fdr``: genes with
-      ``pvals_adj <= fdr_target`` are those called DE): (n_genes,) record arrays;
+      up-regulated genes first, largest fold change first), ``logfoldchanges`` (``lfc_mean``),
+      ``pvals`` (``proba_not_de``: not a p-value but the posterior probability of no DE) and
+      ``pvals_adj`` (``posterior_fdr``: genes with ``pvals_adj <= fdr_target`` are those called
+      DE): (n_genes,) record arrays;
     - ``pts`` / ``pts_rest``: (n_genes, n_groups) data frames, the share of cells with a count
       in the group / in the reference;
     - ``params``: ``groupby``, ``reference``, ``method``, ``use_raw``, ``layer`` (scanpy's) and
@@ -224,9 +241,9 @@ def differential_expression(
         summary, scale1, scale2 = _posterior_summary(
             model, data, rows1, rows2, n_samples=n_samples, batch_correction=batch_correction,
             pseudocount=pseudocount, chunk_size=chunk_size, random_state=random_state, mode=mode, delta=delta)
-        tables[first] = de_table(model.var_names, summary, raw_stats(iter_row_blocks(data), data.library, rows1, rows2),
-                                 scale1=scale1, scale2=scale2, pseudocount=pseudocount, delta=delta, mode=mode,
-                                 fdr_target=fdr_target, group1=first, group2=second)
+        raw = raw_stats(iter_row_blocks(data), data.library, rows1, rows2)
+        tables[first] = de_table(model.var_names, summary, raw, scale1=scale1, scale2=scale2, pseudocount=pseudocount,
+                                 delta=delta, mode=mode, fdr_target=fdr_target, group1=first, group2=second)
     kind = "vae" if isinstance(model, VAE) else "dae"
     params = params_record(groupby=groupby, reference="rest" if group2 is None else str(group2),
                            method=f"{kind}_{mode}", use_raw=False,
