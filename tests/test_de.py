@@ -109,6 +109,22 @@ def test_row_medians_are_numpys(n):
     np.testing.assert_allclose(row_medians(samples.copy()), np.median(samples, axis=1), rtol=1e-6)
 
 
+def test_samples_are_expression_shares_and_the_head_alone_is_the_decoders(planted):
+    import torch
+
+    from scgen_ae.nn import CountDecoder
+
+    adata, model = planted
+    data = model._cell_data(adata)
+    shares = model.sample_scale(data, np.array([3, 3, 0]), np.zeros(3, np.int64), torch.Generator().manual_seed(0))
+    assert shares.shape == (3, adata.n_vars) and not torch.equal(shares[0], shares[1])  # two draws of one cell
+    np.testing.assert_allclose(shares.sum(1).numpy(), 1.0, rtol=1e-5)
+    decoder = CountDecoder(4, 7, 8, 1, n_cats=(3,), n_extra_heads=1).eval()
+    torch.nn.init.normal_(decoder.heads.offsets[0].weight)
+    z, cats = torch.randn(5, 4), (torch.tensor([0, 2, 1, 2, 0]),)
+    torch.testing.assert_close(decoder.first_head(z, cats), decoder(z, cats)[0])
+
+
 # ---------------------------------------------------------------- outputs
 
 def test_rank_genes_groups_layout_reads_back_and_plots(planted, tmp_path):
