@@ -84,6 +84,7 @@ def get_matrix(adata: AnnData, layer: str | None, *, sorted_indices: bool = True
 
 
 GAUSSIAN_ADVICE = "use likelihood='gaussian' for log-normalised data"
+COUNT_CHECK_VALUES = 1 << 22  # values checked at a time: 16 MB of float32
 
 
 def check_counts(X: sp.csr_matrix, layer: str | None, likelihood: str, *, needs: str | None = None,
@@ -111,12 +112,17 @@ def check_counts(X: sp.csr_matrix, layer: str | None, likelihood: str, *, needs:
             f"{_where(layer)} has {int((data < 0).sum())} negative values, but {who} "
             f"models raw counts. Was the data scaled (sc.pp.scale)? Pass the raw counts via layer={alternative}."
         )
-    frac = np.abs(data - np.round(data))
-    n_frac = int((frac > 1e-3).sum())
+    n_frac, example = 0, None
+    for start in range(0, data.size, COUNT_CHECK_VALUES):  # temporaries of one slice, not of all the values
+        part = data[start:start + COUNT_CHECK_VALUES]
+        bad = np.abs(part - np.round(part)) > 1e-3
+        n_frac += int(bad.sum())
+        if example is None and bad.any():
+            example = float(part[bad][0])
     if n_frac:
         looks_log = data.size and float(data.max()) < 30
         raise InputError(
-            f"{_where(layer)} has {n_frac} non-integer values (e.g. {float(data[frac > 1e-3][0]):.4g}), but "
+            f"{_where(layer)} has {n_frac} non-integer values (e.g. {example:.4g}), but "
             f"{who} models raw counts."
             + (" The values look log-normalised (all below 30)." if looks_log else "")
             + " Pass the raw counts, e.g. layer='counts' (keep them with adata.layers['counts'] = "

@@ -29,17 +29,23 @@ class CellData:
     batch: np.ndarray
     library: np.ndarray
     log1p_input: bool = True  # Minibatch.x = log1p(counts), computed on the non-zeros only
+    # False keeps the column order of each row as given (see to_csr32): for callers that
+    # only densify rows, where sorting the whole matrix is a copy for nothing
+    sorted_indices: bool = True
 
     def __post_init__(self):
-        self.X = to_csr32(self.X)  # no copy unless it has stored zeros or another format
+        self.X = to_csr32(self.X, sorted_indices=self.sorted_indices)  # no copy unless stored zeros, another format
 
     @property
     def n_cells(self) -> int:
         return self.X.shape[0]
 
     def row_block(self, start: int, stop: int) -> sp.csr_matrix:
-        """Rows ``start:stop`` (what :func:`iter_row_blocks` reads, here and on disk)."""
-        return self.X[start:stop]
+        """Rows ``start:stop`` (what :func:`iter_row_blocks` reads, here and on disk): a view
+        of ``X``'s arrays, not a copy, so read it only."""
+        lo, hi = self.X.indptr[start], self.X.indptr[stop]
+        return sp.csr_matrix((self.X.data[lo:hi], self.X.indices[lo:hi], self.X.indptr[start:stop + 1] - lo),
+                             shape=(stop - start, self.X.shape[1]))
 
     @cached_property
     def log_x_factorial(self) -> np.ndarray:
@@ -52,8 +58,10 @@ class CellData:
             out[start:stop] = np.bincount(rows, weights=gammaln(block.data + 1.0), minlength=stop - start)
         return out
 
-    def minibatch(self, idx: np.ndarray) -> Minibatch:
-        """Densify the rows ``idx`` into a :class:`Minibatch`."""
+    def minibatch(self, idx: np.ndarray, *, constants: bool = True) -> Minibatch:
+        """Densify the rows ``idx`` into a :class:`Minibatch`; ``constants=False`` leaves
+        ``log_x_factorial`` at 0 (only the likelihoods read it, and the first use computes it
+        for every cell)."""
         sub = self.X[idx]
         dense = sp.csr_matrix((np.log1p(sub.data), sub.indices, sub.indptr), shape=sub.shape) if self.log1p_input else sub
         x = torch.from_numpy(dense.toarray())
@@ -65,7 +73,7 @@ class CellData:
             nz_row=torch.from_numpy(nz_row),
             nz_col=torch.from_numpy(sub.indices.astype(np.int64)),
             nz_val=torch.from_numpy(sub.data),
-            log_x_factorial=torch.from_numpy(self.log_x_factorial[idx]),
+            log_x_factorial=torch.from_numpy(self.log_x_factorial[idx]) if constants else torch.zeros(len(idx)),
         )
 
     def iterate(self, idx: np.ndarray, batch_size: int, rng: np.random.Generator | None = None,

@@ -85,3 +85,12 @@ class CountDecoder(nn.Module):
 
     def forward(self, z, cats=()):
         return self.heads(self.body(z, cats), cats).chunk(self.n_heads, dim=-1)
+
+    def first_head(self, z, cats=()):
+        """``forward(z, cats)[0]`` alone (the expression logits), for callers that need no other
+        head: 1 / n_heads of the output layer's work."""
+        linear, n = self.heads.linear, self.heads.linear.out_features // self.n_heads
+        out = nn.functional.linear(self.body(z, cats), linear.weight[:n], linear.bias[:n])
+        for emb, c in zip(self.heads.offsets, cats):
+            out = out + nn.functional.embedding(c, emb.weight[:, :n])  # 3x faster than weight[c, :n]
+        return out

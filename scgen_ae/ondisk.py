@@ -196,8 +196,8 @@ class OnDiskCellData:
         return CellData(self.read_rows(rows), self.batch[rows], self.library[rows], self.log1p_input)
 
     # ------------------------------------------------------------ CellData's interface
-    def minibatch(self, idx: np.ndarray) -> Minibatch:
-        return self.in_memory(np.asarray(idx)).minibatch(np.arange(len(idx)))
+    def minibatch(self, idx: np.ndarray, *, constants: bool = True) -> Minibatch:
+        return self.in_memory(np.asarray(idx)).minibatch(np.arange(len(idx)), constants=constants)
 
     def epoch_order(self, idx: np.ndarray, rng: np.random.Generator | None) -> np.ndarray:
         """``idx`` in visiting order: chunks in random order, cells shuffled within each window."""

@@ -64,22 +64,24 @@ class BaseModel:
         return next(self.module.parameters()).device
 
     # ------------------------------------------------------------ data in
-    def _cell_data(self, adata: AnnData, layer="model", batch_key="model", pad_missing=False) -> CellData:
-        """Validate ``adata`` against the trained genes and batches and wrap it."""
+    def _cell_data(self, adata: AnnData, layer="model", batch_key="model", pad_missing=False,
+                   sorted_indices: bool = True) -> CellData:
+        """Validate ``adata`` against the trained genes and batches and wrap it (``sorted_indices``:
+        see :class:`~scgen_ae.data.CellData`; data on disk are read as stored)."""
         layer = self.layer if layer == "model" else layer
         batch_key = self.batch_key if batch_key == "model" else batch_key
         advice = dict(needs=self.counts_needs, otherwise=self.counts_otherwise)
         if ondisk.is_on_disk(adata, layer):  # stream X from disk instead of reading it
             return ondisk.apply_data(adata, self.var_names, self.batch_categories, batch_key,
                                      getattr(self.config, "likelihood", "counts"), pad_missing, **advice)
-        X = v.get_matrix(adata, layer)
+        X = v.get_matrix(adata, layer, sorted_indices=sorted_indices)
         pos, _ = v.align_genes(adata, self.var_names, pad_missing)
         X = v.aligned_matrix(X, pos)
         counts = getattr(self.config, "likelihood", "counts") in COUNT_LIKELIHOODS + ("counts",)
         if counts:
             v.check_counts(X, layer, getattr(self.config, "likelihood", "counts"), **advice)
         codes, _ = v.batch_codes(adata, batch_key, self.batch_categories)
-        return CellData(X, codes, np.asarray(X.sum(1)).ravel(), log1p_input=counts)
+        return CellData(X, codes, np.asarray(X.sum(1)).ravel(), log1p_input=counts, sorted_indices=sorted_indices)
 
     def _batch_index(self, transform_batch: str | None) -> int | None:
         if transform_batch is None:
@@ -87,6 +89,21 @@ class BaseModel:
         if str(transform_batch) not in self.batch_categories:
             raise v.InputError(f"transform_batch={transform_batch!r} is not one of the model's batches {self.batch_categories}.")
         return self.batch_categories.index(str(transform_batch))
+
+    @torch.no_grad()
+    def sample_scale(self, data: CellData, cells: np.ndarray, decode_batch: np.ndarray,
+                     generator: torch.Generator) -> torch.Tensor:
+        """Samples of the normalised expression (expression shares), ``(len(cells), n_genes)``:
+        one per entry of ``cells`` (rows of the validated ``data``, repeats allowed), decoded
+        in batch ``decode_batch`` (codes). Differential expression pairs these across groups."""
+        unique, inverse = np.unique(cells, return_inverse=True)  # encode each cell once
+        mb = data.minibatch(unique, constants=False).to(self.device)
+        pick = torch.as_tensor(inverse, device=self.device)
+        batch = torch.as_tensor(decode_batch, dtype=torch.long, device=self.device)
+        return self._log_scale(mb, pick, batch, generator).exp()
+
+    def _log_scale(self, mb, pick: torch.Tensor, batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        raise NotImplementedError(f"{type(self).__name__} has no normalised expression to sample.")
 
     # ------------------------------------------------------------ files
     def save(self, path: str | os.PathLike) -> Path:

@@ -259,3 +259,10 @@ class DAE(BaseModel):
                 res[k][start:stop] = val.float().cpu().numpy()
             start = stop
         return res
+
+    def _log_scale(self, mb, pick, batch, generator=None):
+        """The bottleneck is deterministic: no posterior to sample (``generator`` is unused), so
+        differential expression sees only the variation between cells."""
+        module = self.module.eval()
+        z = module.encode(module.encoder_input(mb), mb.batch)[pick]
+        return module.decode(z, batch, torch.zeros(len(z), 1, device=z.device))["log_scale"]

@@ -243,6 +243,13 @@ class VAE(BaseModel):
 
         return torch.cat(self._apply(adata, layer, batch_key, batch_size, pad_missing, fn)).numpy()
 
+    def _log_scale(self, mb, pick, batch, generator):
+        """One z ~ q(z | x) per row of ``pick`` (cells of ``mb``), decoded in ``batch``."""
+        mean, log_var = (t.float()[pick] for t in self.module.eval().inference(mb.x, mb.batch))
+        noise = torch.randn(mean.shape, generator=generator).to(mean.device)
+        z = mean + noise * (0.5 * log_var).exp()
+        return F.log_softmax(self.module.decoder.first_head(z, self.module._cats(batch)).float(), dim=-1)
+
     def map_query(self, adata: AnnData, *, batch_key: str, layer="model", pad_missing: bool = False,
                   key_added: str = "X_vae", uns_key: str = "map_query", copy: bool = False, **train_kwargs):
         """scArches-style surgery: a new VAE with rows for the query's new batches, only those trained.

@@ -1,5 +1,6 @@
 """Tools: train models on AnnData and store their outputs (scanpy's ``tl``)."""
 from ._composition import CompositionWarning, batch_composition
+from ._de import differential_expression
 from ._denoise import denoise
 from ._denoise_benchmark import denoise_benchmark, gene_share_baseline, heldout_errors, holdout_nonzeros
 from ._lda import lda
@@ -13,6 +14,7 @@ from ._vae import vae
 __all__ = [
     "vae", "denoise", "nmf", "lda", "score_integration",                         # models and scores
     "batch_composition", "CompositionWarning",                                   # do batches share cell types?
+    "differential_expression",                                                   # Bayes-factor DE
     "denoise_benchmark", "holdout_nonzeros", "gene_share_baseline", "heldout_errors",  # held-out denoising
     "predict", "remove_batch", "transfer_labels", "mean_expression", "r_squared", "response_means",  # latent
 ]
