@@ -10,7 +10,8 @@ some batches (real cells only, nothing simulated):
   batches it is the ``1type`` design);
 - ``groups``   groups of batches with no type in common: the 3-protocol CellBench lines and the
   PBMC chemistries on their shared genes (PBMCs labelled by ``sa.pp.annotate_markers``);
-- ``balanced`` the file as it is.
+- ``balanced`` the file as it is (the PBMC chemistries and Kang, which have no labels, only
+  this way, labelled by ``sa.pp.annotate_markers``).
 
 Every method embeds the same cells (2,000 seurat_v3 HVGs per design, all genes where a file
 has fewer); each embedding is scored with ``sa.tl.score_integration`` (scIB Bio, Batch, Total,
@@ -25,7 +26,8 @@ Usage (timings: idle machine only)::
 
 A method is ``ours`` (``sa.tl.vae`` defaults), ``ours:key=value,...`` (other arguments),
 ``scvi`` (scvi-tools SCVI, its default epochs), ``harmony`` (harmonypy on 50 PCs), ``pca``
-(uncorrected), ``nmf`` / ``nmf:batch`` and ``lda`` / ``lda:batch`` (plain / batch-aware fits).
+(uncorrected), ``remove_batch`` (``sa.tl.vae`` without batch, then ``sa.tl.remove_batch``
+without labels), ``nmf`` / ``nmf:batch`` and ``lda`` / ``lda:batch`` (plain / batch-aware fits).
 Writes ``<out>.csv`` and ``<out>.md``.
 """
 from __future__ import annotations
@@ -42,6 +44,10 @@ DATA_DIR = Path(os.environ.get("SCGEN_AE_DATA", Path(__file__).resolve().parents
 CB2 = "cellbench_3cl"
 CB3 = "cellbench_3cl_3protocols_800genes"
 PBMC = "pbmc_10x_chemistries"
+KANG = "kang_ifnb_pbmc_subset"
+# files without labels, checked balanced only: labelled by sa.pp.annotate_markers (grouped by
+# this obs column first: Kang's batches are ctrl / stim, whose markers shift)
+MARKER_LABELLED = {PBMC: None, KANG: "batch"}
 # design -> {batch: cell types removed from it}
 REMOVALS = {
     (CB2, "balanced"): {},
@@ -52,7 +58,8 @@ REMOVALS = {
     (CB3, "2types"): {"CEL-seq2": ["H1975"], "Drop-seq": ["H2228"]},
     (CB3, "subset"): {"CEL-seq2": ["H2228", "HCC827"]},
 }
-DESIGNS = [f"{d}:{k}" for d, k in REMOVALS] + [f"{CB3}+{PBMC}:groups"]
+DESIGNS = ([f"{d}:{k}" for d, k in REMOVALS] + [f"{CB3}+{PBMC}:groups"]
+           + [f"{name}:balanced" for name in MARKER_LABELLED])
 N_HVG = 2000
 N_NEIGHBOURS = 15
 
@@ -65,13 +72,13 @@ def _read(name):
     return adata
 
 
-def _pbmc_labelled():
+def _marker_labelled(name):
     import scgen_ae as sa
 
-    pbmc = _read(PBMC)
-    sa.pp.annotate_markers(pbmc, key_added="cell_type")
-    pbmc.obs["cell_type"] = "PBMC " + pbmc.obs["cell_type"].astype(str)
-    return pbmc
+    adata = _read(name)
+    sa.pp.annotate_markers(adata, groupby=MARKER_LABELLED[name], key_added="cell_type")
+    adata.obs["cell_type"] = "PBMC " + adata.obs["cell_type"].astype(str)
+    return adata
 
 
 def build_design(design: str):
@@ -81,10 +88,12 @@ def build_design(design: str):
 
     files, kind = design.split(":")
     if kind == "groups":
-        cb, pbmc = _read(CB3), _pbmc_labelled()
+        cb, pbmc = _read(CB3), _marker_labelled(PBMC)
         genes = cb.var_names.intersection(pbmc.var_names)
         adata = ad.concat([cb[:, genes], pbmc[:, genes]], join="inner")
         adata.obs_names_make_unique()
+    elif files in MARKER_LABELLED:
+        adata = _marker_labelled(files)
     else:
         adata = _read(files)
         keep = np.ones(adata.n_obs, dtype=bool)
@@ -161,6 +170,11 @@ def embed(adata, method: str, seed: int) -> np.ndarray:
         a = adata.copy()
         sa.tl.vae(a, batch_key="batch", layer="counts", seed=seed, progress=False, **kwargs)
         return a.obsm["X_vae"]
+    if name == "remove_batch":  # scGen: a model without batch, then the label-free latent shift
+        a = adata.copy()
+        model = sa.tl.vae(a, layer="counts", seed=seed, progress=False, **kwargs)
+        sa.tl.remove_batch(model, a, batch_key="batch")
+        return a.obsm["X_vae_corrected"]
     if name == "scvi":
         import scvi
 

@@ -68,22 +68,38 @@ class VAEConfig:
             raise ValueError(f"dropout_rate must be in [0, 1), got {self.dropout_rate!r}.")
 
 
-def mutual_pairs(d2: torch.Tensor, batch: torch.Tensor, k: int) -> torch.Tensor:
-    """(n, n) bool: mutual nearest neighbours across batches (``k`` per batch)."""
+def mutual_pairs(d2: torch.Tensor, batch: torch.Tensor, k: int, bound: float = 0.0) -> torch.Tensor:
+    """(n, n) bool: mutual nearest neighbours across batches (``k`` per batch).
+
+    ``bound > 0`` also drops a pair whose squared distance exceeds ``bound`` times the larger
+    of its two cells' squared distances to their ``k``-th neighbour within their own batch.
+    """
     n = len(batch)
+    rows = torch.arange(n, device=d2.device)[:, None]
     near = torch.zeros(n, n, dtype=torch.bool, device=d2.device)
+    own_kth = torch.zeros(n, device=d2.device, dtype=d2.dtype)
     for b in torch.unique(batch):
         cols = (batch == b).nonzero().squeeze(1)
-        nearest = d2[:, cols].topk(min(k, len(cols)), dim=1, largest=False).indices
-        near[torch.arange(n, device=d2.device)[:, None], cols[nearest]] = True
-    return near & near.T & (batch[:, None] != batch[None, :])
+        found = d2[:, cols].topk(min(k + 1, len(cols)), dim=1, largest=False)
+        near[rows, cols[found.indices[:, :k]]] = True
+        own_kth[cols] = found.values[cols, -1]
+    pairs = near & near.T & (batch[:, None] != batch[None, :])
+    if bound > 0:
+        pairs &= d2 <= bound * torch.maximum(own_kth[:, None], own_kth[None, :])
+    return pairs
+
+
+#: in the input, a pair of cells of different batches counts only if it is no farther apart
+#: than each cell is from its k-th neighbour in its own batch: when two batches share no cell
+#: type their mutual neighbours are far apart (BENCHMARKS.md, "Integration that never erases biology")
+INPUT_PAIR_BOUND = 1.0
 
 
 def mnn_attraction(z: torch.Tensor, batch: torch.Tensor, x: torch.Tensor, k: int,
                    scales=(0.1, 1.0, 10.0)) -> torch.Tensor:
     """Batch alignment that leaves batch-unique cell types alone: the mean kernel distance in
     ``z`` between cells of different batches that are mutual nearest neighbours (``k`` per
-    batch) both in ``z`` and in the input ``x`` (cosine).
+    batch) both in ``z`` and in the input ``x`` (cosine; within :data:`INPUT_PAIR_BOUND`).
 
     A type that some batches lack has no mutual neighbours there (its nearest cells are of
     other types, which have nearer partners of their own type), so nothing pulls it; and unlike
@@ -95,7 +111,8 @@ def mnn_attraction(z: torch.Tensor, batch: torch.Tensor, x: torch.Tensor, k: int
     sq = (z * z).sum(1)
     d2 = (sq[:, None] + sq[None, :] - 2.0 * z @ z.T).clamp_min(0.0)
     unit = F.normalize(x.float(), dim=1)
-    pairs = mutual_pairs(d2.detach(), batch, k) & mutual_pairs(2.0 - 2.0 * unit @ unit.T, batch, k)
+    in_input = mutual_pairs(2.0 - 2.0 * unit @ unit.T, batch, k, INPUT_PAIR_BOUND)
+    pairs = mutual_pairs(d2.detach(), batch, k) & in_input
     kernel = sum(torch.exp(d2 * (-0.5 / (s * z.shape[1]))) for s in scales)
     return ((len(scales) - kernel) * pairs).sum() / pairs.sum().clamp_min(1)
 
