@@ -152,12 +152,14 @@ def batch_codes(
     batch_key: str | None,
     categories: Sequence[str] | None = None,
     min_cells: int = 3,
+    allow_single: bool = False,
 ) -> tuple[np.ndarray, list[str]]:
     """Integer codes of ``obs[batch_key]`` and the category list.
 
     With ``categories`` (a trained model's), codes follow that order and unseen
     categories are refused. Without, the categories are learnt here and must be at
-    least two, each with ``min_cells`` cells.
+    least two (one with ``allow_single=True``: a reference to extend later), each with
+    ``min_cells`` cells.
     """
     if batch_key is None:
         if categories is not None and len(categories) > 1:
@@ -179,7 +181,7 @@ def batch_codes(
     if categories is None:
         cats = list(col.cat.categories.astype(str)) if isinstance(col.dtype, pd.CategoricalDtype) else sorted(set(values))
         cats = [c for c in cats if c in set(values)]
-        if len(cats) < 2:
+        if len(cats) < 2 and not allow_single:
             raise InputError(
                 f"adata.obs[{batch_key!r}] has a single category ({cats[0]!r}); there is no batch effect to "
                 "correct. Pass batch_key=None to train without batch correction."
@@ -202,6 +204,47 @@ def batch_codes(
             )
     lookup = {c: i for i, c in enumerate(cats)}
     return np.fromiter((lookup[v] for v in values), dtype=np.int64, count=len(values)), cats
+
+
+def label_codes(adata: AnnData, label_key: str, unlabeled_category) -> tuple[np.ndarray, list[str]]:
+    """Codes of ``obs[label_key]`` for a classifier: ``(codes (n_obs,) int64, classes)``, code
+    -1 where the label equals ``unlabeled_category``. Refuses a missing column, missing values
+    (NaN), an ``unlabeled_category`` that is neither a value nor a declared category of the
+    column, no labelled cell, or fewer than two classes.
+    """
+    if label_key is None or label_key not in adata.obs:
+        cols = ", ".join(map(repr, adata.obs.columns[:20])) or "none"
+        raise InputError(f"label_key={label_key!r} is not a column of adata.obs (columns: {cols}); the classifier "
+                         "needs the obs column holding the known labels.")
+    col = adata.obs[label_key]
+    if col.isna().any():
+        raise InputError(
+            f"adata.obs[{label_key!r}] has {int(col.isna().sum())} missing values (NaN). Mark cells without a "
+            f"label with unlabeled_category={unlabeled_category!r} instead, e.g. "
+            f"adata.obs[{label_key!r}] = adata.obs[{label_key!r}].astype(str).where(adata.obs[{label_key!r}].notna(), "
+            f"{str(unlabeled_category)!r}).")
+    values = col.astype(str).to_numpy()
+    unlabeled = str(unlabeled_category)
+    declared = isinstance(col.dtype, pd.CategoricalDtype) and unlabeled in set(col.cat.categories.astype(str))
+    if unlabeled not in set(values) and not declared:
+        raise InputError(
+            f"unlabeled_category={unlabeled_category!r} is not a value of adata.obs[{label_key!r}] (values: "
+            f"{sorted(set(values))[:10]}). Pass the value that marks unlabelled cells; if every cell is labelled, "
+            f"declare it as an unused category: adata.obs[{label_key!r}] = "
+            f"adata.obs[{label_key!r}].astype('category').cat.add_categories([{unlabeled!r}]).")
+    known = values != unlabeled
+    if not known.any():
+        raise InputError(f"Every cell of adata.obs[{label_key!r}] is {unlabeled!r} (unlabelled): the classifier "
+                         "needs some labelled cells. Label some cells, or leave unlabeled_category out to train "
+                         "without a classifier.")
+    order = list(col.cat.categories.astype(str)) if isinstance(col.dtype, pd.CategoricalDtype) else sorted(set(values))
+    classes = [c for c in order if c != unlabeled and c in set(values[known])]
+    if len(classes) < 2:
+        raise InputError(f"The labelled cells of adata.obs[{label_key!r}] hold a single class ({classes[0]!r}); "
+                         "a classifier needs at least two.")
+    lookup = {c: i for i, c in enumerate(classes)}
+    codes = np.fromiter((lookup.get(x, -1) for x in values), dtype=np.int64, count=len(values))
+    return codes, classes
 
 
 def align_genes(adata: AnnData, var_names: Sequence[str], pad_missing: bool = False) -> tuple[np.ndarray, list[str]]:

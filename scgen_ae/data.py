@@ -23,6 +23,7 @@ class CellData:
     X : (n_cells, n_genes) CSR float32 matrix without stored zeros
     batch : (n_cells,) int64 codes into the model's batch categories
     library : (n_cells,) observed library size (row sums of the counts)
+    labels : optional (n_cells,) int64 label codes for a classifier, -1 for unlabelled cells
     """
 
     X: sp.csr_matrix
@@ -32,6 +33,7 @@ class CellData:
     # False keeps the column order of each row as given (see to_csr32): for callers that
     # only densify rows, where sorting the whole matrix is a copy for nothing
     sorted_indices: bool = True
+    labels: np.ndarray | None = None
 
     def __post_init__(self):
         self.X = to_csr32(self.X, sorted_indices=self.sorted_indices)  # no copy unless stored zeros, another format
@@ -74,6 +76,7 @@ class CellData:
             nz_col=torch.from_numpy(sub.indices.astype(np.int64)),
             nz_val=torch.from_numpy(sub.data),
             log_x_factorial=torch.from_numpy(self.log_x_factorial[idx]) if constants else torch.zeros(len(idx)),
+            label=None if self.labels is None else torch.from_numpy(self.labels[idx]),
         )
 
     def iterate(self, idx: np.ndarray, batch_size: int, rng: np.random.Generator | None = None,

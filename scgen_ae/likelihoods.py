@@ -37,6 +37,8 @@ class Minibatch:
     nz_row, nz_col : (nnz,) int64 coordinates of the non-zero entries of ``x``
     nz_val : (nnz,) float32 values at those coordinates
     log_x_factorial : (n,) sum over genes of lgamma(x + 1), a constant of the data
+    label : optional (n,) int64 label codes for semi-supervised training, -1 where a cell
+        is unlabelled; None when the model trains no classifier
     """
 
     x: torch.Tensor
@@ -46,9 +48,11 @@ class Minibatch:
     nz_col: torch.Tensor
     nz_val: torch.Tensor
     log_x_factorial: torch.Tensor
+    label: torch.Tensor | None = None
 
     def to(self, device: torch.device) -> "Minibatch":
-        return Minibatch(*(getattr(self, f).to(device, non_blocking=True) for f in self.__dataclass_fields__))
+        moved = (getattr(self, f) for f in self.__dataclass_fields__)
+        return Minibatch(*(t if t is None else t.to(device, non_blocking=True) for t in moved))
 
 
 # ---------------------------------------------------------------- element-wise

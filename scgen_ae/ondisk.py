@@ -130,6 +130,7 @@ class OnDiskCellData:
             self.indptr = np.asarray(group["indptr"][:], dtype=np.int64)
             self._n_cells, self.n_stored_genes = len(self.indptr) - 1, int(group.attrs["shape"][1])
         self.batch, self.library, self.log1p_input = batch, library, log1p_input
+        self.labels: np.ndarray | None = None  # label codes (-1: unlabelled), set like batch
         self.columns = columns
         self.chunk_size = max(int(chunk_cells), self._rows_per_compressed_chunk())  # also the unit of sharding
         self.window_cells = max(int(chunk_cells) * int(window_chunks), 4 * self.chunk_size)
@@ -193,7 +194,8 @@ class OnDiskCellData:
 
     def in_memory(self, rows: np.ndarray) -> CellData:
         """The rows ``rows`` as an in-memory :class:`CellData` (row i = ``rows[i]``)."""
-        return CellData(self.read_rows(rows), self.batch[rows], self.library[rows], self.log1p_input)
+        labels = None if self.labels is None else self.labels[rows]
+        return CellData(self.read_rows(rows), self.batch[rows], self.library[rows], self.log1p_input, labels=labels)
 
     # ------------------------------------------------------------ CellData's interface
     def minibatch(self, idx: np.ndarray, *, constants: bool = True) -> Minibatch:
@@ -285,10 +287,11 @@ def validated(adata: AnnData, layer: str | None, check: Callable[[sp.csr_matrix]
     return data
 
 
-def training_data(adata: AnnData, layer: str | None, batch_key: str | None, likelihood: str | None, **advice):
+def training_data(adata: AnnData, layer: str | None, batch_key: str | None, likelihood: str | None, *,
+                  allow_single_batch: bool = False, **advice):
     """Out-of-core counterpart of :func:`scgen_ae.tl._common.training_data`: the same checks,
     streamed over the file once (nothing is kept but library sizes)."""
-    codes, cats = v.batch_codes(adata, batch_key)  # obs is in memory: cheap, and the clearest error first
+    codes, cats = v.batch_codes(adata, batch_key, allow_single=allow_single_batch)  # obs is in memory: cheap, and the clearest error first
     data = validated(adata, layer, counts_check(layer, likelihood, **advice))
     data.batch = codes
     data.log1p_input = likelihood in COUNT_LIKELIHOODS or likelihood is None

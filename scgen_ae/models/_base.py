@@ -31,6 +31,8 @@ class BaseModel:
     batch_categories : list[str]
     layer : str | None, the layer the model was trained on (default for new data)
     history : dict of per-epoch losses (see :class:`scgen_ae.train.History`)
+    label_categories : list[str], the classes a label classifier predicts (empty without one)
+    label_key : str | None, the ``obs`` column the classifier was trained on
     """
 
     module_class: ClassVar[type]
@@ -45,8 +47,11 @@ class BaseModel:
         super().__init_subclass__(**kwargs)
         BaseModel.registry[cls.__name__] = cls
 
-    def __init__(self, config, var_names, batch_key, batch_categories, layer=None, history=None, module=None):
+    def __init__(self, config, var_names, batch_key, batch_categories, layer=None, history=None, module=None,
+                 label_categories=(), label_key=None):
         self.config = config
+        self.label_categories = [str(c) for c in label_categories]
+        self.label_key = label_key
         self.var_names = [str(g) for g in var_names]
         self.batch_key = batch_key
         self.batch_categories = [str(c) for c in batch_categories]
@@ -118,6 +123,8 @@ class BaseModel:
             "batch_categories": self.batch_categories,
             "layer": self.layer,
             "history": {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in self.history.items()},
+            "label_categories": self.label_categories,
+            "label_key": self.label_key,
         }
         arrays = {f"w/{k}": t.detach().cpu().numpy() for k, t in self.module.state_dict().items()}
         return write_model_file(path, header, arrays)
@@ -141,16 +148,24 @@ class BaseModel:
             # fields added later take the value files written before them were trained with
             legacy = getattr(model_cls.config_class, "LEGACY_DEFAULTS", {})
             config = model_cls.config_class(**{**legacy, **header["config"]})
-            # the weights' shapes follow the config; these lists must match it too, or genes and
-            # batches would be silently mislabelled
-            for name, listed in (("n_genes", "var_names"), ("n_batches", "batch_categories")):
+            # the weights' shapes follow the config; these lists must match it too, or genes,
+            # batches and labels would be silently mislabelled (files written before the label
+            # classifier have no label fields: none)
+            labels = header.get("label_categories", [])
+            if not isinstance(labels, list) or not all(isinstance(c, str) for c in labels):
+                raise ValueError("label_categories is not a list of strings")
+            lists = {"var_names": header["var_names"], "batch_categories": header["batch_categories"],
+                     "label_categories": labels}
+            for name, listed in (("n_genes", "var_names"), ("n_batches", "batch_categories"),
+                                 ("n_labels", "label_categories")):
                 size = getattr(config, name, None)
-                if size is not None and len(header[listed]) != size:
+                if size is not None and len(lists[listed]) != size:
                     raise ValueError(f"the header lists {len(header[listed])} {listed} but the config has "
                                      f"{name}={size!r}")
             history = {k: (np.asarray(v) if isinstance(v, list) else v) for k, v in header["history"].items()}
             model = model_cls(config, header["var_names"], header["batch_key"], header["batch_categories"],
-                              header["layer"], history)
+                              header["layer"], history, label_categories=labels,
+                              label_key=header.get("label_key") if isinstance(header.get("label_key"), str) else None)
         except (TypeError, ValueError, RuntimeError) as err:  # a config the module cannot be built from
             raise ModelFileError(f"The header of {where!r} does not describe a valid {model_cls.__name__}: {err}. "
                                  "The file was edited or is corrupt; save the model again with Model.save().") from err

@@ -7,6 +7,11 @@ the decoder's per-gene offsets) and, with ``dispersion="gene-batch"``, the rows 
 these tables (initialised to the mean of the reference rows: "an average batch"), and
 trains only those new rows on the query cells through the common ``train.fit``.
 
+A reference trained on a single batch has no such tables (one batch needs no offsets):
+the copy gets them with the reference's row at zero, which adds exactly nothing, so the
+reference cells are still encoded and decoded as before. The label classifier, when the
+reference has one, is copied frozen: query cells get labels from it (``VAE.predict``).
+
 Everything the reference cells see stays bit-identical, which needs care:
 
 - gradients of every other parameter are switched off, and a hook zeroes the gradient
@@ -78,6 +83,8 @@ def _extend_module(ref_module: nn.Module, n_new: int):
             n_ref = value.shape[0]
             target[:n_ref] = value
             target[n_ref:] = value.mean(0, keepdim=True)
+    for key in new_state.keys() - ref_state.keys():  # the batch tables a one-batch reference lacks
+        new_state[key].zero_()  # its row adds nothing; new rows start there too
     new.load_state_dict(new_state)
     frozen, hooks = [], []
     n_ref = ref_module.cfg.n_batches
@@ -138,11 +145,11 @@ def map_query(model, adata: AnnData, *, batch_key: str, layer="model", pad_missi
     """
     from .vae import VAE
 
-    if model.config.n_batches < 2 or model.batch_key is None:
+    if model.batch_key is None:
         raise v.InputError(
-            "map_query needs a model trained with batches (sa.tl.vae(..., batch_key=...)): this one was trained "
-            "with batch_key=None, so it has no batch parameters to extend. Apply it directly with "
-            "model.get_latent(query), or retrain with a batch key.")
+            "map_query needs a model trained with a batch key (sa.tl.vae(..., batch_key=...)): this one was trained "
+            "with batch_key=None, so its cells have no batch to tell the query's apart from. Apply it directly "
+            "with model.get_latent(query), or retrain with a batch key (a single category is allowed).")
     weight_decay = train_kwargs.pop("weight_decay", 0.0)
     if weight_decay:
         raise ValueError("map_query trains with weight_decay=0: any weight decay would move the frozen "
@@ -187,7 +194,8 @@ def map_query(model, adata: AnnData, *, batch_key: str, layer="model", pad_missi
         for p in module.parameters():
             p.requires_grad_(True)
         module.eval()
-        mapped = VAE(module.cfg, model.var_names, batch_key, categories, layer, history, module)
+        mapped = VAE(module.cfg, model.var_names, batch_key, categories, layer, history, module,
+                     label_categories=model.label_categories, label_key=model.label_key)
         latent = mapped.get_latent(adata, layer=layer, batch_key=batch_key, pad_missing=pad_missing)
 
     if genes["n_missing"]:

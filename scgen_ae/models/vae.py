@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from anndata import AnnData
 from torch import nn
 
+from .. import _validate as v
 from ..likelihoods import LIKELIHOODS, Minibatch, cell_log_prob
 from ..nn import CountDecoder, GaussianEncoder
 from ._base import BaseModel
@@ -36,6 +37,12 @@ class VAEConfig:
         global MMD between each batch's and the pooled latent distribution
         (:func:`batch_mmd`), which assumes every batch holds the same cell types in similar
         proportions; model files written before this field load with 0.
+    n_labels
+        Number of label classes of the classifier on ``z`` (0 = no classifier; semi-supervised
+        training, scANVI-style, with 2 or more).
+    classification_weight
+        Weight of the classifier's mean cross-entropy over the labelled cells of a minibatch,
+        added to the mean per-cell negative ELBO (scANVI's ``classification_ratio``, also 50).
     """
 
     n_genes: int
@@ -52,6 +59,8 @@ class VAEConfig:
     norm: str | None = "batch"
     mmd_weight: float = 1.0
     mmd_mnn_k: int = 3
+    n_labels: int = 0
+    classification_weight: float = 50.0
 
     #: what a model file without a field was trained with (files predate the field)
     LEGACY_DEFAULTS: ClassVar[dict] = {"mmd_mnn_k": 0}
@@ -64,6 +73,10 @@ class VAEConfig:
         for name in ("n_genes", "n_latent", "n_hidden", "n_layers", "n_batches"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}.")
+        if int(self.n_labels) == 1 or int(self.n_labels) < 0:
+            raise ValueError(f"n_labels must be 0 (no classifier) or at least 2, got {self.n_labels!r}.")
+        if not self.classification_weight >= 0:
+            raise ValueError(f"classification_weight must be >= 0, got {self.classification_weight!r}.")
         if not 0 <= self.dropout_rate < 1:
             raise ValueError(f"dropout_rate must be in [0, 1), got {self.dropout_rate!r}.")
 
@@ -155,6 +168,15 @@ class VAEModule(nn.Module):
         n_disp = cfg.n_batches if cfg.dispersion == "gene-batch" else 1
         # log theta for nb/zinb, log variance for gaussian; unused by poisson
         self.log_dispersion = nn.Parameter(torch.zeros(n_disp, cfg.n_genes))
+        # the label classifier reads the posterior mean of z: the latent space the user sees
+        self.classifier = None
+        if cfg.n_labels >= 2:
+            self.classifier = nn.Sequential(nn.Linear(cfg.n_latent, cfg.n_hidden), nn.ReLU(),
+                                            nn.Dropout(cfg.dropout_rate), nn.Linear(cfg.n_hidden, cfg.n_labels))
+
+    def classify(self, mean: torch.Tensor) -> torch.Tensor:
+        """Label logits ``(n, n_labels)`` from the posterior means ``(n, n_latent)``."""
+        return self.classifier(mean).float()
 
     def _cats(self, batch: torch.Tensor):
         return (batch,) if self.cfg.n_batches > 1 else ()
@@ -189,6 +211,11 @@ class VAEModule(nn.Module):
         if self.training and self.cfg.mmd_weight > 0 and self.cfg.n_batches > 1:
             mmd = batch_alignment(z, mb.batch, mb.x, self.cfg.mmd_mnn_k)
             loss = loss + self.cfg.mmd_weight * kl_weight * mmd * mb.x.shape[1]
+        # like the alignment penalty, a training term only: validation reports the negative ELBO
+        if self.training and self.classifier is not None and mb.label is not None:
+            known = (mb.label >= 0).sum().clamp_min(1)  # cells labelled -1 contribute nothing
+            ce = F.cross_entropy(self.classify(mean), mb.label, ignore_index=-1, reduction="sum") / known
+            loss = loss + self.cfg.classification_weight * ce
         return loss
 
 
@@ -260,6 +287,40 @@ class VAE(BaseModel):
 
         return torch.cat(self._apply(adata, layer, batch_key, batch_size, pad_missing, fn)).numpy()
 
+    def predict(self, adata: AnnData, *, soft: bool = False, layer="model", batch_key="model",
+                batch_size: int = 1024, pad_missing: bool = False):
+        """Labels of the cells of ``adata`` from the classifier on the latent space.
+
+        Needs a model trained with labels (``sa.tl.vae(..., label_key=..., unlabeled_category=...)``)
+        or mapped from one (:meth:`map_query` keeps the classifier). ``layer`` / ``batch_key``
+        default to those used in training; a backed AnnData is read in chunks.
+
+        Returns
+        -------
+        pandas.Series or pandas.DataFrame
+            ``soft=False``: the most probable label of each cell, a categorical Series
+            ``(n_cells,)`` indexed by ``adata.obs_names`` with the model's classes as
+            categories. ``soft=True``: the probabilities, a DataFrame ``(n_cells, n_classes)``
+            with the classes (:attr:`label_categories`) as columns; rows sum to 1.
+        """
+        import pandas as pd
+
+        if self.module.classifier is None:
+            raise v.InputError("This model has no label classifier: train it with sa.tl.vae(adata, label_key=..., "
+                               "unlabeled_category=...) to predict labels, or transfer labels from its latent "
+                               "space with sa.tl.transfer_labels.")
+
+        def fn(mb):
+            mean, _ = self.module.inference(mb.x, mb.batch)
+            return torch.softmax(self.module.classify(mean.float()), dim=-1).cpu()
+
+        proba = torch.cat(self._apply(adata, layer, batch_key, batch_size, pad_missing, fn)).numpy()
+        index = pd.Index(adata.obs_names)
+        if soft:
+            return pd.DataFrame(proba, index=index, columns=pd.Index(self.label_categories))
+        best = pd.Categorical.from_codes(proba.argmax(1), categories=self.label_categories)
+        return pd.Series(best, index=index, name="predicted_labels")
+
     def _log_scale(self, mb, pick, batch, generator):
         """One z ~ q(z | x) per row of ``pick`` (cells of ``mb``), decoded in ``batch``."""
         mean, log_var = (t.float()[pick] for t in self.module.eval().inference(mb.x, mb.batch))
@@ -272,7 +333,10 @@ class VAE(BaseModel):
         """scArches-style surgery: a new VAE with rows for the query's new batches, only those trained.
 
         The reference model is not modified and its latent space of the reference cells
-        does not move (bit for bit). Genes are matched by name; missing ones need
+        does not move (bit for bit). A reference trained on a single batch (one category of
+        ``batch_key``) can be extended too, and a classifier trained with labels is kept, so
+        :meth:`predict` labels the query's cells. An AnnData opened with
+        ``anndata.read_h5ad(path, backed="r")`` is read whole into memory. Genes are matched by name; missing ones need
         ``pad_missing=True`` (zeros, with a warning). ``**train_kwargs`` go to
         :class:`~scgen_ae.train.TrainConfig` (``weight_decay`` is fixed at 0).
         Sets ``adata.obsm[key_added]`` (n_cells, n_latent) and ``adata.uns[uns_key]`` (``params``,

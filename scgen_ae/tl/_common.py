@@ -18,25 +18,28 @@ TRAIN_FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
 
 
 def training_data(adata: AnnData, layer: str | None, batch_key: str | None, likelihood: str | None, *,
-                  needs: str | None = None, otherwise: str | None = v.GAUSSIAN_ADVICE):
+                  needs: str | None = None, otherwise: str | None = v.GAUSSIAN_ADVICE,
+                  allow_single_batch: bool = False):
     """Validate ``adata`` for training; return (CellData, batch categories).
 
     When ``X`` is a CSR or dense matrix on disk (a backed AnnData, however opened) the data
     source is an :class:`~scgen_ae.ondisk.OnDiskCellData` that streams it instead; a
     ``layer`` is in memory even then (anndata's backed mode reads layers whole).
     ``needs`` / ``otherwise`` word the error for data that are not counts
-    (see :func:`scgen_ae._validate.check_counts`).
+    (see :func:`scgen_ae._validate.check_counts`); ``allow_single_batch``: a ``batch_key`` with
+    one category is accepted (see :func:`scgen_ae._validate.batch_codes`).
     """
     if isinstance(adata, AnnData):
         v.check_unique_genes(adata)
     if ondisk.is_on_disk(adata, layer):
-        return ondisk.training_data(adata, layer, batch_key, likelihood, needs=needs, otherwise=otherwise)
+        return ondisk.training_data(adata, layer, batch_key, likelihood, needs=needs, otherwise=otherwise,
+                                    allow_single_batch=allow_single_batch)
     X = v.get_matrix(adata, layer)
     counts = likelihood in COUNT_LIKELIHOODS or likelihood is None
     if counts:
         v.check_counts(X, layer, likelihood or "counts", needs=needs, otherwise=otherwise)
     v.check_not_empty(X, layer)
-    codes, cats = v.batch_codes(adata, batch_key)
+    codes, cats = v.batch_codes(adata, batch_key, allow_single=allow_single_batch)
     return CellData(X, codes, np.asarray(X.sum(1)).ravel(), log1p_input=counts), cats
 
 

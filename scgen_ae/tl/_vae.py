@@ -5,6 +5,7 @@ import warnings
 
 from anndata import AnnData
 
+from .. import _validate as v
 from .._validate import check_copy, check_n_latent
 from ..models.vae import VAE, VAEConfig, VAEModule
 from ..train import fit, seeded_threads
@@ -24,6 +25,8 @@ def vae(
     batch_key: str | None = None,
     layer: str | None = None,
     label_key: str | None = None,
+    unlabeled_category: str | None = None,
+    classification_weight: float = 50.0,
     likelihood: str = "zinb",
     n_latent: int = 10,
     n_hidden: int = 128,
@@ -58,13 +61,30 @@ def vae(
         and the results are written to its in-memory ``obsm`` / ``uns`` (the file is not
         changed; ``copy=True`` is refused).
     batch_key
-        ``obs`` column with the batch of each cell; None trains an unconditional VAE.
+        ``obs`` column with the batch of each cell; None trains an unconditional VAE. A
+        column with a single category is accepted with a warning: such a reference learns no
+        batch correction, but :meth:`~scgen_ae.models.VAE.map_query` can extend it with the
+        batches of new samples (a model trained with ``batch_key=None`` cannot be extended).
     layer
         Layer with the counts; None uses ``X``. anndata's backed mode keeps layers in
         memory, so a layer of a backed AnnData trains from memory.
     label_key
         Optional ``obs`` column with cell-type labels, used by the composition check (see
-        Notes): without it, the check clusters the latent space instead.
+        Notes): without it, the check clusters the latent space instead. With
+        ``unlabeled_category``, also the labels a classifier is trained on.
+    unlabeled_category
+        Given (e.g. "Unknown"): semi-supervised training, scANVI-style. A classifier on the
+        latent posterior mean (one hidden layer of ``n_hidden`` units) is trained with the
+        VAE, its cross-entropy over the labelled cells of each minibatch added to the
+        objective; cells whose ``label_key`` value equals ``unlabeled_category`` contribute
+        nothing to it. ``label_key`` must then exist, have no missing values and hold at
+        least two classes besides ``unlabeled_category``; the value must occur in the column
+        or be one of its declared categories (declare it to train on fully labelled cells).
+        Predict with :meth:`~scgen_ae.models.VAE.predict` or :func:`~scgen_ae.tl.predict_labels`.
+        None (default): no classifier.
+    classification_weight
+        Weight of the classifier's mean cross-entropy (per labelled cell) next to the mean
+        per-cell negative ELBO; 50 as scANVI's ``classification_ratio``.
     likelihood
         "zinb" (default), "nb", "poisson" or "gaussian".
     n_latent, n_hidden, n_layers, dropout_rate
@@ -157,7 +177,10 @@ def vae(
     - ``adata.uns[uns_key]["history"]``: per-epoch ``train_loss``, ``validation_loss``
       (mean negative ELBO per cell), ``kl_weight``, ``best_epoch``, ``seconds``.
     - ``adata.uns[uns_key]["composition"]``: with two or more batches, the composition
-      check's result (fields as in :func:`~scgen_ae.tl.batch_composition`).
+      check's result (fields as in :func:`~scgen_ae.tl.batch_composition`). With a classifier
+      and unlabelled cells, the check clusters the latent space (the unlabelled cells would
+      form a group of their own).
+    - ``adata.uns[uns_key]["label_categories"]``: with a classifier, its classes in order.
     - ``adata.varm[f"{uns_key}_loadings"]``: (n_genes, n_latent) gene loadings, only with
       ``backend="scvi-tools", linear_decoder=True``; ``params`` then also holds
       ``backend``, ``scvi_model`` and ``scvi_tools_version``.
@@ -166,6 +189,9 @@ def vae(
         raise ValueError(f"backend={backend!r}; choose 'native' or 'scvi-tools'.")
     check_copy(adata, copy)
     if backend == "scvi-tools":
+        if unlabeled_category is not None:
+            raise ValueError("unlabeled_category (the label classifier) needs backend='native'; for scvi-tools' "
+                             "own, train scvi.model.SCANVI.")
         from ._vae_scvi import vae_scvi_tools
 
         return vae_scvi_tools(
@@ -181,19 +207,31 @@ def vae(
     train_cfg, rest = split_kwargs(dict(train_kwargs))
     if rest:
         raise TypeError(f"vae() got unexpected keyword arguments {sorted(rest)}.")
-    data, cats = training_data(adata, layer, batch_key, likelihood)
+    classes: list[str] = []
+    if unlabeled_category is not None:  # before the pass over X: obs is cheap to check
+        label_codes, classes = v.label_codes(adata, label_key, unlabeled_category)
+    data, cats = training_data(adata, layer, batch_key, likelihood, allow_single_batch=True)
     check_label_key(adata, label_key)
     check_n_latent(n_latent, adata.n_vars)
+    if classes:
+        data.labels = label_codes
+    if batch_key is not None and len(cats) == 1:
+        warnings.warn(
+            f"adata.obs[{batch_key!r}] has a single category ({cats[0]!r}): this reference learns no batch "
+            "correction, but it can be extended with the batches of new samples by model.map_query(query, "
+            "batch_key=...).", UserWarning, stacklevel=2)
     config = VAEConfig(
         n_genes=adata.n_vars, n_batches=len(cats), likelihood=likelihood, n_latent=n_latent,
         n_hidden=n_hidden, n_layers=n_layers, dropout_rate=dropout_rate, dispersion=dispersion,
         beta=beta, encode_batch=encode_batch, batch_gene_offsets=batch_gene_offsets,
-        mmd_weight=mmd_weight, mmd_mnn_k=mmd_mnn_k,
+        mmd_weight=mmd_weight, mmd_mnn_k=mmd_mnn_k, n_labels=len(classes),
+        classification_weight=classification_weight,
     )
     with seeded_threads(train_cfg.seed, train_cfg.n_threads):
         module = VAEModule(config)
         history = fit(module, data, train_cfg, likelihood)
-        model = VAE(config, adata.var_names, batch_key, cats, layer, history.as_dict(), module)
+        model = VAE(config, adata.var_names, batch_key, cats, layer, history.as_dict(), module,
+                    label_categories=classes, label_key=label_key if classes else None)
         if history.interrupted:
             warnings.warn(
                 "Training was interrupted (Ctrl-C): adata was left unchanged. The returned model holds the "
@@ -203,9 +241,14 @@ def vae(
             return model
         latent = model.get_latent(adata)
     result = {"params": params_record(batch_key=batch_key, layer=layer, label_key=label_key,
+                                      unlabeled_category=unlabeled_category,
                                       **dataclasses.asdict(config), **dataclasses.asdict(train_cfg)),
               "history": model.history, "key_added": key_added}
-    composition = composition_record(adata, batch_key=batch_key, label_key=label_key, embedding=latent,
+    if classes:
+        result["label_categories"] = list(classes)
+    # unlabelled cells would be one "type" of their own: the check clusters the latent then
+    groups_key = None if classes and (label_codes < 0).any() else label_key
+    composition = composition_record(adata, batch_key=batch_key, label_key=groups_key, embedding=latent,
                                      use_rep=key_added, seed=train_cfg.seed, front="tl.vae",
                                      control=_COMPOSITION_CONTROL)
     if composition is not None:
