@@ -91,6 +91,27 @@ def gaussian_log_prob(x, mean, log_var):
     return -0.5 * (log_var + (x - mean) ** 2 / log_var.exp() + 1.8378770664093453)  # log(2 pi)
 
 
+def entry_log_prob(likelihood: str, x: torch.Tensor, out: dict[str, torch.Tensor], rows: torch.Tensor,
+                   cols: torch.Tensor) -> torch.Tensor:
+    """Log-probability ``(k,)`` of the counts ``x`` ``(k,)`` at the entries ``(rows, cols)`` of a
+    decoder output ``out`` (keys as in :func:`cell_log_prob`): held-out scoring of single
+    entries with the element-wise definitions above."""
+    if likelihood not in COUNT_LIKELIHOODS:
+        raise ValueError(f"entry_log_prob scores counts; likelihood={likelihood!r} is not a count likelihood.")
+    log_mu = out["log_mu"][rows, cols]
+    if likelihood == "poisson":
+        return poisson_log_prob(x, log_mu)
+    log_theta = out["log_theta"]
+    theta_row = out.get("theta_row")
+    if log_theta.dim() == 1:
+        log_theta = log_theta[None, :]
+    theta_rows = torch.zeros_like(rows) if theta_row is None else theta_row[rows]
+    log_theta = log_theta[theta_rows, cols]
+    if likelihood == "nb":
+        return nb_log_prob(x, log_mu, log_theta)
+    return zinb_log_prob(x, log_mu, log_theta, out["zi_logits"][rows, cols])
+
+
 # ----------------------------------------------------------------- per cell
 
 

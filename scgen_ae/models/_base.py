@@ -110,6 +110,52 @@ class BaseModel:
     def _log_scale(self, mb, pick: torch.Tensor, batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         raise NotImplementedError(f"{type(self).__name__} has no normalised expression to sample.")
 
+    def _decoder_output(self, mb) -> dict:
+        """The predicted distribution of ``mb``'s counts (keys as in
+        :func:`~scgen_ae.likelihoods.cell_log_prob`), each cell decoded in its own batch."""
+        raise NotImplementedError(f"{type(self).__name__} predicts no count distribution.")
+
+    @torch.no_grad()
+    def entry_log_prob(self, adata: AnnData, rows, cols, counts, *, layer="model", batch_key="model",
+                       batch_size: int = 1024) -> np.ndarray:
+        """Log-probability of ``counts[i]`` at cell ``rows[i]``, gene ``cols[i]`` under the
+        distribution the model predicts for that entry from the cell's counts in ``adata``
+        (its own batch and observed library size; the VAE decodes the posterior mean).
+
+        ``rows`` index the cells of ``adata``, ``cols`` the model's genes (:attr:`var_names`);
+        all three are ``(k,)``. Scoring held-out entries this way (``counts`` hidden from
+        ``adata``) is :func:`~scgen_ae.tl.denoise_benchmark`'s negative log-likelihood.
+        Returns ``(k,)`` float64.
+        """
+        from ..likelihoods import entry_log_prob
+
+        rows, cols = np.asarray(rows, dtype=np.int64), np.asarray(cols, dtype=np.int64)
+        counts = np.asarray(counts, dtype=np.float32)
+        if not (rows.shape == cols.shape == counts.shape and rows.ndim == 1):
+            raise v.InputError(f"rows, cols and counts must be 1-D arrays of one length; got shapes {rows.shape}, "
+                               f"{cols.shape}, {counts.shape}.")
+        data = self._cell_data(adata, layer, batch_key)
+        if len(rows) and (rows.min() < 0 or rows.max() >= data.n_cells or cols.min() < 0
+                          or cols.max() >= len(self.var_names)):
+            raise v.InputError(f"rows must index the {data.n_cells} cells and cols the {len(self.var_names)} "
+                               "model genes.")
+        order = np.argsort(rows, kind="stable")
+        bounds = np.searchsorted(rows[order], np.arange(0, data.n_cells + batch_size, batch_size))
+        result = np.empty(len(rows))
+        self.module.eval()
+        for i, start in enumerate(range(0, data.n_cells, batch_size)):
+            pick = order[bounds[i]:bounds[i + 1]]
+            if not len(pick):
+                continue
+            stop = min(start + batch_size, data.n_cells)
+            mb = data.minibatch(np.arange(start, stop), constants=False).to(self.device)
+            out = self._decoder_output(mb)
+            as_tensor = lambda a: torch.as_tensor(a, device=self.device)  # noqa: E731
+            lp = entry_log_prob(self.config.likelihood, as_tensor(counts[pick]), out,
+                                as_tensor(rows[pick] - start), as_tensor(cols[pick]))
+            result[pick] = lp.double().cpu().numpy()
+        return result
+
     # ------------------------------------------------------------ files
     def save(self, path: str | os.PathLike) -> Path:
         """Write the model atomically; returns the path written: ``path`` when it ends in

@@ -260,6 +260,10 @@ class DAE(BaseModel):
             start = stop
         return res
 
+    def _decoder_output(self, mb) -> dict:
+        module = self.module.eval()
+        return module.decode(module.encode(module.encoder_input(mb), mb.batch), mb.batch, mb.log_library)
+
     def _log_scale(self, mb, pick, batch, generator=None):
         """The bottleneck is deterministic: no posterior to sample (``generator`` is unused), so
         differential expression sees only the variation between cells."""

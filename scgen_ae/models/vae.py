@@ -321,6 +321,10 @@ class VAE(BaseModel):
         best = pd.Categorical.from_codes(proba.argmax(1), categories=self.label_categories)
         return pd.Series(best, index=index, name="predicted_labels")
 
+    def _decoder_output(self, mb) -> dict:
+        mean, _ = self.module.inference(mb.x, mb.batch)
+        return self.module.generative(mean.float(), mb.batch, mb.log_library)
+
     def _log_scale(self, mb, pick, batch, generator):
         """One z ~ q(z | x) per row of ``pick`` (cells of ``mb``), decoded in ``batch``."""
         mean, log_var = (t.float()[pick] for t in self.module.eval().inference(mb.x, mb.batch))

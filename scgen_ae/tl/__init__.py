@@ -2,7 +2,7 @@
 from ._composition import CompositionWarning, batch_composition
 from ._de import differential_expression
 from ._denoise import denoise
-from ._denoise_benchmark import denoise_benchmark, gene_share_baseline, heldout_errors, holdout_nonzeros
+from ._denoise_benchmark import denoise_benchmark, gene_share_baseline, heldout_errors, heldout_nll, holdout_nonzeros
 from ._lda import lda
 from ._nmf import nmf
 from ._predict import mean_expression, predict, r_squared, response_means
@@ -18,5 +18,6 @@ __all__ = [
     "differential_expression",                                                   # Bayes-factor DE
     "predict_labels",                                                            # semi-supervised labels
     "denoise_benchmark", "holdout_nonzeros", "gene_share_baseline", "heldout_errors",  # held-out denoising
+    "heldout_nll",
     "predict", "remove_batch", "transfer_labels", "mean_expression", "r_squared", "response_means",  # latent
 ]
