@@ -31,7 +31,10 @@ def files(cellbench_3protocols, tmp_path_factory):
 
 
 def _same_minibatch(a, b) -> bool:
-    return all(np.array_equal(getattr(a, f).numpy(), getattr(b, f).numpy()) for f in a.__dataclass_fields__)
+    """Every field equal; optional fields (labels) may be None in both."""
+    def same(x, y):
+        return x is None and y is None or (x is not None and y is not None and np.array_equal(x.numpy(), y.numpy()))
+    return all(same(getattr(a, f), getattr(b, f)) for f in a.__dataclass_fields__)
 
 
 def _keys(adata):
@@ -51,6 +54,20 @@ def test_on_disk_minibatches_equal_in_memory(files, kind):
     np.testing.assert_array_equal(disk.library, mem.library)
     idx = np.random.default_rng(0).choice(adata.n_obs, 300, replace=False)
     assert _same_minibatch(disk.minibatch(idx), mem.minibatch(idx))
+
+
+def test_on_disk_minibatches_carry_label_codes(files):
+    adata, h5, _ = files
+    disk, _ = training_data(sa.read_backed(h5), None, "batch", "zinb")
+    mem, _ = training_data(adata, None, "batch", "zinb")
+    codes = np.random.default_rng(2).integers(-1, 3, adata.n_obs)  # -1: unlabelled
+    disk.labels, mem.labels = codes, codes
+    idx = np.random.default_rng(3).choice(adata.n_obs, 300, replace=False)
+    batch = disk.minibatch(idx)
+    assert np.array_equal(batch.label.numpy(), codes[idx])
+    assert _same_minibatch(batch, mem.minibatch(idx))
+    for mb in disk.iterate(np.arange(adata.n_obs), 128, np.random.default_rng(0)):
+        assert mb.label is not None and len(mb.label) == mb.x.shape[0]
 
 
 def test_chunk_shuffling_covers_every_cell_once_and_mixes_batches(files):
