@@ -45,6 +45,7 @@ def vae_scvi_tools(adata: AnnData, *, batch_key: str | None, layer: str | None, 
         n_latent=n_latent, n_hidden=n_hidden, n_layers=n_layers, dropout_rate=dropout_rate,
         dispersion=dispersion, beta=beta, encode_batch=encode_batch, batch_gene_offsets=batch_gene_offsets,
         mmd_weight=mmd_weight, mmd_mnn_k=0, label_key=label_key, **dataclasses.asdict(train_cfg),
+        unlabeled_category=None, n_labels=0, classification_weight=0.0,  # no classifier on this backend
         norm="batch",  # scvi-tools' default batch norm in the hidden layers, as the native VAEConfig.norm
     )
     record.update(ran)  # what actually ran, not what the native defaults say
