@@ -291,7 +291,8 @@ def training_data(adata: AnnData, layer: str | None, batch_key: str | None, like
                   allow_single_batch: bool = False, **advice):
     """Out-of-core counterpart of :func:`scgen_ae.tl._common.training_data`: the same checks,
     streamed over the file once (nothing is kept but library sizes)."""
-    codes, cats = v.batch_codes(adata, batch_key, allow_single=allow_single_batch)  # obs is in memory: cheap, and the clearest error first
+    # obs is in memory: cheap, and the clearest error first
+    codes, cats = v.batch_codes(adata, batch_key, allow_single=allow_single_batch)
     data = validated(adata, layer, counts_check(layer, likelihood, **advice))
     data.batch = codes
     data.log1p_input = likelihood in COUNT_LIKELIHOODS or likelihood is None
