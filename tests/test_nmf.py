@@ -11,7 +11,7 @@ import scgen_ae as sa
 from scgen_ae.cli import main
 from scgen_ae.models import _nmf_data, _nmf_solver
 
-from .conftest import Snapshot
+from .conftest import Snapshot, fit_copy
 
 K = 10  # the default and the issue's k
 NMF_KW = dict(n_components=K, n_threads=1, seed=0)
@@ -31,13 +31,13 @@ def lognorm(adata):
 @pytest.fixture(scope="session")
 def plain(cellbench_hvg):
     """(annotated copy, model) of plain NMF on cellbench_3cl's 1,000 HVGs."""
-    return sa.tl.nmf(cellbench_hvg, copy=True, **NMF_KW)
+    return fit_copy(sa.tl.nmf, cellbench_hvg, **NMF_KW)
 
 
 @pytest.fixture(scope="session")
 def integrated(cellbench_hvg):
     """The same with batch_key: iNMF + quantile alignment."""
-    return sa.tl.nmf(cellbench_hvg, batch_key="batch", copy=True, **NMF_KW)
+    return fit_copy(sa.tl.nmf, cellbench_hvg, batch_key="batch", **NMF_KW)
 
 
 # ---------------------------------------------------------------- what is written
@@ -278,7 +278,7 @@ def test_min_match_one_leaves_every_cluster_unmapped(integrated, cellbench_hvg):
     """min_match is passed to the alignment: at 1.0 no (batch, cluster) signature matches the
     reference's, so nothing is mapped; the fit is the same, so the reference batch's cells
     keep the factors of the default run, and the other batches' differ."""
-    adata, model = sa.tl.nmf(cellbench_hvg, batch_key="batch", min_match=1.0, copy=True, **NMF_KW)
+    adata, model = fit_copy(sa.tl.nmf, cellbench_hvg, batch_key="batch", min_match=1.0, **NMF_KW)
     default_adata, default_model = integrated
     assert adata.uns["nmf"]["params"]["min_match"] == 1.0
     assert model.config.min_match == 1.0 and model.alignment_tables()["valid"].sum() == 0

@@ -8,6 +8,8 @@ from matplotlib.figure import Figure
 import scgen_ae as sa
 from scgen_ae.pl import _embedding
 
+from .conftest import fit_copy
+
 
 @pytest.fixture
 def annotated(trained_sim):
@@ -119,7 +121,7 @@ def test_history_from_adata_and_model(trained_sim, tmp_path):
 
 
 def test_history_without_validation(sim_session):
-    adata, _ = sa.tl.vae(sim_session, batch_key="batch", n_latent=4, n_hidden=32, max_epochs=2,
-                         validation_fraction=0.0, copy=True, n_threads=1, progress=False)
+    adata, _ = fit_copy(sa.tl.vae, sim_session, batch_key="batch", n_latent=4, n_hidden=32, max_epochs=2,
+                         validation_fraction=0.0, n_threads=1, progress=False)
     fig = sa.pl.history(adata)
     assert [line.get_label() for line in fig.axes[0].get_lines()][0] == "train"

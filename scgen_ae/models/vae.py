@@ -277,7 +277,8 @@ class VAE(BaseModel):
         :class:`~scgen_ae.train.TrainConfig` (``weight_decay`` is fixed at 0).
         Sets ``adata.obsm[key_added]`` (n_cells, n_latent) and ``adata.uns[uns_key]`` (``params``,
         ``new_batches``, ``batch_categories``, ``genes``: missing / extra dropped / reordered,
-        ``history``). Returns the extended model (``(adata_copy, model)`` with ``copy=True``).
+        ``history``). Returns the extended model (with ``copy=True`` the annotated copy; the model:
+        ``sa.tl.get_model(copy, uns_key)``).
         Implemented in :mod:`scgen_ae.models._surgery`.
         """
         from ._surgery import map_query

@@ -5,10 +5,10 @@ import warnings
 
 from anndata import AnnData
 
-from .._validate import check_copy, check_n_latent
+from .._validate import check_n_latent, check_target
 from ..models.vae import VAE, VAEConfig, VAEModule
 from ..train import fit, seeded_threads
-from ._common import params_record, split_kwargs, training_data, write_results
+from ._common import params_record, returned, split_kwargs, training_data, write_results
 from ._composition import check_label_key, composition_record
 
 _COMPOSITION_CONTROL = (
@@ -41,7 +41,7 @@ def vae(
     backend: str = "native",
     linear_decoder: bool = False,
     **train_kwargs,
-) -> VAE | tuple[AnnData, VAE]:
+) -> VAE | AnnData:
     """Train a (conditional) VAE on counts and store its latent space.
 
     Encoder: log1p(counts) (+ batch) -> Gaussian q(z|x). Decoder: z + batch ->
@@ -93,7 +93,7 @@ def vae(
     uns_key
         ``uns`` key of the parameters and history.
     copy
-        Work on a copy and return ``(adata_copy, model)``.
+        Work on a copy and return it (as scanpy); the model is then ``sa.tl.get_model(copy, uns_key)``.
     backend
         "native" (default) or "scvi-tools": scvi-tools' ``SCVI`` (``LinearSCVI`` with
         ``linear_decoder=True``) trained behind this API, writing the same keys, so the two
@@ -129,7 +129,9 @@ def vae(
     Returns
     -------
     VAE
-        The trained :class:`~scgen_ae.models.VAE` (or ``(adata, model)`` with ``copy=True``).
+        The trained :class:`~scgen_ae.models.VAE`; with ``copy=True`` the annotated copy of
+        ``adata`` (the model: :func:`~scgen_ae.tl.get_model`). A view of an AnnData is refused
+        unless ``copy=True`` (the results would not reach it).
         On Ctrl-C the model with the best weights so far is returned and ``adata`` is not
         modified. Errors (bad input, diverging loss) leave ``adata`` unchanged too.
 
@@ -164,7 +166,7 @@ def vae(
     """
     if backend not in ("native", "scvi-tools"):
         raise ValueError(f"backend={backend!r}; choose 'native' or 'scvi-tools'.")
-    check_copy(adata, copy)
+    check_target(adata, copy, "sa.tl.vae")
     if backend == "scvi-tools":
         from ._vae_scvi import vae_scvi_tools
 
@@ -212,4 +214,4 @@ def vae(
         result["composition"] = composition
     target = adata.copy() if copy else adata
     write_results(target, obsm={key_added: latent}, uns={uns_key: result})
-    return (target, model) if copy else model
+    return returned(target, model, copy=copy, uns_key=uns_key)

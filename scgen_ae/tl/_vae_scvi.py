@@ -6,7 +6,7 @@ import dataclasses
 from anndata import AnnData
 
 from .. import _validate as v
-from ._common import params_record, split_kwargs, training_data, write_results
+from ._common import params_record, returned, split_kwargs, training_data, write_results
 from ._composition import check_label_key, composition_record
 
 
@@ -17,7 +17,7 @@ def vae_scvi_tools(adata: AnnData, *, batch_key: str | None, layer: str | None, 
     """Validate like the native backend, map the arguments, train, write the same keys.
 
     See :func:`scgen_ae.tl.vae` for the argument mapping. Returns the trained scvi-tools
-    model (``scvi.model.SCVI`` or ``LinearSCVI``), or ``(adata_copy, model)`` with ``copy=True``.
+    model (``scvi.model.SCVI`` or ``LinearSCVI``), or the annotated copy with ``copy=True``.
     """
     from ..bridge import scvi_tools as bridge
 
@@ -61,4 +61,4 @@ def vae_scvi_tools(adata: AnnData, *, batch_key: str | None, layer: str | None, 
     if composition is not None:
         uns["composition"] = composition
     write_results(target, obsm={key_added: result.latent}, varm=varm, uns={uns_key: uns})
-    return (target, result.model) if copy else result.model
+    return returned(target, result.model, copy=copy, uns_key=uns_key)

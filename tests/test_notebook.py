@@ -1,0 +1,218 @@
+"""Working in a notebook: one return rule, views refused, settings (threads, verbosity,
+device), scanpy's plotting semantics, scvi-tools' method names, the command line."""
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pytest
+import torch
+from anndata import AnnData
+
+import scgen_ae as sa
+from scgen_ae import _settings
+
+from .conftest import FAST
+
+TINY = dict(max_epochs=2, **FAST)
+TINY_VAE = dict(batch_key="batch", n_latent=4, n_hidden=16, **TINY)
+
+
+@pytest.fixture
+def restore_settings():
+    """Leave sa.settings (and scanpy's verbosity) as they were."""
+    import scanpy as sc
+
+    saved = dict(vars(sa.settings))
+    scanpy_verbosity = sc.settings.verbosity
+    yield sa.settings
+    vars(sa.settings).update(saved)
+    sc.settings.verbosity = scanpy_verbosity
+
+
+# ---------------------------------------------------------------- views and copies
+
+def _reference_model(sim_session):
+    return sa.tl.vae(sim_session.copy(), **TINY_VAE, mmd_weight=0)
+
+
+WRITING_FRONTS = {
+    "tl.vae": lambda a, _: sa.tl.vae(a, **TINY_VAE),
+    "tl.denoise": lambda a, _: sa.tl.denoise(a, batch_key="batch", **TINY),
+    "tl.nmf": lambda a, _: sa.tl.nmf(a, n_components=3, max_iter=5),
+    "tl.lda": lambda a, _: sa.tl.lda(a, n_topics=3, **TINY),
+    "tl.remove_batch": lambda a, m: sa.tl.remove_batch(m, a, batch_key="batch"),
+    "tl.batch_composition": lambda a, _: sa.tl.batch_composition(a, batch_key="batch", groupby="cell_type"),
+    "tl.differential_expression": lambda a, m: sa.tl.differential_expression(m, a, groupby="cell_type", group1="group0"),
+    "pp.drop_empty": lambda a, _: sa.pp.drop_empty(a),
+    "pp.highly_variable": lambda a, _: sa.pp.highly_variable(a, n_top_genes=50),
+    "model.map_query": lambda a, m: m.map_query(a, batch_key="batch", max_epochs=1, **FAST),
+}
+
+
+@pytest.mark.parametrize("front", list(WRITING_FRONTS))
+def test_a_view_is_refused_with_the_fix_and_the_parent_is_untouched(sim_session, front, snapshot):
+    parent = sim_session.copy()
+    model = _reference_model(sim_session) if front in ("tl.remove_batch", "tl.differential_expression",
+                                                        "model.map_query") else None
+    if front == "tl.remove_batch":
+        parent.obsm["X_vae"] = model.get_latent(parent)
+    snap = snapshot(parent)
+    view = parent[:, parent.var_names[:120]] if front != "tl.remove_batch" else parent[:200]
+    assert view.is_view
+    with pytest.raises(sa.InputError, match=r"adata is a view.*\.copy\(\)"):
+        WRITING_FRONTS[front](view, model)
+    snap.assert_unchanged(parent)
+
+
+def test_transfer_labels_refuses_a_view(sim_session):
+    reference = sim_session.copy()
+    reference.obsm["X_vae"] = np.asarray(reference.obs_vector("batch") == "batch1", float)[:, None] + \
+        np.random.default_rng(0).normal(size=(reference.n_obs, 2))
+    query = reference.copy()
+    with pytest.raises(sa.InputError, match=r"adata is a view"):
+        sa.tl.transfer_labels(query[:100], reference=reference, label_key="cell_type")
+    assert "cell_type_prediction" not in query.obs and len(query.obsm) == 1
+
+
+def test_a_view_with_copy_true_returns_an_annotated_real_anndata(sim_session):
+    parent = sim_session.copy()
+    out = sa.tl.vae(parent[:, parent.var_names[:120]], copy=True, **TINY_VAE)
+    assert isinstance(out, AnnData) and not out.is_view and out.n_vars == 120
+    assert "X_vae" in out.obsm and "X_vae" not in parent.obsm
+
+
+@pytest.mark.parametrize("front, uns_key, model_type", [
+    (lambda a: sa.tl.vae(a, copy=True, **TINY_VAE), "vae", sa.VAE),
+    (lambda a: sa.tl.denoise(a, batch_key="batch", copy=True, **TINY), "denoise", sa.models.DAE),
+    (lambda a: sa.tl.nmf(a, n_components=3, max_iter=5, copy=True), "nmf", sa.NMF),
+    (lambda a: sa.tl.lda(a, n_topics=3, copy=True, **TINY), "lda", sa.LDA),
+], ids=["vae", "denoise", "nmf", "lda"])
+def test_copy_true_returns_the_anndata_and_the_model_is_reachable(sim_session, snapshot, front, uns_key, model_type):
+    snap = snapshot(sim_session)
+    out = front(sim_session)
+    assert isinstance(out, AnnData) and out is not sim_session
+    assert uns_key in out.uns
+    assert isinstance(sa.tl.get_model(out, uns_key), model_type)
+    snap.assert_unchanged(sim_session)
+
+
+def test_copy_false_returns_the_model_and_get_model_finds_it(sim):
+    model = sa.tl.vae(sim, **TINY_VAE)
+    assert isinstance(model, sa.VAE) and sa.tl.get_model(sim) is model
+    with pytest.raises(sa.InputError, match="uns_key='nmf'.*models here: \\['vae'\\]"):
+        sa.tl.get_model(sim, "nmf")
+    with pytest.raises(sa.InputError, match="No model"):
+        sa.tl.get_model(sim.copy())  # a copy made afterwards has no model of its own
+
+
+@pytest.mark.parametrize("front, kwargs", [
+    (sa.tl.remove_batch, None), (sa.tl.batch_composition, dict(batch_key="batch", groupby="cell_type")),
+    (sa.pp.drop_empty, {}),
+], ids=["remove_batch", "batch_composition", "drop_empty"])
+def test_annotating_fronts_return_the_copy_or_none(sim_session, front, kwargs):
+    adata = sim_session.copy()
+    if kwargs is None:  # remove_batch takes the model first
+        model = _reference_model(sim_session)
+        adata.obsm["X_vae"] = model.get_latent(adata)
+        call = lambda **kw: front(model, adata, batch_key="batch", **kw)  # noqa: E731
+    else:
+        call = lambda **kw: front(adata, **kwargs, **kw)  # noqa: E731
+    out = call(copy=True)
+    assert isinstance(out, AnnData) and out is not adata
+    assert call() is None
+
+
+# ---------------------------------------------------------------- settings
+
+def test_training_sets_its_threads_and_restores_the_callers(sim, restore_settings, monkeypatch):
+    from scgen_ae.tl import _vae
+
+    seen = []
+    real_fit = _vae.fit
+
+    def recording_fit(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return real_fit(*args, **kwargs)
+
+    monkeypatch.setattr(_vae, "fit", recording_fit)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)  # what numba left after sc.pp.highly_variable_genes
+        sa.settings.n_threads = 2
+        sa.tl.vae(sim, batch_key="batch", n_latent=4, n_hidden=16, max_epochs=1, progress=False, copy=True)
+        assert seen == [2]  # the setting, not the count the caller's process was left with
+        assert torch.get_num_threads() == 1  # the caller's count again
+        sa.tl.vae(sim, batch_key="batch", n_latent=4, n_hidden=16, max_epochs=1, progress=False, n_threads=3, copy=True)
+        assert seen[-1] == 3 and torch.get_num_threads() == 1  # a call's own value wins
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_scanpy_verbosity_zero_silences_the_progress_bar(sim, restore_settings, capsys):
+    import scanpy as sc
+
+    kw = dict(batch_key="batch", n_latent=4, n_hidden=16, max_epochs=2, n_threads=1, progress=True, copy=True)
+    sc.settings.verbosity = 1
+    sa.tl.vae(sim, **kw)
+    assert "training" in capsys.readouterr().err  # the bar is drawn when not silenced
+    sc.settings.verbosity = 0
+    sa.tl.vae(sim, **kw)
+    assert "training" not in capsys.readouterr().err
+    sc.settings.verbosity = 1
+    sa.settings.progress_bar = "none"
+    sa.tl.vae(sim, **kw)
+    assert "training" not in capsys.readouterr().err
+
+
+def test_settings_seed_is_the_default_seed(sim_session, restore_settings):
+    kw = dict(TINY_VAE, copy=True)
+    a = sa.tl.vae(sim_session, seed=5, **kw).obsm["X_vae"]
+    sa.settings.seed = 5
+    b = sa.tl.vae(sim_session, **kw).obsm["X_vae"]
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_logging_follows_the_verbosity(restore_settings, capsys):
+    sa.settings.verbosity = 2
+    _settings.logger.info("stored the UMAP in obsm['X_umap']")
+    assert "stored the UMAP" in capsys.readouterr().err
+    sa.settings.verbosity = 1
+    _settings.logger.info("hidden at verbosity 1")
+    assert "hidden" not in capsys.readouterr().err
+
+
+def test_bad_settings_are_refused(restore_settings):
+    for name, value in (("n_threads", 0), ("seed", -1), ("verbosity", 7), ("progress_bar", "fancy")):
+        with pytest.raises(sa.InputError, match=name):
+            setattr(sa.settings, name, value)
+
+
+@pytest.mark.parametrize("device", ["mps", "cuda"])
+def test_an_unavailable_device_is_refused_before_any_work(sim, snapshot, device, restore_settings):
+    available = torch.cuda.is_available() if device == "cuda" else torch.backends.mps.is_available()
+    if available:
+        pytest.skip(f"{device} is available here")
+    snap = snapshot(sim)
+    with pytest.raises(sa.InputError, match=f"device='{device}'.*device='cpu'"):
+        sa.tl.vae(sim, device=device, **TINY_VAE)
+    snap.assert_unchanged(sim)
+    with pytest.raises(sa.InputError, match=f"device='{device}'"):
+        sa.settings.device = device
+
+
+def test_no_widget_bar_without_ipywidgets(monkeypatch):
+    from tqdm import std
+
+    monkeypatch.setitem(sys.modules, "ipykernel", sys.modules.get("ipykernel") or object())
+    monkeypatch.setitem(sys.modules, "ipywidgets", None)  # import fails as when not installed
+    assert _settings.progress_bar_class() is std.tqdm
+
+
+def test_import_emits_no_warning():
+    import subprocess
+
+    code = ("import warnings; warnings.simplefilter('error')\n"
+            "import scgen_ae\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
