@@ -238,7 +238,7 @@ def test_denoiser_beats_gene_share_baseline_on_heldout_counts(request, fixture, 
 def test_pl_denoising(denoised_3protocols, tmp_path):
     adata, _ = denoised_3protocols
     genes = list(adata.var_names[:3])
-    fig = sa.pl.denoising(adata, genes=genes, save=tmp_path / "d.png")
+    fig = sa.pl.denoising(adata, return_fig=True, genes=genes, save=tmp_path / "d.png")
     assert len(fig.axes) == 3 * 3 and (tmp_path / "d.png").stat().st_size > 0
     with pytest.raises(sa.InputError, match=r"run sa.tl.denoise"):
         sa.pl.denoising(adata, genes=genes, denoised="nothing")

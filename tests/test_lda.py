@@ -199,7 +199,7 @@ def test_unseen_batch_refused_on_transform(lda_batch):
 
 def test_pl_topics_reads_loadings_of_lda_and_nmf_alike(lda_classic):
     adata, _ = lda_classic
-    fig = sa.pl.topics(adata, key="lda", n_genes=5)
+    fig = sa.pl.topics(adata, return_fig=True, key="lda", n_genes=5)
     assert sum(ax.has_data() for ax in fig.axes) == 6
     table = sa.pl.top_genes(adata, key="lda", n_genes=5)
     loadings = adata.varm["lda_topics"]
@@ -209,7 +209,7 @@ def test_pl_topics_reads_loadings_of_lda_and_nmf_alike(lda_classic):
     nmf_like = adata.copy()
     nmf_like.varm["nmf_loadings"] = np.asarray(loadings[:, :3])
     nmf_like.uns["nmf"] = {"varm_key": "nmf_loadings", "key_added": "X_nmf"}
-    fig = sa.pl.topics(nmf_like, key="nmf", n_genes=4, topics=[0, 2])
+    fig = sa.pl.topics(nmf_like, return_fig=True, key="nmf", n_genes=4, topics=[0, 2])
     assert sum(ax.has_data() for ax in fig.axes) == 2
     with pytest.raises(KeyError, match="holds no 'varm_key'"):
         sa.pl.topics(adata, key="vae")

@@ -419,7 +419,7 @@ def test_history_plot_draws_the_sketch_phase_where_it_ran(plain):
     on one axis in the order they ran, labelled with what the loss is."""
     adata, _ = plain
     hist = adata.uns["nmf"]["history"]
-    ax = sa.pl.history(adata, key="nmf").axes[0]
+    ax = sa.pl.history(adata, return_fig=True, key="nmf").axes[0]
     before, sketch, after = (line for line in ax.get_lines() if line.get_linestyle() != ":")
     at, n_sketch = hist["sketch_at"], len(hist["sketch_loss"])
     np.testing.assert_array_equal(before.get_xdata(), np.arange(1, at + 1))
@@ -433,9 +433,9 @@ def test_history_plot_draws_the_sketch_phase_where_it_ran(plain):
 def test_loadings_plot_and_its_errors(integrated):
     adata = integrated[0].copy()
     adata.obsm["X_2d"] = adata.obsm["X_nmf"][:, :2].copy()  # a given 2-D layout: no UMAP to compute
-    fig = sa.pl.loadings(adata, basis="X_nmf", components=[0, 1, 2], layout="X_2d")
+    fig = sa.pl.loadings(adata, return_fig=True, basis="X_nmf", components=[0, 1, 2], layout="X_2d")
     titled = [ax for ax in fig.axes if ax.get_title()]
-    assert [ax.get_title() for ax in titled] == [f"X_nmf factor {j} on X_2d" for j in range(3)]
+    assert [ax.get_title() for ax in titled] == [f"NMF factors: factor {j}\non 2d" for j in range(3)]
     # each panel is coloured by that factor's usage
     for ax, j in zip(titled, range(3)):
         np.testing.assert_allclose(ax.collections[0].get_array(), adata.obsm["X_nmf"][:, j], rtol=1e-6)

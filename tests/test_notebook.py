@@ -216,3 +216,104 @@ def test_import_emits_no_warning():
             "import scgen_ae\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+# ---------------------------------------------------------------- plots: scanpy's semantics
+
+@pytest.fixture(scope="module")
+def plotted(sim_session):
+    """The small data with a VAE latent space, LDA topics and NMF factors: every plot has its input."""
+    adata = sim_session.copy()
+    sa.tl.vae(adata, **TINY_VAE)
+    sa.tl.lda(adata, n_topics=3, **TINY)
+    sa.tl.nmf(adata, n_components=3, max_iter=5)
+    adata.layers["denoised"] = adata.X.toarray() * 0.5
+    return adata
+
+
+PLOTS = {
+    "latent": lambda a, **kw: sa.pl.latent(a, color=["batch", "cell_type"], **kw),
+    "history": lambda a, **kw: sa.pl.history(a, key="vae", **kw),
+    "topics": lambda a, **kw: sa.pl.topics(a, key="lda", n_genes=5, **kw),
+    "loadings": lambda a, **kw: sa.pl.loadings(a, basis="X_nmf", components=[0, 1], **kw),
+    "denoising": lambda a, **kw: sa.pl.denoising(a, genes=list(a.var_names[:2]), **kw),
+    "report": lambda a, **kw: sa.pl.report(a, key="vae", color="batch", **kw),
+}
+
+
+@pytest.mark.parametrize("name", list(PLOTS))
+def test_plots_follow_scanpys_show_and_return_fig(plotted, name):
+    import matplotlib.pyplot as plt
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+    adata = plotted.copy()
+    draw = PLOTS[name]
+    assert draw(adata) is None  # shown (Agg: nothing to see) and not returned: one figure per Jupyter cell
+    assert draw(adata, show=True) is None
+    axes = draw(adata, show=False)
+    assert isinstance(axes, Axes) or (isinstance(axes, list) and axes and all(isinstance(a, Axes) for a in axes))
+    assert isinstance(draw(adata, return_fig=True), Figure)
+    plt.close("all")
+
+
+def test_save_writes_the_file_and_does_not_show(plotted, tmp_path):
+    path = tmp_path / "latent.png"
+    ax = sa.pl.history(plotted, key="vae", save=path, show=False)
+    assert path.read_bytes()[:4] == b"\x89PNG" and ax.get_xlabel() == "epoch"
+
+
+def test_latent_draws_scanpys_umap_of_the_same_representation(plotted, monkeypatch):
+    import scanpy as sc
+
+    from scgen_ae.pl import _embedding
+
+    adata = plotted.copy()
+    sc.pp.neighbors(adata, use_rep="X_vae", n_neighbors=10)
+    sc.tl.umap(adata)
+    monkeypatch.setattr(_embedding, "embed_2d", lambda *a, **k: pytest.fail("computed although X_umap is there"))
+    ax = sa.pl.latent(adata, basis="X_vae", color="batch", show=False)
+    np.testing.assert_array_equal(ax.collections[0].get_offsets()[:, 0].min(), adata.obsm["X_umap"][:, 0].min())
+    assert "X_vae_umap" not in adata.obsm
+    assert (ax.get_xlabel(), ax.get_ylabel()) == ("UMAP1", "UMAP2")
+    assert ax.get_title() == "batch\nVAE latent space (UMAP)"
+    assert ax.get_legend() is not None
+
+
+def test_latent_computes_only_what_is_missing_and_says_where(plotted, restore_settings, capsys):
+    import scanpy as sc
+
+    adata = plotted.copy()
+    sc.pp.neighbors(adata, use_rep="X_lda", n_neighbors=10)  # a UMAP of another representation
+    sc.tl.umap(adata)
+    other = adata.obsm["X_umap"].copy()
+    sa.settings.verbosity = 2
+    sa.pl.latent(adata, basis="X_vae", color="batch", show=False)
+    assert "stored it in obsm['X_vae_umap']" in capsys.readouterr().err
+    np.testing.assert_array_equal(adata.obsm["X_umap"], other)  # the user's UMAP is left alone
+    assert adata.obsm["X_vae_umap"].shape == (adata.n_obs, 2)
+
+
+def test_a_misspelt_color_is_refused_before_any_embedding(plotted, monkeypatch):
+    from scgen_ae.pl import _embedding
+
+    monkeypatch.setattr(_embedding, "embed_2d", lambda *a, **k: pytest.fail("embedding computed"))
+    adata = plotted.copy()
+    with pytest.raises(sa.InputError, match="color='batchh'"):
+        sa.pl.latent(adata, color="batchh", recompute=True)
+    with pytest.raises(sa.InputError, match="color='batchh'"):
+        sa.pl.report(adata, color="batchh", recompute=True)
+
+
+def test_topic_gene_names_do_not_overlap(plotted):
+    fig = sa.pl.topics(plotted, key="lda", n_genes=10, return_fig=True)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    for ax in fig.axes:
+        boxes = sorted((t.get_window_extent(renderer) for t in ax.get_yticklabels()), key=lambda b: b.y0)
+        assert len(boxes) == 10
+        assert all(lower.y1 <= upper.y0 + 0.5 for lower, upper in zip(boxes, boxes[1:]))
+        xboxes = sorted((t.get_window_extent(renderer) for t in ax.get_xticklabels() if t.get_text()),
+                        key=lambda b: b.x0)
+        assert all(left.x1 <= right.x0 for left, right in zip(xboxes, xboxes[1:]))
+    assert fig.axes[0].get_title() == "topic 0" and fig.axes[0].get_xlabel() == "loading"

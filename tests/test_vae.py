@@ -263,7 +263,7 @@ def test_h5ad_round_trip_keeps_results(trained, tmp_path):
     assert set(back.uns["vae"]["params"]) == set(adata.uns["vae"]["params"])
     assert back.uns["vae"]["params"]["n_latent"] == 8
     # and pl.history can read it back
-    assert sa.pl.history(back, key="vae") is not None
+    assert sa.pl.history(back, return_fig=True, key="vae") is not None
 
 
 def test_save_load_identical(trained, tmp_path):
