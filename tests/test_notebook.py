@@ -317,3 +317,84 @@ def test_topic_gene_names_do_not_overlap(plotted):
                         key=lambda b: b.x0)
         assert all(left.x1 <= right.x0 for left, right in zip(xboxes, xboxes[1:]))
     assert fig.axes[0].get_title() == "topic 0" and fig.axes[0].get_xlabel() == "loading"
+
+
+# ---------------------------------------------------------------- scvi-tools' method names
+
+@pytest.fixture(scope="module")
+def vae_sim(sim_session):
+    adata = sim_session.copy()
+    return adata, sa.tl.vae(adata, **{**TINY_VAE, "max_epochs": 3})
+
+
+def test_get_latent_representation_is_get_latent(vae_sim):
+    adata, model = vae_sim
+    np.testing.assert_array_equal(model.get_latent_representation(adata), model.get_latent(adata))
+    np.testing.assert_array_equal(model.get_latent_representation(adata, give_mean=False, seed=1),
+                                  model.get_latent(adata, give_mean=False, seed=1))
+
+
+def test_get_normalized_expression_returns_a_named_frame(vae_sim):
+    adata, model = vae_sim
+    frame = model.get_normalized_expression(adata)
+    assert frame.shape == adata.shape
+    assert list(frame.index) == list(adata.obs_names) and list(frame.columns) == model.var_names
+    array = model.get_normalized_expression(adata, return_numpy=True)
+    assert isinstance(array, np.ndarray)
+    np.testing.assert_allclose(frame.to_numpy(), array)
+    np.testing.assert_allclose(array.sum(1), 1e4, rtol=1e-3)
+    genes = list(adata.var_names[[5, 1]])
+    part = model.get_normalized_expression(adata, gene_list=genes)
+    assert list(part.columns) == genes
+    np.testing.assert_allclose(part.to_numpy(), frame[genes].to_numpy(), rtol=1e-5)
+
+
+def test_a_list_of_transform_batches_is_averaged(vae_sim):
+    adata, model = vae_sim
+    each = [model.get_normalized_expression(adata, transform_batch=b, return_numpy=True) for b in ("batch0", "batch1")]
+    both = model.get_normalized_expression(adata, transform_batch=["batch0", "batch1"], return_numpy=True)
+    np.testing.assert_allclose(both, (each[0] + each[1]) / 2, rtol=1e-5)
+    assert not np.allclose(each[0], each[1])  # the average is not trivially either one
+    with pytest.raises(sa.InputError, match="batch7"):
+        model.get_normalized_expression(adata, transform_batch=["batch0", "batch7"])
+
+
+def test_n_samples_averages_draws_of_z(vae_sim):
+    adata, model = vae_sim
+    at_mean = model.get_normalized_expression(adata, return_numpy=True)
+    sampled = model.get_normalized_expression(adata, n_samples=20, return_numpy=True)
+    assert sampled.shape == at_mean.shape and not np.allclose(sampled, at_mean)
+    np.testing.assert_allclose(sampled.sum(1), 1e4, rtol=1e-3)
+    np.testing.assert_allclose(sampled, model.get_normalized_expression(adata, n_samples=20, return_numpy=True))
+    with pytest.raises(sa.InputError, match="n_samples=0"):
+        model.get_normalized_expression(adata, n_samples=0)
+
+
+def test_posterior_predictive_sample_draws_counts(vae_sim):
+    adata, model = vae_sim
+    one = model.posterior_predictive_sample(adata)
+    assert one.shape == adata.shape
+    assert (one >= 0).all() and np.array_equal(one, np.round(one))
+    many = model.posterior_predictive_sample(adata, n_samples=3, gene_list=list(adata.var_names[:10]))
+    assert many.shape == (adata.n_obs, 10, 3)
+    # zero inflation only removes counts: the draws' mean is below the model's expected counts
+    expected = model.get_normalized_expression(adata, library_size="observed", n_samples=5, return_numpy=True)
+    assert 0 < one.mean() < expected.mean()
+
+
+def test_posterior_predictive_draws_average_to_the_models_expected_counts(sim_session):
+    adata = sim_session.copy()
+    model = sa.tl.vae(adata, likelihood="poisson", **TINY_VAE)
+    draws = model.posterior_predictive_sample(adata, n_samples=40)
+    expected = model.get_normalized_expression(adata, library_size="observed", n_samples=40, return_numpy=True)
+    np.testing.assert_allclose(draws.mean((0, 2)), expected.mean(0), rtol=0.1, atol=0.05)
+
+
+def test_elbo_and_reconstruction_error(vae_sim):
+    adata, model = vae_sim
+    elbo = model.get_elbo(adata)
+    reconstruction = model.get_reconstruction_error(adata)
+    assert set(reconstruction) == {"reconstruction_loss"}
+    assert 0 < reconstruction["reconstruction_loss"] < elbo  # the KL term is positive
+    # the validation loss of the last epochs is the same quantity on a tenth of the cells
+    assert abs(elbo - float(model.history["validation_loss"][-1])) < 0.5 * elbo

@@ -144,7 +144,7 @@ def test_each_likelihood_trains(sim_session, likelihood):
     assert np.isfinite(hist["train_loss"]).all() and np.isfinite(hist["validation_loss"]).all()
     assert np.isfinite(adata.obsm["X_vae"]).all()
     assert model.config.likelihood == likelihood
-    expr = model.get_normalized_expression(adata)
+    expr = model.get_normalized_expression(adata).to_numpy()
     assert expr.shape == adata.shape and np.isfinite(expr).all()
 
 
@@ -328,7 +328,7 @@ def test_get_latent_cell_without_counts(trained_sim):
     z = model.get_latent(sub)
     assert z.shape == (20, model.config.n_latent) and np.isfinite(z).all()
     np.testing.assert_allclose(z[[1, 2, 3]], adata.obsm["X_vae"][[1, 2, 3]], rtol=1e-5, atol=1e-6)
-    expr = model.get_normalized_expression(sub)
+    expr = model.get_normalized_expression(sub).to_numpy()
     assert np.isfinite(expr).all()
 
 
@@ -338,20 +338,20 @@ def test_get_latent_cell_without_counts(trained_sim):
 def test_normalized_expression(trained, transform_batch):
     adata, model = trained
     sub = adata[:40]
-    expr = model.get_normalized_expression(sub, transform_batch=transform_batch)
+    expr = model.get_normalized_expression(sub, transform_batch=transform_batch).to_numpy()
     assert expr.shape == (40, adata.n_vars)
     assert (expr >= 0).all() and np.isfinite(expr).all()
     np.testing.assert_allclose(expr.sum(1), 1e4, rtol=1e-3)
-    expr2 = model.get_normalized_expression(sub, transform_batch=transform_batch, library_size=100.0)
+    expr2 = model.get_normalized_expression(sub, transform_batch=transform_batch, library_size=100.0).to_numpy()
     np.testing.assert_allclose(expr2.sum(1), 100.0, rtol=1e-3)
 
 
 def test_normalized_expression_transform_batch_changes_output(trained):
     adata, model = trained
     sub = adata[adata.obs["batch"] == "CEL-seq2"][:30]
-    own = model.get_normalized_expression(sub)
-    same = model.get_normalized_expression(sub, transform_batch="CEL-seq2")
-    other = model.get_normalized_expression(sub, transform_batch="Drop-seq")
+    own = model.get_normalized_expression(sub).to_numpy()
+    same = model.get_normalized_expression(sub, transform_batch="CEL-seq2").to_numpy()
+    other = model.get_normalized_expression(sub, transform_batch="Drop-seq").to_numpy()
     np.testing.assert_allclose(own, same, rtol=1e-5, atol=1e-6)
     assert not np.allclose(own, other)
 
@@ -360,11 +360,11 @@ def test_normalized_expression_observed_library_and_genes(trained):
     adata, model = trained
     sub = adata[:25]
     obs_lib = np.asarray(sub.X.sum(1)).ravel()
-    expr = model.get_normalized_expression(sub, library_size="observed")
+    expr = model.get_normalized_expression(sub, library_size="observed").to_numpy()
     np.testing.assert_allclose(expr.sum(1), obs_lib, rtol=1e-3)
     genes = list(adata.var_names[[3, 0, 10]])
-    part = model.get_normalized_expression(sub, genes=genes)
-    full = model.get_normalized_expression(sub)
+    part = model.get_normalized_expression(sub, genes=genes).to_numpy()
+    full = model.get_normalized_expression(sub).to_numpy()
     np.testing.assert_allclose(part, full[:, [3, 0, 10]], rtol=1e-5)
 
 

@@ -219,8 +219,9 @@ print(f"saved to {path} ({path.stat().st_size / 1e6:.2f} MB); reloaded latent id
 # to log-normalised data. Store it in a layer: X keeps the observed data.
 
 # %%
+# a cells x genes data frame (scvi-tools' return type); return_numpy=True gives the array
 corrected = reloaded.get_normalized_expression(adata, transform_batch="10x", library_size=1e4)
-adata.layers["vae_corrected"] = np.log1p(corrected)
+adata.layers["vae_corrected"] = np.log1p(corrected.to_numpy())
 print(adata.layers["vae_corrected"].shape)
 
 # %% [markdown]

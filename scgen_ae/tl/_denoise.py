@@ -266,7 +266,7 @@ def denoise(
     apply = dict(layer=layer, batch_key=batch_key, batch_size=chunk_size)
     if method == "vae":
         values = {"mean": model.get_normalized_expression(adata, transform_batch=transform_batch, genes=genes,
-                                                          library_size=library_size, **apply),
+                                                          library_size=library_size, return_numpy=True, **apply),
                   "latent": model.get_latent(adata, **apply)}
     else:
         outputs = ("mean", "latent") + (("dropout",) if return_info and model.config.likelihood == "zinb" else ()) \
