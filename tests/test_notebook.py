@@ -398,3 +398,50 @@ def test_elbo_and_reconstruction_error(vae_sim):
     assert 0 < reconstruction["reconstruction_loss"] < elbo  # the KL term is positive
     # the validation loss of the last epochs is the same quantity on a tenth of the cells
     assert abs(elbo - float(model.history["validation_loss"][-1])) < 0.5 * elbo
+
+
+# ---------------------------------------------------------------- the command line
+
+def test_cli_version_and_help_with_defaults(capsys):
+    from scgen_ae.cli import main
+
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"scgen-ae {sa.__version__}"
+    assert main(["integrate", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(default: 2000)" in text and "(default: zinb)" in text and "(default: 10)" in text
+    assert main(["demo", "--help"]) == 0
+    text = capsys.readouterr().out
+    assert "-o OUT, --output OUT" in text and "--out " not in text  # one output flag; the old one hidden
+
+
+def test_cli_integrate_keeps_every_gene_and_marks_the_models(sim_session, tmp_path, capsys):
+    from scgen_ae.cli import main
+
+    src, out = tmp_path / "in.h5ad", tmp_path / "out.h5ad"
+    sim_session.write_h5ad(src)
+    assert main(["integrate", str(src), "--batch-key", "batch", "-o", str(out), "--n-top-genes", "60",
+                 "--n-latent", "4", "--max-epochs", "2", "--threads", "1", "--quiet"]) == 0
+    capsys.readouterr()
+    result = ad_read(out)
+    assert list(result.var_names) == list(sim_session.var_names)  # the full gene set, in its order
+    marked = result.var["scgen_ae_model_gene"].to_numpy()
+    assert marked.dtype == bool and marked.sum() == 60
+    assert result.obsm["X_vae"].shape == (sim_session.n_obs, 4)
+
+
+def test_cli_errors_name_flags_not_python_arguments(sim_session, tmp_path, capsys):
+    from scgen_ae.cli import flag_form, main
+
+    src = tmp_path / "in.h5ad"
+    sim_session.write_h5ad(src)
+    assert main(["integrate", str(src), "--batch-key", "batch", "--layer", "counts", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "--layer counts is not in adata.layers" in err and "layer='counts'" not in err
+    assert flag_form("Pass layer=None or n_latent=5.") == "Pass no --layer or --n-latent 5."
+
+
+def ad_read(path):
+    import anndata as ad
+
+    return ad.read_h5ad(path)
