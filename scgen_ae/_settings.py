@@ -145,15 +145,19 @@ settings = Settings()
 def progress_bar_class():
     """tqdm's widget bar in Jupyter when ipywidgets is there, else the text bar: never the
     widget bar without ipywidgets, which warns "IProgress not found" and draws nothing."""
+    import importlib.util
+
     from tqdm import std
 
     if settings.progress_bar == "auto" and "ipykernel" in sys.modules:
-        try:
-            import ipywidgets  # noqa: F401
+        try:  # ipywidgets is optional: looked up, not imported (tqdm imports it for its widget bar)
+            widgets = sys.modules.get("ipywidgets", False) is not None and importlib.util.find_spec("ipywidgets")
+        except (ImportError, ValueError):
+            widgets = None
+        if widgets:
             from tqdm.notebook import tqdm as notebook_tqdm
-        except ImportError:
-            return std.tqdm
-        return notebook_tqdm
+
+            return notebook_tqdm
     return std.tqdm
 
 

@@ -445,3 +445,31 @@ def ad_read(path):
     import anndata as ad
 
     return ad.read_h5ad(path)
+
+
+# ---------------------------------------------------------------- mask_var
+
+def test_mask_var_trains_on_the_highly_variable_genes_as_the_subset_would(sim_session):
+    adata = sim_session.copy()
+    adata.var["highly_variable"] = np.arange(adata.n_vars) % 3 == 0
+    subset = adata[:, adata.var["highly_variable"]].copy()
+    model = sa.tl.vae(adata, **TINY_VAE)  # the default: var["highly_variable"] when present
+    on_subset = sa.tl.vae(subset, **TINY_VAE)
+    assert model.var_names == list(subset.var_names)
+    np.testing.assert_allclose(adata.obsm["X_vae"], subset.obsm["X_vae"], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(model.get_latent(adata), on_subset.get_latent(subset), rtol=1e-5, atol=1e-5)
+    assert adata.uns["vae"]["params"]["mask_var"] == "highly_variable"
+    assert adata.n_vars == sim_session.n_vars  # nothing was subset
+
+
+def test_mask_var_none_an_array_and_bad_masks(sim_session, snapshot):
+    adata = sim_session.copy()
+    adata.var["highly_variable"] = np.arange(adata.n_vars) < 40
+    assert len(sa.tl.vae(adata.copy(), mask_var=None, **TINY_VAE).var_names) == adata.n_vars
+    assert len(sa.tl.vae(adata.copy(), mask_var=np.arange(adata.n_vars) < 70, **TINY_VAE).var_names) == 70
+    snap = snapshot(adata)
+    for bad, message in (("nope", "not a column of adata.var"), (np.zeros(adata.n_vars, bool), "selects no gene"),
+                         (np.ones(3, bool), "one boolean per gene")):
+        with pytest.raises(sa.InputError, match=message):
+            sa.tl.vae(adata, mask_var=bad, **TINY_VAE)
+    snap.assert_unchanged(adata)

@@ -52,6 +52,8 @@ def loadings(adata: AnnData, *, basis: str = "X_nmf", components: int | Sequence
         As in :func:`scgen_ae.pl.latent`.
     SHOW_PARAMS
 
+    Notes
+    -----
     Errors (unknown basis, out-of-range components) are
     :class:`scgen_ae.InputError` and leave ``adata`` unchanged.
     """

@@ -140,3 +140,46 @@ def get_model(adata: AnnData, uns_key: str = "vae"):
             "with sa.VAE.load(path)."
         )
     return models[uns_key]
+
+
+class _HighlyVariableIfPresent:
+    """The default of ``mask_var``: ``var["highly_variable"]`` when present, as scanpy's PCA."""
+
+    def __repr__(self) -> str:
+        return "'highly_variable' if present"
+
+
+HVG_IF_PRESENT = _HighlyVariableIfPresent()
+
+
+def var_mask(adata: AnnData, mask_var) -> np.ndarray | None:
+    """The genes to train on as a boolean mask, or None for every gene.
+
+    ``mask_var``: a ``var`` column of booleans, a boolean array (n_genes), None (every gene),
+    or :data:`HVG_IF_PRESENT`. A mask that keeps every gene is returned as None.
+    """
+    if mask_var is HVG_IF_PRESENT:
+        mask_var = "highly_variable" if "highly_variable" in adata.var else None
+    if mask_var is None:
+        return None
+    if isinstance(mask_var, str):
+        if mask_var not in adata.var:
+            raise v.InputError(f"mask_var={mask_var!r} is not a column of adata.var (columns: "
+                               f"{list(map(str, adata.var.columns[:20]))}); pass a var column of booleans, a "
+                               "boolean array, or None for every gene.")
+        mask = adata.var[mask_var].to_numpy()
+    else:
+        mask = np.asarray(mask_var)
+    if mask.dtype != bool or mask.shape != (adata.n_vars,):
+        raise v.InputError(f"mask_var must give one boolean per gene ({adata.n_vars}), got dtype {mask.dtype} "
+                           f"and shape {mask.shape}.")
+    if not mask.any():
+        raise v.InputError("mask_var selects no gene; pass a mask with at least one True, or None for every gene.")
+    return None if mask.all() else mask
+
+
+def mask_name(adata: AnnData, mask_var) -> str | None:
+    """What ``params`` records of ``mask_var``: the column used, None, or "array"."""
+    if mask_var is HVG_IF_PRESENT:
+        return "highly_variable" if "highly_variable" in adata.var else None
+    return mask_var if mask_var is None or isinstance(mask_var, str) else "array"

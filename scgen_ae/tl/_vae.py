@@ -8,7 +8,8 @@ from anndata import AnnData
 from .._validate import check_n_latent, check_target
 from ..models.vae import VAE, VAEConfig, VAEModule
 from ..train import fit, seeded_threads
-from ._common import params_record, returned, split_kwargs, training_data, write_results
+from ._common import (HVG_IF_PRESENT, mask_name, params_record, returned, split_kwargs, training_data, var_mask,
+                      write_results)
 from ._composition import check_label_key, composition_record
 
 _COMPOSITION_CONTROL = (
@@ -40,6 +41,7 @@ def vae(
     copy: bool = False,
     backend: str = "native",
     linear_decoder: bool = False,
+    mask_var=HVG_IF_PRESENT,
     **train_kwargs,
 ) -> VAE | AnnData:
     """Train a (conditional) VAE on counts and store its latent space.
@@ -119,6 +121,12 @@ def vae(
     linear_decoder
         With ``backend="scvi-tools"``: scvi-tools' ``LinearSCVI`` (linear decoder, gene
         loadings in ``varm``). The native backend has no linear decoder and refuses it.
+    mask_var
+        The genes to train on, without subsetting ``adata``: a ``var`` column of booleans, a
+        boolean array, or None (every gene). Default: ``var["highly_variable"]`` when present
+        (as scanpy's PCA), else every gene. The latent space of every cell is written to
+        ``adata`` as usual; the model holds the selected genes (``model.var_names``). The
+        scvi-tools backend trains on every gene and refuses a mask given explicitly.
     **train_kwargs
         Options of :class:`scgen_ae.train.TrainConfig`: ``max_epochs`` (default: scvi-tools'
         heuristic, 400 epochs up to 20k cells, fewer beyond), ``batch_size`` (128), ``lr``
@@ -167,6 +175,8 @@ def vae(
     if backend not in ("native", "scvi-tools"):
         raise ValueError(f"backend={backend!r}; choose 'native' or 'scvi-tools'.")
     check_target(adata, copy, "sa.tl.vae")
+    if backend == "scvi-tools" and mask_var is not HVG_IF_PRESENT and var_mask(adata, mask_var) is not None:
+        raise ValueError("mask_var needs backend='native'; for scvi-tools subset first: adata[:, mask].copy().")
     if backend == "scvi-tools":
         from ._vae_scvi import vae_scvi_tools
 
@@ -183,11 +193,16 @@ def vae(
     train_cfg, rest = split_kwargs(dict(train_kwargs))
     if rest:
         raise TypeError(f"vae() got unexpected keyword arguments {sorted(rest)}.")
-    data, cats = training_data(adata, layer, batch_key, likelihood)
+    genes = var_mask(adata, mask_var)
+    if genes is not None and adata.isbacked:
+        raise ValueError("mask_var selecting some genes needs an in-memory AnnData (a backed one streams every "
+                         "gene); pass mask_var=None, or adata.to_memory() first.")
+    train_on = adata if genes is None else adata[:, genes]
+    data, cats = training_data(train_on, layer, batch_key, likelihood)
     check_label_key(adata, label_key)
-    check_n_latent(n_latent, adata.n_vars)
+    check_n_latent(n_latent, train_on.n_vars)
     config = VAEConfig(
-        n_genes=adata.n_vars, n_batches=len(cats), likelihood=likelihood, n_latent=n_latent,
+        n_genes=train_on.n_vars, n_batches=len(cats), likelihood=likelihood, n_latent=n_latent,
         n_hidden=n_hidden, n_layers=n_layers, dropout_rate=dropout_rate, dispersion=dispersion,
         beta=beta, encode_batch=encode_batch, batch_gene_offsets=batch_gene_offsets,
         mmd_weight=mmd_weight, mmd_mnn_k=mmd_mnn_k,
@@ -195,7 +210,7 @@ def vae(
     with seeded_threads(train_cfg.seed, train_cfg.n_threads):
         module = VAEModule(config)
         history = fit(module, data, train_cfg, likelihood)
-        model = VAE(config, adata.var_names, batch_key, cats, layer, history.as_dict(), module)
+        model = VAE(config, train_on.var_names, batch_key, cats, layer, history.as_dict(), module)
         if history.interrupted:
             warnings.warn(
                 "Training was interrupted (Ctrl-C): adata was left unchanged. The returned model holds the "
@@ -205,6 +220,7 @@ def vae(
             return model
         latent = model.get_latent(adata)
     result = {"params": params_record(batch_key=batch_key, layer=layer, label_key=label_key,
+                                      mask_var=mask_name(adata, mask_var),
                                       **dataclasses.asdict(config), **dataclasses.asdict(train_cfg)),
               "history": model.history, "key_added": key_added}
     composition = composition_record(adata, batch_key=batch_key, label_key=label_key, embedding=latent,
