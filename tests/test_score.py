@@ -168,4 +168,4 @@ def test_cli_score(scored, tmp_path, capsys):
                                scored[1].loc["X_vae", "Batch correction"], atol=1e-3)
     assert "integration_scores" in ad.read_h5ad(out).uns and png.stat().st_size > 0
     assert main(["score", str(src), "--bases", "X_vae", "--batch-key", "batch_typo"]) == 2
-    assert "batch_key='batch_typo' is not a column" in capsys.readouterr().err
+    assert "--batch-key batch_typo is not a column" in capsys.readouterr().err  # in flag form

@@ -12,7 +12,7 @@ from anndata import AnnData
 from .. import _validate as v
 from ._embedding import cached_embedding
 from ._plots import _scatter, show_doc
-from ._show import basis_name, finish
+from ._show import METHOD_NAMES, basis_name, finish
 
 
 def _components(adata: AnnData, basis: str, components: int | Sequence[int] | None) -> tuple[np.ndarray, list[int]]:
@@ -64,7 +64,7 @@ def loadings(adata: AnnData, *, basis: str = "X_nmf", components: int | Sequence
     # a 2-D layout (e.g. scanpy's obsm["X_umap"]) is drawn as it is
     two_d = np.asarray(adata.obsm[layout]).shape[1] == 2
     xy = np.asarray(adata.obsm[layout]) if two_d else cached_embedding(adata, layout, method, recompute, seed=seed)
-    where = basis_name(layout) if two_d else f"{basis_name(layout)} ({'UMAP' if method == 'umap' else 't-SNE'})"
+    where = basis_name(layout) if two_d else f"{basis_name(layout)} ({METHOD_NAMES.get(method, method)})"
     ncols = min(ncols, len(chosen))
     nrows = math.ceil(len(chosen) / ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(5.5 * ncols, 4.8 * nrows), squeeze=False)

@@ -12,7 +12,7 @@ from anndata import AnnData
 
 from .._validate import MissingKeyError
 from ._embedding import cached_embedding, check_embedding
-from ._show import basis_name, embedding_axes, finish, key_name
+from ._show import METHOD_NAMES, basis_name, embedding_axes, finish, key_name
 
 #: the parameters every figure takes, as scanpy's
 SHOW_DOC = """save
@@ -70,9 +70,6 @@ def _scatter(ax, xy, values, title, point_size, adata, method: str | None = None
             bar.set_label(key_name(values.name))
 
 
-_METHOD = {"umap": "UMAP", "tsne": "t-SNE"}
-
-
 @show_doc
 def latent(adata: AnnData, *, basis: str = "X_vae", color: str | Sequence[str] | None = None,
            method: str = "umap", recompute: bool = False, seed: int = 0, n_neighbors: int = 15,
@@ -102,7 +99,7 @@ def latent(adata: AnnData, *, basis: str = "X_vae", color: str | Sequence[str] |
     nrows = math.ceil(len(keys) / ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(5.5 * ncols, 4.8 * nrows), squeeze=False)
     size = point_size or max(2.0, 120000 / max(adata.n_obs, 1) ** 1.2)
-    where = f"{basis_name(basis)} ({_METHOD[method]})"
+    where = f"{basis_name(basis)} ({METHOD_NAMES[method]})"
     for ax, key, vals in zip(axes.flat, keys, values):
         _scatter(ax, xy, vals, f"{key_name(key)}\n{where}" if key else where, size, adata, method)
     for ax in list(axes.flat)[len(keys):]:

@@ -12,7 +12,7 @@ from anndata import AnnData
 from .._validate import InputError
 from ._embedding import cached_embedding
 from ._plots import _color_values, _scatter, draw_history, show_doc
-from ._show import basis_name, finish, key_name
+from ._show import METHOD_NAMES, basis_name, finish, key_name
 
 _AGGREGATES = ("Bio conservation", "Batch correction", "Total")
 
@@ -127,7 +127,7 @@ def report(adata: AnnData, *, key: str = "vae", basis: str | None = None, color:
     draw_history(fig.add_subplot(grid[0, 0]), adata.uns[key]["history"], key)
     size = point_size or max(2.0, 120000 / max(adata.n_obs, 1) ** 1.2)
     for i, (k, vals) in enumerate(zip(keys, values)):
-        where = f"{basis_name(basis)} ({'UMAP' if method == 'umap' else 't-SNE'})"
+        where = f"{basis_name(basis)} ({METHOD_NAMES.get(method, method)})"
         _scatter(fig.add_subplot(grid[0, 1 + i]), xy, vals, f"{key_name(k)}\n{where}" if k else where, size, adata,
                  method)
     if table is not None:

@@ -12,7 +12,7 @@ from .._settings import logger
 _BASIS_NAMES = {"X_vae": "VAE latent space", "X_dae": "DAE bottleneck", "X_lda": "LDA topics",
                 "X_nmf": "NMF factors", "X_pca": "PCA", "X_umap": "UMAP", "X_vae_corrected": "VAE latent, corrected",
                 "X_pca_uncorrected": "PCA, uncorrected"}
-_METHOD_NAMES = {"umap": "UMAP", "tsne": "t-SNE"}
+METHOD_NAMES = {"umap": "UMAP", "tsne": "t-SNE"}
 
 
 def basis_name(basis: str) -> str:

@@ -44,7 +44,7 @@ def topics(adata: AnnData, *, key: str = "lda", n_genes: int = 10, topics: Seque
 
     Reads ``adata.varm[adata.uns[key]["varm_key"]]`` (n_genes x n_components): works for
     ``sa.tl.lda`` (``key="lda"``) and ``sa.tl.nmf`` (``key="nmf"``) alike. ``topics``
-    picks components (default: all). Gene names are drawn at a size their rows leave room for.
+    picks components (default: all). Each gene name gets a row tall enough for its label.
 
     Parameters
     ----------

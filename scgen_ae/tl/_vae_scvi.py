@@ -46,6 +46,7 @@ def vae_scvi_tools(adata: AnnData, *, batch_key: str | None, layer: str | None, 
         dispersion=dispersion, beta=beta, encode_batch=encode_batch, batch_gene_offsets=batch_gene_offsets,
         mmd_weight=mmd_weight, mmd_mnn_k=0, label_key=label_key, **dataclasses.asdict(train_cfg),
         norm="batch",  # scvi-tools' default batch norm in the hidden layers, as the native VAEConfig.norm
+        mask_var=None,  # scvi-tools trains on every gene of adata
     )
     record.update(ran)  # what actually ran, not what the native defaults say
     record.update(max_epochs=fit_kwargs["max_epochs"], kl_warmup_epochs=fit_kwargs["plan_kwargs"]["n_epochs_kl_warmup"],
