@@ -109,6 +109,7 @@ def annotate_markers(
     - ``adata.uns[key_added]``: ``{"params": ..., "markers": {label: genes used},
       "cluster_labels": label of each KMeans cluster}``.
     """
+    v.check_target(adata, copy, "sa.pp.annotate_markers")
     import scanpy as sc
 
     markers = dict(PBMC_MARKERS if markers is None else markers)

@@ -296,6 +296,23 @@ def check_copy(adata: AnnData, copy: bool) -> None:
                          "in memory and the file is left unchanged; or call adata.to_memory() first.")
 
 
+def check_target(adata: AnnData, copy: bool, front: str) -> None:
+    """Before any work: where a front's results would go must be a real AnnData.
+
+    A view (``adata[:, mask]``) is refused unless ``copy=True``: anndata turns a written view
+    into a new object, so the results would reach a throw-away copy and not the user's
+    AnnData. ``copy=True`` on a backed AnnData is refused too (:func:`check_copy`).
+    """
+    check_copy(adata, copy)
+    if not copy and isinstance(adata, AnnData) and adata.is_view:
+        raise InputError(
+            f"{front} writes its results into adata, but adata is a view (e.g. adata[:, mask]): the results "
+            "would reach a throw-away copy and not your AnnData. Make the subset a real AnnData first, e.g. "
+            f"adata_hvg = adata[:, adata.var['highly_variable']].copy(); {front}(adata_hvg, ...), or pass "
+            "copy=True to get an annotated copy back."
+        )
+
+
 # ---------------------------------------------------------------- training options
 
 def _is_int(x) -> bool:
@@ -347,6 +364,33 @@ def check_train_options(config) -> None:
                 f"VAE.map_query; --{name.replace('_', '-')} on the command line) is invalid: it must be {rule}. "
                 f"To fix it, {fix}."
             )
+    check_device(config.device)
+
+
+def check_device(device) -> None:
+    """Refuse a device torch cannot use here, with the fix, instead of torch's error mid-training."""
+    import torch
+
+    if device == "auto":
+        return
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise InputError(f"device={device!r} is not a device name; pass 'auto', 'cpu', 'cuda', 'cuda:0' or "
+                         "'mps'.") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"device={device!r}, but torch finds no CUDA GPU here (torch.cuda.is_available() is "
+                         "False: no GPU, or a CPU-only torch build). Pass device='cpu', or 'auto' to use a GPU "
+                         "only when there is one.")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise InputError(f"device={device!r}, but torch sees {torch.cuda.device_count()} GPU(s) (cuda:0 to "
+                         f"cuda:{torch.cuda.device_count() - 1}). Pass one of those, or device='cuda'.")
+    if dev.type == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise InputError(f"device={device!r}, but Apple's Metal (MPS) backend is not available here "
+                             "(torch.backends.mps.is_available() is False: not a Mac with Apple silicon and "
+                             "macOS 12.3+, or a torch build without MPS). Pass device='cpu', or 'auto'.")
 
 
 def check_split(n_cells: int, validation_fraction: float) -> int:

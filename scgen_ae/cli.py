@@ -69,7 +69,7 @@ def _check_paths(args) -> None:
             _check_output_file(getattr(args, attr), flag, source, force)
     if getattr(args, "save_model", None) is not None:
         _check_output_file(model_path(args.save_model), "--save-model", source, force)
-    for flag, attr in (("--plots", "plots"), ("--out", "out")):
+    for flag, attr in (("--plots", "plots"), ("-o/--output", "out")):
         if getattr(args, attr, None) is not None:
             _check_output_folder(getattr(args, attr), flag)
 
@@ -87,7 +87,55 @@ def _write_h5ad(adata, path: Path) -> None:
         raise
 
 
-def _integrate(adata, args, out_h5ad: Path | None, plots: Path | None) -> None:
+#: the ``var`` column of the output file that marks the genes the model was trained on
+MODEL_GENE_COLUMN = "scgen_ae_model_gene"
+
+
+def _model_genes(full, args):
+    """Drop cells without counts from ``full`` (in place) and return the mask of the genes to
+    train on: genes with counts, narrowed to ``--n-top-genes`` highly variable ones."""
+    import numpy as np
+
+    import scgen_ae as sa
+
+    from ._validate import get_matrix
+
+    X = get_matrix(full, args.layer)
+    has_counts = np.diff(X.indptr) > 0
+    if not has_counts.all():
+        full._init_as_actual(full[has_counts].copy())
+        print(f"dropped {int((~has_counts).sum())} cells without counts")
+        X = get_matrix(full, args.layer)
+    genes = np.bincount(X.indices, minlength=X.shape[1]) > 0
+    if not genes.all():
+        print(f"{int((~genes).sum())} genes without counts are kept in the output but not modelled")
+    if args.n_top_genes and genes.sum() > args.n_top_genes:
+        chosen = sa.pp.highly_variable(full[:, genes].copy(), n_top_genes=args.n_top_genes, batch_key=args.batch_key,
+                                       layer=args.layer, subset=False, copy=True)
+        genes[genes] = chosen.var["highly_variable"].to_numpy()
+        print(f"selected {int(genes.sum())} highly variable genes to train on; the output keeps all "
+              f"{full.n_vars} genes (the model's are marked in var[{MODEL_GENE_COLUMN!r}])")
+    return genes
+
+
+def _keep_in_full(full, work, genes) -> None:
+    """Copy what the model wrote into ``work`` (its genes) onto ``full`` (every gene):
+    ``obsm`` and ``uns`` as they are, ``varm`` rows of the other genes as zeros."""
+    import numpy as np
+
+    for key, value in work.obsm.items():
+        full.obsm[key] = value
+    for key, value in work.uns.items():
+        full.uns[key] = value
+    for key, value in work.varm.items():
+        rows = np.zeros((full.n_vars, *np.shape(value)[1:]), dtype=np.asarray(value).dtype)
+        rows[genes] = np.asarray(value)
+        full.varm[key] = rows
+    full.var[MODEL_GENE_COLUMN] = genes
+
+
+def _integrate(full, args, out_h5ad: Path | None, plots: Path | None) -> None:
+    """Train on the genes of :func:`_model_genes` and write ``full``, every gene kept."""
     import scanpy as sc
 
     import scgen_ae as sa
@@ -95,18 +143,13 @@ def _integrate(adata, args, out_h5ad: Path | None, plots: Path | None) -> None:
     from ._validate import batch_codes
     from .tl._common import write_results
 
-    batch_codes(adata, args.batch_key)  # a clear error before any work
-    sa.pp.drop_empty(adata, layer=args.layer)
-    dropped = adata.uns.pop("drop_empty")
-    if dropped["cells_dropped"] or dropped["genes_dropped"]:
-        print(f"dropped {dropped['cells_dropped']} cells and {dropped['genes_dropped']} genes without counts")
-    if args.n_top_genes and adata.n_vars > args.n_top_genes:
-        sa.pp.highly_variable(adata, n_top_genes=args.n_top_genes, batch_key=args.batch_key, layer=args.layer)
-        print(f"selected {adata.n_vars} highly variable genes")
+    batch_codes(full, args.batch_key)  # a clear error before any work
+    genes = _model_genes(full, args)
+    adata = full[:, genes].copy()
     kind = getattr(args, "model", "vae")
     if kind not in TRAINERS:
         raise sa.InputError(f"--model {kind} is not available in this build; choose one of {sorted(TRAINERS)}.")
-    print(f"training tl.{kind} on {adata.n_obs} cells x {adata.n_vars} genes, batches from obs[{args.batch_key!r}]")
+    print(f"training tl.{kind} on {adata.n_obs} cells x {adata.n_vars} genes, batches from --batch-key {args.batch_key}")
     model, basis = TRAINERS[kind](adata, args)
     # uncorrected baseline for the summary: PCA of log-normalised counts
     base = sc.AnnData(adata.layers[args.layer] if args.layer else adata.X.copy())
@@ -130,8 +173,9 @@ def _integrate(adata, args, out_h5ad: Path | None, plots: Path | None) -> None:
         if kind in ("lda", "nmf"):  # top genes per topic / factor
             sa.pl.topics(adata, key=kind, n_genes=10, save=plots / f"{kind}_topics.png")
         print(f"plots written to {plots}/")
+    _keep_in_full(full, adata, genes)
     if out_h5ad is not None:
-        _write_h5ad(adata, out_h5ad)
+        _write_h5ad(full, out_h5ad)
         print(f"annotated AnnData written to {out_h5ad}")
     if getattr(args, "save_model", None):
         print(f"model saved to {model.save(args.save_model)}")
@@ -248,19 +292,21 @@ def _denoise(adata, args) -> None:
 
 
 def _add_denoise_parser(sub) -> None:
-    p = sub.add_parser("denoise", help="denoise an .h5ad of raw counts with tl.denoise")
-    p.add_argument("input", type=Path)
-    p.add_argument("-o", "--output", type=Path, default=None)
+    p = sub.add_parser("denoise", help="denoise an .h5ad of raw counts with tl.denoise", formatter_class=_Help,
+                       description="Denoise an .h5ad of raw counts with tl.denoise.")
+    p.add_argument("input", type=Path, help=".h5ad file with raw counts")
+    p.add_argument("-o", "--output", type=Path, default=None,
+                   help="write the AnnData with the denoised layer here (none: not written)")
     p.add_argument("--batch-key", default=None, help="obs column of the batches (encoder/decoder covariate)")
-    p.add_argument("--method", default="dae", choices=["dae", "vae"])
+    p.add_argument("--method", default="dae", choices=["dae", "vae"], help="denoising autoencoder or VAE")
     p.add_argument("--transform-batch", default=None, help="decode every cell as if from this batch")
-    p.add_argument("--layer", default=None, help="layer with raw counts (default: X)")
+    p.add_argument("--layer", default=None, help="layer with raw counts (none: X)")
     p.add_argument("--layer-added", default="denoised", help="layer for the denoised values")
-    p.add_argument("--likelihood", default="zinb", choices=["zinb", "nb", "poisson"])
-    p.add_argument("--max-epochs", type=_at_least(1), default=None)
-    p.add_argument("--seed", type=_at_least(0), default=0)
-    p.add_argument("--threads", type=_at_least(1), default=None)
-    p.add_argument("--save-model", type=Path, default=None)
+    p.add_argument("--likelihood", default="zinb", choices=["zinb", "nb", "poisson"], help="count likelihood")
+    p.add_argument("--max-epochs", type=_at_least(1), default=None, help="epochs (none: by the number of cells)")
+    p.add_argument("--seed", type=_at_least(0), default=0, help="random seed")
+    p.add_argument("--threads", type=_at_least(1), default=None, help="torch threads (none: every usable core)")
+    p.add_argument("--save-model", type=Path, default=None, help="save the model here (.npz)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--force", action="store_true", help="allow -o to replace the input file")
 # ------------------------------------------------------------ end of denoising
@@ -291,10 +337,11 @@ def _score(args) -> None:
 
 
 def _add_score_parser(sub) -> None:
-    p = sub.add_parser("score", help="scIB integration scores of obsm embeddings (needs scgen-ae[metrics])")
+    p = sub.add_parser("score", help="scIB integration scores of obsm embeddings (needs scgen-ae[metrics])",
+                       formatter_class=_Help, description="scIB integration scores of obsm embeddings.")
     p.add_argument("input", type=Path, help=".h5ad with the embeddings in obsm")
     p.add_argument("--bases", nargs="+", required=True, help="obsm keys to score, e.g. X_pca X_vae")
-    p.add_argument("--batch-key", required=True)
+    p.add_argument("--batch-key", required=True, help="obs column of the batches")
     p.add_argument("--label-key", default=None, help="obs column of cell types (none: batch metrics only)")
     p.add_argument("--key-added", default="integration_scores", help="uns key of the stored results")
     p.add_argument("-o", "--output", type=Path, default=None, help="write the AnnData with the scores")
@@ -306,36 +353,79 @@ def _add_score_parser(sub) -> None:
 
 
 def _add_training_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--layer", default=None, help="layer with raw counts (default: X)")
-    p.add_argument("--likelihood", default="zinb", choices=["zinb", "nb", "poisson", "gaussian"])
-    p.add_argument("--n-latent", type=_at_least(1), default=10)
-    p.add_argument("--n-top-genes", type=_at_least(0), default=2000, help="HVGs to keep (0: all genes)")
+    p.add_argument("--layer", default=None, help="layer with raw counts (none: X)")
+    p.add_argument("--likelihood", default="zinb", choices=["zinb", "nb", "poisson", "gaussian"],
+                   help="likelihood of the VAE")
+    p.add_argument("--n-latent", type=_at_least(1), default=10, help="latent dimensions (factors, topics)")
+    p.add_argument("--n-top-genes", type=_at_least(0), default=2000,
+                   help="highly variable genes to train on (0: all genes); the output keeps every gene")
     p.add_argument("--max-epochs", type=_at_least(1), default=None,
-                   help="default: scvi-tools' heuristic, early stopping")
-    p.add_argument("--seed", type=_at_least(0), default=0)
-    p.add_argument("--threads", type=_at_least(1), default=None)
+                   help="epochs (none: scvi-tools' heuristic, with early stopping)")
+    p.add_argument("--seed", type=_at_least(0), default=0, help="random seed")
+    p.add_argument("--threads", type=_at_least(1), default=None, help="torch threads (none: every usable core)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+class _Help(argparse.ArgumentDefaultsHelpFormatter):
+    """Every option with a default value ends its help with "(default: ...)"; options whose
+    default is "not given" (None, an off switch) say what that means in their own words."""
+
+    def _get_help_string(self, action):
+        if action.default in (None, False, argparse.SUPPRESS) or action.required:
+            return action.help
+        return super()._get_help_string(action)
+
+
+#: Python argument names in messages -> the command-line flag that sets them
+_FLAGS = {"batch_key": "--batch-key", "label_key": "--label-key", "layer": "--layer", "likelihood": "--likelihood",
+          "n_latent": "--n-latent", "max_epochs": "--max-epochs", "seed": "--seed", "n_threads": "--threads",
+          "transform_batch": "--transform-batch", "method": "--method", "layer_added": "--layer-added",
+          "key_added": "--key-added", "n_top_genes": "--n-top-genes"}
+
+
+def flag_form(message: str) -> str:
+    """Say ``--layer counts`` where the library says ``layer='counts'`` (and ``no --layer`` for
+    ``layer=None``): the user of the command line passed flags, not Python arguments."""
+    import re
+
+    def sub(match):
+        flag, value = _FLAGS[match.group(1)], match.group(2)
+        if value == "None":
+            return f"no {flag}"
+        return f"{flag} {value.strip(chr(39))}"
+
+    names = "|".join(map(re.escape, _FLAGS))
+    return re.sub(rf"\b({names})=('[^']*'|None|[-+0-9.e]+)", sub, message)
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="scgen-ae", description=__doc__)
+    from . import __version__
+
+    parser = argparse.ArgumentParser(prog="scgen-ae", description=__doc__, formatter_class=_Help)
+    parser.add_argument("--version", action="version", version=f"scgen-ae {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("integrate", help="batch-correct an .h5ad of raw counts with tl.vae (or --model nmf / lda)")
-    p.add_argument("input", type=Path)
-    p.add_argument("--batch-key", required=True)
+    p = sub.add_parser("integrate", help="batch-correct an .h5ad of raw counts with tl.vae (or --model nmf / lda)",
+                       formatter_class=_Help, description="Batch-correct an .h5ad of raw counts with tl.vae (or "
+                       "--model nmf / lda). The output keeps every gene; the model's are marked in "
+                       f"var[{MODEL_GENE_COLUMN!r}].")
+    p.add_argument("input", type=Path, help=".h5ad file with raw counts")
+    p.add_argument("--batch-key", required=True, help="obs column of the batches")
     p.add_argument("--label-key", default=None, help="obs column of known cell types (for the summary)")
-    p.add_argument("-o", "--output", type=Path, default=None)
-    p.add_argument("--plots", type=Path, default=None, help="folder for UMAP and loss-curve PNGs")
-    p.add_argument("--save-model", type=Path, default=None)
+    p.add_argument("-o", "--output", type=Path, default=None,
+                   help="write the annotated AnnData here, every gene kept (none: not written)")
+    p.add_argument("--plots", type=Path, default=None, help="folder for UMAP and loss-curve PNGs (none: no plots)")
+    p.add_argument("--save-model", type=Path, default=None, help="save the model here (.npz)")
     p.add_argument("--model", default="vae", choices=["vae", "nmf", "lda"],
-                   help="vae (default), nmf (integrative NMF; --n-latent factors, --max-epochs passes) or lda (--n-latent topics)")
+                   help="vae, nmf (integrative NMF; --n-latent factors, --max-epochs passes) or lda (--n-latent topics)")
     p.add_argument("--force", action="store_true", help="allow -o to replace the input file")
     _add_training_args(p)
 
     p = sub.add_parser("demo", help="the main job on real cells shipped with the package (CellBench: 3 protocols, "
-                                     "3 cell lines; no network needed)")
-    p.add_argument("--out", type=Path, default=Path("demo_out"))
+                                     "3 cell lines; no network needed)", formatter_class=_Help)
+    p.add_argument("-o", "--output", dest="out", type=Path, default=Path("demo_out"),
+                   help="folder for demo.h5ad, scores.csv and plots/")
+    p.add_argument("--out", dest="out", type=Path, default=argparse.SUPPRESS, help=argparse.SUPPRESS)  # old name
     p.add_argument("--n-cells", type=_at_least(50), default=None, help="use a random subset (default: all 1,394)")
     _add_training_args(p)
     # a fixed budget that mixes the protocols well in about half a minute; one thread, because
@@ -368,7 +458,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "demo":
             _demo(args)
     except (sa.InputError, sa.ModelFileError, sa.TrainingDivergedError, FileNotFoundError, ImportError) as err:
-        print(f"scgen-ae: error: {err}", file=sys.stderr)
+        print(f"scgen-ae: error: {flag_form(str(err))}", file=sys.stderr)
         return 2
     return 0
 

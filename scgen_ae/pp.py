@@ -12,6 +12,7 @@ def drop_empty(adata: AnnData, *, layer: str | None = None, copy: bool = False) 
 
     Records how many were dropped in ``adata.uns["drop_empty"]``.
     """
+    v.check_target(adata, copy, "sa.pp.drop_empty")
     X = v.get_matrix(adata, layer)
     keep_cells = np.diff(X.indptr) > 0
     keep_genes = np.bincount(X.indices, minlength=X.shape[1]) > 0
@@ -30,6 +31,7 @@ def highly_variable(adata: AnnData, *, n_top_genes: int = 2000, batch_key: str |
     A thin wrapper that keeps counts untouched; falls back to ``seurat`` on
     log-normalised copies when scikit-misc (needed by ``seurat_v3``) is missing.
     """
+    v.check_target(adata, copy, "sa.pp.highly_variable")
     import scanpy as sc
 
     target = adata.copy() if copy else adata

@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from . import _validate, checkpoint
+from ._settings import progress_bar_class, settings
 from .data import CellData, train_validation_split
 from .distributed import shard
 from .io import model_path
@@ -63,6 +63,14 @@ class TrainConfig:
         return int(min(400, round(400 * 20000 / max(n_cells, 1))))
 
 
+def train_config(**options) -> TrainConfig:
+    """A :class:`TrainConfig` whose ``seed`` and ``device``, unless given, come from ``sa.settings``
+    (``n_threads`` and the progress bar follow the settings when training starts)."""
+    options.setdefault("seed", settings.seed)
+    options.setdefault("device", settings.device)
+    return TrainConfig(**options)
+
+
 @dataclass
 class History:
     """Per-epoch mean losses. Serialisable to ``uns`` via :meth:`as_dict`."""
@@ -88,27 +96,29 @@ class History:
 
 
 def resolve_device(device: str) -> torch.device:
+    _validate.check_device(device)
     if device == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
         if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device='cuda' was requested but torch.cuda.is_available() is False; use device='cpu'.")
-    return dev
+    return torch.device(device)
 
 
 @contextmanager
 def seeded_threads(seed: int, n_threads: int | None):
-    """Seed torch inside a forked RNG state and optionally cap threads; restore both after."""
+    """Seed torch inside a forked RNG state and set its thread count; restore both after.
+
+    The threads are set on every run (``n_threads``, else ``sa.settings.n_threads``, else every
+    usable core), not only when asked: other libraries change torch's count under the user
+    (numba through ``sc.pp.highly_variable_genes`` left one thread, training 7x slower).
+    """
     old_threads = torch.get_num_threads()
     devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
-        if n_threads is not None:
-            torch.set_num_threads(int(n_threads))
+        torch.set_num_threads(settings.threads(n_threads))
         try:
             yield
         finally:
@@ -240,9 +250,9 @@ def fit(module: torch.nn.Module, data: CellData, config: TrainConfig, likelihood
     first = loop["epoch"] + 1 if not history.stopped_early else n_epochs
     # in a log file (CI, nohup) each refresh is a new line: refresh every 30 s there, not 10x/s
     interactive = getattr(sys.stderr, "isatty", lambda: False)() or "ipykernel" in sys.modules
-    bar = tqdm(range(first, n_epochs), desc="training", unit="epoch", leave=False,
-               mininterval=0.1 if interactive else 30.0,
-               disable=not config.progress or (dist is not None and dist.rank != 0))
+    bar = progress_bar_class()(range(first, n_epochs), desc="training", unit="epoch", leave=False,
+                               mininterval=0.1 if interactive else 30.0,
+                               disable=not settings.show_progress(config.progress) or (dist is not None and dist.rank != 0))
     try:
         for epoch in bar:
             kl_weight = min(1.0, (epoch + 1) / warmup) if warmup > 0 else 1.0

@@ -41,6 +41,18 @@ def load_shared(name: str):
     return ad.read_h5ad(path)
 
 
+#: each training front's default uns_key, under which sa.tl.get_model finds its model
+_UNS_KEYS = {"vae": "vae", "denoise": "denoise", "nmf": "nmf", "lda": "lda"}
+
+
+def fit_copy(front, adata, **kwargs):
+    """(annotated copy, model) of a training front: ``copy=True`` returns the copy, as scanpy
+    does, and the model comes from :func:`sa.tl.get_model`."""
+    out = front(adata, copy=True, **kwargs)
+    assert isinstance(out, type(adata)), f"{front.__name__}(copy=True) returned {type(out).__name__}"
+    return out, sa.tl.get_model(out, kwargs.get("uns_key", _UNS_KEYS[front.__name__]))
+
+
 def assert_same_latent(actual, expected) -> None:
     """Equal up to float32 rounding: a GEMM's last bits can differ between two calls on the
     same weights (MKL picks kernels by memory alignment on AVX-512 Xeons), so a latent
@@ -174,15 +186,15 @@ TRAINED_KW = dict(batch_key="batch", n_latent=8, max_epochs=15, seed=0, **FAST)
 @pytest.fixture(scope="session")
 def trained(cellbench_hvg):
     """(annotated copy of cellbench_hvg, VAE) trained once for the session. Do not modify."""
-    adata, model = sa.tl.vae(cellbench_hvg, copy=True, **TRAINED_KW)
+    adata, model = fit_copy(sa.tl.vae, cellbench_hvg, **TRAINED_KW)
     return adata, model
 
 
 @pytest.fixture(scope="session")
 def trained_sim(sim_session):
     """(annotated copy of the simulated data, VAE): a cheap model for io/validation tests."""
-    adata, model = sa.tl.vae(sim_session, batch_key="batch", n_latent=4, n_hidden=32, max_epochs=3,
-                             copy=True, **FAST)
+    adata, model = fit_copy(sa.tl.vae, sim_session, batch_key="batch", n_latent=4, n_hidden=32, max_epochs=3,
+                             **FAST)
     return adata, model
 
 

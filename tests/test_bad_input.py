@@ -361,7 +361,7 @@ def test_cli_refuses_to_write_over_its_input(h5ad, capsys, command):
 def test_cli_force_replaces_the_input_atomically(h5ad, sim):
     assert main(["integrate", str(h5ad), "-o", str(h5ad), "--force", *CLI_FAST]) == 0
     result = ad.read_h5ad(h5ad)
-    assert result.n_vars == 60 and "X_vae" in result.obsm
+    assert result.n_vars == 150 and result.var["scgen_ae_model_gene"].sum() == 60 and "X_vae" in result.obsm
     assert sorted(p.name for p in h5ad.parent.iterdir()) == ["in.h5ad"]  # no temporary file left
 
 

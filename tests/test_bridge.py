@@ -10,7 +10,7 @@ import pytest
 import scgen_ae as sa
 from scgen_ae.bridge import scvi_tools as bridge
 
-from .conftest import FAST, TRAINED_KW
+from .conftest import FAST, TRAINED_KW, fit_copy
 
 pytest.importorskip("scvi")
 
@@ -20,7 +20,7 @@ BRIDGE_KW = dict(TRAINED_KW, max_epochs=3)
 @pytest.fixture(scope="session")
 def scvi_trained(cellbench_hvg):
     """(annotated copy of cellbench_hvg, scvi-tools SCVI) through tl.vae. Do not modify."""
-    return sa.tl.vae(cellbench_hvg, backend="scvi-tools", copy=True, **BRIDGE_KW)
+    return fit_copy(sa.tl.vae, cellbench_hvg, backend="scvi-tools", **BRIDGE_KW)
 
 
 def test_same_keys_as_native(trained, scvi_trained, cellbench_hvg):
@@ -58,8 +58,8 @@ def test_bridge_latent_separates_cell_lines(scvi_trained):
 
 def test_linear_scvi_loadings_in_varm(cellbench_hvg, snapshot):
     snap = snapshot(cellbench_hvg)
-    adata, model = sa.tl.vae(cellbench_hvg, backend="scvi-tools", linear_decoder=True, copy=True,
-                             **dict(BRIDGE_KW, max_epochs=2))
+    adata, model = fit_copy(sa.tl.vae, cellbench_hvg, backend="scvi-tools", linear_decoder=True,
+                            **dict(BRIDGE_KW, max_epochs=2))
     snap.assert_unchanged(cellbench_hvg)  # copy=True
     assert type(model).__name__ == "LinearSCVI"
     loadings = adata.varm["vae_loadings"]
@@ -116,8 +116,8 @@ def test_amortized_lda_refuses_non_counts(cellbench_hvg, snapshot):
 
 
 def test_lda_backend_writes_the_native_keys(cellbench_hvg):
-    adata, model = sa.tl.lda(cellbench_hvg, n_topics=4, backend="scvi-tools", max_epochs=3, copy=True, **FAST)
-    native, _ = sa.tl.lda(cellbench_hvg, n_topics=4, max_epochs=2, copy=True, **FAST)
+    adata, model = fit_copy(sa.tl.lda, cellbench_hvg, n_topics=4, backend="scvi-tools", max_epochs=3, **FAST)
+    native, _ = fit_copy(sa.tl.lda, cellbench_hvg, n_topics=4, max_epochs=2, **FAST)
     assert type(model).__name__ == "AmortizedLDA"
     assert adata.obsm["X_lda"].shape == native.obsm["X_lda"].shape
     assert adata.varm["lda_topics"].shape == native.varm["lda_topics"].shape

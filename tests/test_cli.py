@@ -19,7 +19,9 @@ def test_integrate_on_real_file(cellbench_raw, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "integration summary" in printed and "X_vae" in printed
     result = ad.read_h5ad(out)
-    assert result.n_vars == 500 and result.obsm["X_vae"].shape == (result.n_obs, 10)
+    # every gene is kept; the model's 500 are marked
+    assert result.n_vars == cellbench_raw.n_vars and result.obsm["X_vae"].shape == (result.n_obs, 10)
+    assert result.var["scgen_ae_model_gene"].sum() == 500
     assert "vae" in result.uns and "integration_summary" in result.uns
     assert {p.name for p in plots.iterdir()} == {"vae_umap.png", "uncorrected_umap.png", "vae_history.png"}
     model = sa.VAE.load(model_path, adata=result)
@@ -30,11 +32,11 @@ def test_integrate_bad_batch_key_exits_2(cellbench_raw, tmp_path, capsys):
     src = tmp_path / "in.h5ad"
     cellbench_raw[:60, :300].copy().write_h5ad(src)
     assert main(["integrate", str(src), "--batch-key", "protocol_typo", "--quiet", "--n-top-genes", "0"]) == 2
-    assert "batch_key='protocol_typo' is not a column" in capsys.readouterr().err
+    assert "--batch-key protocol_typo is not a column" in capsys.readouterr().err  # the flag, not Python
 
 
 def test_demo_runs_on_the_builtin_real_cells(tmp_path, capsys):
-    assert main(["demo", "--out", str(tmp_path), "--n-cells", "300", "--max-epochs", "5", "--quiet",
+    assert main(["demo", "-o", str(tmp_path), "--n-cells", "300", "--max-epochs", "5", "--quiet",
                  "--no-scib"]) == 0
     printed = capsys.readouterr().out
     assert "CellBench" in printed and "integration summary" in printed and "skipped (--no-scib)" in printed

@@ -13,7 +13,7 @@ import scgen_ae as sa
 import scgen_ae.tl._de as de_front
 from scgen_ae.de import posterior_fdr, row_medians
 
-from .conftest import FAST
+from .conftest import FAST, fit_copy
 
 KEY = "rank_genes_groups_vae"
 N_PLANTED = 20
@@ -70,7 +70,7 @@ def test_planted_genes_rank_first_and_make_the_fdr_set(planted):
     assert (up["lfc_mean"] > 1.0).all() and (down["lfc_mean"] < -1.0).all()  # log2(4) = 2, shrunk by the model
     assert (up["raw_mean1"] > 2 * up["raw_mean2"]).all() and (down["raw_mean2"] > 2 * down["raw_mean1"]).all()
     # the DAE (no posterior, only the variation between cells) finds them too
-    _, dae = sa.tl.denoise(adata, max_epochs=30, seed=0, copy=True, **FAST)
+    _, dae = fit_copy(sa.tl.denoise, adata, max_epochs=30, seed=0, **FAST)
     by_dae = sa.tl.differential_expression(dae, adata.copy(), groupby="group", group1="A", group2="B",
                                            n_samples=2000)
     assert len(set(by_dae.index[:N_PLANTED]) & truth) >= 0.8 * N_PLANTED

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 import scgen_ae as sa
 from scgen_ae.cli import main as cli_main
 
-from .conftest import FAST, Snapshot
+from .conftest import FAST, Snapshot, fit_copy
 from .test_hypothesis import SETTINGS, _expected_error, count_anndata
 
 TINY = dict(batch_key="batch", n_latent=4, n_hidden=32, max_epochs=3, **FAST)
@@ -22,8 +22,8 @@ TINY = dict(batch_key="batch", n_latent=4, n_hidden=32, max_epochs=3, **FAST)
 @pytest.fixture(scope="session")
 def denoised_3protocols(cellbench_3protocols):
     """(annotated copy of the 3-protocol CellBench data, DAE), trained once. Do not modify."""
-    return sa.tl.denoise(cellbench_3protocols, batch_key="batch", max_epochs=15, return_info=True, copy=True,
-                         seed=0, **FAST)
+    return fit_copy(sa.tl.denoise, cellbench_3protocols, batch_key="batch", max_epochs=15, return_info=True,
+                    seed=0, **FAST)
 
 
 def _counts(adata):
@@ -131,7 +131,7 @@ def test_method_vae_trains_inside_without_touching_other_keys(sim, snapshot):
                                   dict(dispersion="gene-batch"), dict(hidden_loss_weight=0.5),
                                   dict(mean_link="exp")], ids=str)
 def test_options_train(sim_session, opts):
-    adata, model = sa.tl.denoise(sim_session, copy=True, **TINY, **opts)
+    adata, model = fit_copy(sa.tl.denoise, sim_session, **TINY, **opts)
     assert np.isfinite(adata.layers["denoised"]).all()
     assert np.isfinite(adata.uns["denoise"]["history"]["train_loss"]).all()
     for k, val in opts.items():
@@ -139,9 +139,9 @@ def test_options_train(sim_session, opts):
 
 
 def test_same_seed_same_output(sim_session):
-    a = sa.tl.denoise(sim_session, copy=True, seed=3, **TINY)[0].layers["denoised"]
-    b = sa.tl.denoise(sim_session, copy=True, seed=3, **TINY)[0].layers["denoised"]
-    c = sa.tl.denoise(sim_session, copy=True, seed=4, **TINY)[0].layers["denoised"]
+    a = sa.tl.denoise(sim_session, copy=True, seed=3, **TINY).layers["denoised"]
+    b = sa.tl.denoise(sim_session, copy=True, seed=3, **TINY).layers["denoised"]
+    c = sa.tl.denoise(sim_session, copy=True, seed=4, **TINY).layers["denoised"]
     assert np.array_equal(a, b) and not np.allclose(a, c)
 
 
@@ -238,7 +238,7 @@ def test_denoiser_beats_gene_share_baseline_on_heldout_counts(request, fixture, 
 def test_pl_denoising(denoised_3protocols, tmp_path):
     adata, _ = denoised_3protocols
     genes = list(adata.var_names[:3])
-    fig = sa.pl.denoising(adata, genes=genes, save=tmp_path / "d.png")
+    fig = sa.pl.denoising(adata, return_fig=True, genes=genes, save=tmp_path / "d.png")
     assert len(fig.axes) == 3 * 3 and (tmp_path / "d.png").stat().st_size > 0
     with pytest.raises(sa.InputError, match=r"run sa.tl.denoise"):
         sa.pl.denoising(adata, genes=genes, denoised="nothing")

@@ -310,7 +310,7 @@ def test_predict_gaussian_on_log_data(kang_labelled):
 def test_pl_response_draws_both_r2(kang_labelled, kang_prediction):
     _, pred = kang_prediction
     top = _top_de(kang_labelled, HOLD, 20)
-    fig = sa.pl.response(kang_labelled, pred, condition_key="batch", cell_type=HOLD, genes=top)
+    fig = sa.pl.response(kang_labelled, pred, condition_key="batch", cell_type=HOLD, genes=top, return_fig=True)
     labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
     assert labels[0].startswith("all genes: R² = ") and labels[1].startswith("20 selected genes: R² = ")
     with pytest.raises(sa.InputError, match="condition_key='condition'"):

@@ -11,7 +11,7 @@ import scgen_ae as sa
 from scgen_ae.data import to_csr32, train_validation_split
 from scgen_ae.models.topic import perplexity_from_probs
 
-from .conftest import FAST
+from .conftest import FAST, fit_copy
 
 PROD = dict(n_topics=6, max_epochs=40, seed=0, **FAST)
 TINY = dict(n_topics=3, n_hidden=16, max_epochs=3, **FAST)
@@ -31,19 +31,19 @@ def _one_thread():
 @pytest.fixture(scope="session")
 def lda_batch(cellbench_hvg):
     """(annotated copy of cellbench_hvg, batch-aware ProdLDA). Do not modify."""
-    return sa.tl.lda(cellbench_hvg, batch_key="batch", copy=True, **PROD)
+    return fit_copy(sa.tl.lda, cellbench_hvg, batch_key="batch", **PROD)
 
 
 @pytest.fixture(scope="session")
 def lda_plain(cellbench_hvg):
     """The same ProdLDA without batch_key."""
-    return sa.tl.lda(cellbench_hvg, copy=True, **PROD)
+    return fit_copy(sa.tl.lda, cellbench_hvg, **PROD)
 
 
 @pytest.fixture(scope="session")
 def lda_classic(cellbench_hvg):
     """Classic VB LDA, 6 topics, its default 20 EM iterations."""
-    return sa.tl.lda(cellbench_hvg, n_topics=6, method="classic", copy=True, **FAST)
+    return fit_copy(sa.tl.lda, cellbench_hvg, n_topics=6, method="classic", **FAST)
 
 
 def _held_out(adata, seed=0):
@@ -119,9 +119,9 @@ def test_batch_aware_mixes_better_and_keeps_cell_lines(lda_batch, lda_plain):
 @pytest.mark.parametrize("method", ["prodlda", "classic"])
 def test_seeds_reproduce(method, cellbench_3protocols):
     kw = dict(TINY, batch_key="batch") if method == "prodlda" else dict(n_topics=3, method=method, max_iter=2, **FAST)
-    a = sa.tl.lda(cellbench_3protocols, copy=True, seed=3, **kw)[0].obsm["X_lda"]
-    b = sa.tl.lda(cellbench_3protocols, copy=True, seed=3, **kw)[0].obsm["X_lda"]
-    c = sa.tl.lda(cellbench_3protocols, copy=True, seed=4, **kw)[0].obsm["X_lda"]
+    a = sa.tl.lda(cellbench_3protocols, copy=True, seed=3, **kw).obsm["X_lda"]
+    b = sa.tl.lda(cellbench_3protocols, copy=True, seed=3, **kw).obsm["X_lda"]
+    c = sa.tl.lda(cellbench_3protocols, copy=True, seed=4, **kw).obsm["X_lda"]
     assert np.array_equal(a, b)
     assert not np.allclose(a, c, atol=1e-3)
 
@@ -199,7 +199,7 @@ def test_unseen_batch_refused_on_transform(lda_batch):
 
 def test_pl_topics_reads_loadings_of_lda_and_nmf_alike(lda_classic):
     adata, _ = lda_classic
-    fig = sa.pl.topics(adata, key="lda", n_genes=5)
+    fig = sa.pl.topics(adata, return_fig=True, key="lda", n_genes=5)
     assert sum(ax.has_data() for ax in fig.axes) == 6
     table = sa.pl.top_genes(adata, key="lda", n_genes=5)
     loadings = adata.varm["lda_topics"]
@@ -209,7 +209,7 @@ def test_pl_topics_reads_loadings_of_lda_and_nmf_alike(lda_classic):
     nmf_like = adata.copy()
     nmf_like.varm["nmf_loadings"] = np.asarray(loadings[:, :3])
     nmf_like.uns["nmf"] = {"varm_key": "nmf_loadings", "key_added": "X_nmf"}
-    fig = sa.pl.topics(nmf_like, key="nmf", n_genes=4, topics=[0, 2])
+    fig = sa.pl.topics(nmf_like, return_fig=True, key="nmf", n_genes=4, topics=[0, 2])
     assert sum(ax.has_data() for ax in fig.axes) == 2
     with pytest.raises(KeyError, match="holds no 'varm_key'"):
         sa.pl.topics(adata, key="vae")

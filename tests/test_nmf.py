@@ -11,7 +11,7 @@ import scgen_ae as sa
 from scgen_ae.cli import main
 from scgen_ae.models import _nmf_data, _nmf_solver
 
-from .conftest import Snapshot
+from .conftest import Snapshot, fit_copy
 
 K = 10  # the default and the issue's k
 NMF_KW = dict(n_components=K, n_threads=1, seed=0)
@@ -31,13 +31,13 @@ def lognorm(adata):
 @pytest.fixture(scope="session")
 def plain(cellbench_hvg):
     """(annotated copy, model) of plain NMF on cellbench_3cl's 1,000 HVGs."""
-    return sa.tl.nmf(cellbench_hvg, copy=True, **NMF_KW)
+    return fit_copy(sa.tl.nmf, cellbench_hvg, **NMF_KW)
 
 
 @pytest.fixture(scope="session")
 def integrated(cellbench_hvg):
     """The same with batch_key: iNMF + quantile alignment."""
-    return sa.tl.nmf(cellbench_hvg, batch_key="batch", copy=True, **NMF_KW)
+    return fit_copy(sa.tl.nmf, cellbench_hvg, batch_key="batch", **NMF_KW)
 
 
 # ---------------------------------------------------------------- what is written
@@ -278,7 +278,7 @@ def test_min_match_one_leaves_every_cluster_unmapped(integrated, cellbench_hvg):
     """min_match is passed to the alignment: at 1.0 no (batch, cluster) signature matches the
     reference's, so nothing is mapped; the fit is the same, so the reference batch's cells
     keep the factors of the default run, and the other batches' differ."""
-    adata, model = sa.tl.nmf(cellbench_hvg, batch_key="batch", min_match=1.0, copy=True, **NMF_KW)
+    adata, model = fit_copy(sa.tl.nmf, cellbench_hvg, batch_key="batch", min_match=1.0, **NMF_KW)
     default_adata, default_model = integrated
     assert adata.uns["nmf"]["params"]["min_match"] == 1.0
     assert model.config.min_match == 1.0 and model.alignment_tables()["valid"].sum() == 0
@@ -419,7 +419,7 @@ def test_history_plot_draws_the_sketch_phase_where_it_ran(plain):
     on one axis in the order they ran, labelled with what the loss is."""
     adata, _ = plain
     hist = adata.uns["nmf"]["history"]
-    ax = sa.pl.history(adata, key="nmf").axes[0]
+    ax = sa.pl.history(adata, return_fig=True, key="nmf").axes[0]
     before, sketch, after = (line for line in ax.get_lines() if line.get_linestyle() != ":")
     at, n_sketch = hist["sketch_at"], len(hist["sketch_loss"])
     np.testing.assert_array_equal(before.get_xdata(), np.arange(1, at + 1))
@@ -433,9 +433,9 @@ def test_history_plot_draws_the_sketch_phase_where_it_ran(plain):
 def test_loadings_plot_and_its_errors(integrated):
     adata = integrated[0].copy()
     adata.obsm["X_2d"] = adata.obsm["X_nmf"][:, :2].copy()  # a given 2-D layout: no UMAP to compute
-    fig = sa.pl.loadings(adata, basis="X_nmf", components=[0, 1, 2], layout="X_2d")
+    fig = sa.pl.loadings(adata, return_fig=True, basis="X_nmf", components=[0, 1, 2], layout="X_2d")
     titled = [ax for ax in fig.axes if ax.get_title()]
-    assert [ax.get_title() for ax in titled] == [f"X_nmf factor {j} on X_2d" for j in range(3)]
+    assert [ax.get_title() for ax in titled] == [f"NMF factors: factor {j}\non 2d" for j in range(3)]
     # each panel is coloured by that factor's usage
     for ax, j in zip(titled, range(3)):
         np.testing.assert_allclose(ax.collections[0].get_array(), adata.obsm["X_nmf"][:, j], rtol=1e-6)

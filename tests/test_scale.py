@@ -15,7 +15,7 @@ import scgen_ae as sa
 from scgen_ae import ondisk
 from scgen_ae.tl._common import training_data
 
-from .conftest import FAST
+from .conftest import FAST, fit_copy
 
 SMALL = dict(batch_key="batch", n_latent=4, n_hidden=32, kl_warmup_epochs=2, early_stopping=False, **FAST)
 
@@ -107,7 +107,7 @@ def trained_on_disk(files):
     adata, h5, _ = files
     backed = sa.read_backed(h5)
     model = sa.tl.vae(backed, max_epochs=4, **SMALL)
-    reference = sa.tl.vae(adata, copy=True, max_epochs=4, **SMALL)[1]
+    reference = fit_copy(sa.tl.vae, adata, max_epochs=4, **SMALL)[1]
     return backed, model, reference
 
 
@@ -171,9 +171,9 @@ def test_empty_cells_on_disk_refused(files, tmp_path):
 def test_resume_continues_the_run_bit_for_bit(files, tmp_path):
     adata = files[0]
     ckpt = str(tmp_path / "run.npz")
-    straight, m_straight = sa.tl.vae(adata, copy=True, max_epochs=5, **SMALL)
-    sa.tl.vae(adata, copy=True, max_epochs=2, checkpoint_path=ckpt, **SMALL)  # "stopped" after 2 epochs
-    resumed, m_resumed = sa.tl.vae(adata, copy=True, max_epochs=5, checkpoint_path=ckpt, resume=True, **SMALL)
+    straight, m_straight = fit_copy(sa.tl.vae, adata, max_epochs=5, **SMALL)
+    fit_copy(sa.tl.vae, adata, max_epochs=2, checkpoint_path=ckpt, **SMALL)  # "stopped" after 2 epochs
+    resumed, m_resumed = fit_copy(sa.tl.vae, adata, max_epochs=5, checkpoint_path=ckpt, resume=True, **SMALL)
     np.testing.assert_array_equal(resumed.obsm["X_vae"], straight.obsm["X_vae"])
     for key in ("train_loss", "validation_loss", "kl_weight"):
         np.testing.assert_array_equal(m_resumed.history[key], m_straight.history[key])
@@ -186,7 +186,7 @@ def test_resume_continues_the_run_bit_for_bit(files, tmp_path):
 def test_resume_from_another_run_refused(files, tmp_path, snapshot):
     adata = files[0].copy()
     ckpt = str(tmp_path / "run.npz")
-    sa.tl.vae(adata, copy=True, max_epochs=1, checkpoint_path=ckpt, **SMALL)
+    fit_copy(sa.tl.vae, adata, max_epochs=1, checkpoint_path=ckpt, **SMALL)
     snap = snapshot(adata)
     with pytest.raises(ValueError, match=r"belongs to another run \(seed: checkpoint 0, now 3\)"):
         sa.tl.vae(adata, max_epochs=2, checkpoint_path=ckpt, resume=True, **{**SMALL, "seed": 3})

@@ -122,20 +122,21 @@ def test_missing_scib_metrics_says_how_to_install(trained, snapshot, monkeypatch
 
 def test_pl_scores_figure(scored, tmp_path):
     adata, table = scored
-    fig = sa.pl.scores(adata, save=tmp_path / "scores.png")
+    fig = sa.pl.scores(adata, return_fig=True, save=tmp_path / "scores.png")
     assert isinstance(fig, Figure) and (tmp_path / "scores.png").stat().st_size > 0
     ax = fig.axes[0]
     assert [t.get_text() for t in ax.get_yticklabels()] == list(table.sort_values("Total", ascending=False).index)
     assert len(ax.get_xticklabels()) == table.shape[1]
-    fig = sa.pl.scores(adata, metrics=False)
+    fig = sa.pl.scores(adata, return_fig=True, metrics=False)
     assert len(fig.axes[0].get_xticklabels()) == 3
 
 
 def test_pl_report_one_figure(scored, tmp_path):
     adata = scored[0].copy()
-    fig = sa.pl.report(adata, key="vae", color=["batch", "cell_type"], save=tmp_path / "report.png")
+    fig = sa.pl.report(adata, return_fig=True, key="vae", color=["batch", "cell_type"], save=tmp_path / "report.png")
     titles = [ax.get_title() for ax in fig.axes]
-    assert "vae: training curves" in titles and "X_vae UMAP: batch" in titles and "X_vae UMAP: cell_type" in titles
+    assert "Training curves (vae)" in titles and "batch\nVAE latent space (UMAP)" in titles \
+        and "cell type\nVAE latent space (UMAP)" in titles
     assert "Integration scores (scIB)" in titles
     table_ax = fig.axes[titles.index("Integration scores (scIB)")]
     assert "▶ X_vae" in [t.get_text() for t in table_ax.get_yticklabels()]
@@ -167,4 +168,4 @@ def test_cli_score(scored, tmp_path, capsys):
                                scored[1].loc["X_vae", "Batch correction"], atol=1e-3)
     assert "integration_scores" in ad.read_h5ad(out).uns and png.stat().st_size > 0
     assert main(["score", str(src), "--bases", "X_vae", "--batch-key", "batch_typo"]) == 2
-    assert "batch_key='batch_typo' is not a column" in capsys.readouterr().err
+    assert "--batch-key batch_typo is not a column" in capsys.readouterr().err  # in flag form

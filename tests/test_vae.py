@@ -10,7 +10,7 @@ import scipy.sparse as sp
 
 import scgen_ae as sa
 
-from .conftest import FAST, assert_same_latent
+from .conftest import FAST, assert_same_latent, fit_copy
 
 # a tiny, quick architecture for behavioural tests on the simulated data
 TINY = dict(batch_key="batch", n_latent=4, n_hidden=32, max_epochs=3, **FAST)
@@ -65,9 +65,9 @@ def test_key_added_and_uns_key(sim):
 
 def test_copy_true_leaves_original_untouched(sim, snapshot):
     snap = snapshot(sim)
-    result = sa.tl.vae(sim, copy=True, **TINY)
-    assert isinstance(result, tuple) and len(result) == 2
-    out, model = result
+    out = sa.tl.vae(sim, copy=True, **TINY)
+    assert isinstance(out, type(sim))  # the annotated copy, as scanpy returns it
+    model = sa.tl.get_model(out)
     assert isinstance(model, sa.VAE)
     assert out is not sim
     assert "X_vae" in out.obsm and "vae" in out.uns
@@ -90,9 +90,9 @@ def test_unknown_keyword_is_refused(sim, snapshot):
 # ---------------------------------------------------------------- reproducibility
 
 def test_same_seed_same_latent_different_seed_different(sim_session):
-    a = sa.tl.vae(sim_session, copy=True, seed=7, **TINY)[0].obsm["X_vae"]
-    b = sa.tl.vae(sim_session, copy=True, seed=7, **TINY)[0].obsm["X_vae"]
-    c = sa.tl.vae(sim_session, copy=True, seed=8, **TINY)[0].obsm["X_vae"]
+    a = sa.tl.vae(sim_session, copy=True, seed=7, **TINY).obsm["X_vae"]
+    b = sa.tl.vae(sim_session, copy=True, seed=7, **TINY).obsm["X_vae"]
+    c = sa.tl.vae(sim_session, copy=True, seed=8, **TINY).obsm["X_vae"]
     assert np.array_equal(a, b)
     assert not np.allclose(a, c)
 
@@ -103,7 +103,7 @@ def test_training_does_not_disturb_global_rng(sim_session):
     torch.manual_seed(123)
     expected = torch.rand(3)
     torch.manual_seed(123)
-    sa.tl.vae(sim_session, copy=True, **TINY)
+    fit_copy(sa.tl.vae, sim_session, **TINY)
     assert torch.equal(torch.rand(3), expected)
 
 
@@ -112,9 +112,9 @@ def test_sparse_and_dense_give_same_latent(sim_session):
     dense.X = dense.X.toarray()
     csc = sim_session.copy()
     csc.X = sp.csc_matrix(csc.X)
-    a = sa.tl.vae(sim_session, copy=True, **TINY)[0].obsm["X_vae"]
-    b = sa.tl.vae(dense, copy=True, **TINY)[0].obsm["X_vae"]
-    c = sa.tl.vae(csc, copy=True, **TINY)[0].obsm["X_vae"]
+    a = sa.tl.vae(sim_session, copy=True, **TINY).obsm["X_vae"]
+    b = sa.tl.vae(dense, copy=True, **TINY).obsm["X_vae"]
+    c = sa.tl.vae(csc, copy=True, **TINY).obsm["X_vae"]
     assert np.array_equal(a, b)
     assert np.array_equal(a, c)
 
@@ -123,8 +123,8 @@ def test_layer_gives_same_latent_as_counts_in_X(sim_session, snapshot):
     adata = _lognorm(sim_session)
     adata.layers["counts"] = sim_session.X.copy()
     snap_X = adata.X.copy()
-    out, model = sa.tl.vae(adata, layer="counts", copy=True, **TINY)
-    ref = sa.tl.vae(sim_session, copy=True, **TINY)[0].obsm["X_vae"]
+    out, model = fit_copy(sa.tl.vae, adata, layer="counts", **TINY)
+    ref = sa.tl.vae(sim_session, copy=True, **TINY).obsm["X_vae"]
     assert np.array_equal(out.obsm["X_vae"], ref)
     assert model.layer == "counts"
     assert out.uns["vae"]["params"]["layer"] == "counts"
@@ -144,7 +144,7 @@ def test_each_likelihood_trains(sim_session, likelihood):
     assert np.isfinite(hist["train_loss"]).all() and np.isfinite(hist["validation_loss"]).all()
     assert np.isfinite(adata.obsm["X_vae"]).all()
     assert model.config.likelihood == likelihood
-    expr = model.get_normalized_expression(adata)
+    expr = model.get_normalized_expression(adata).to_numpy()
     assert expr.shape == adata.shape and np.isfinite(expr).all()
 
 
@@ -160,14 +160,14 @@ def test_gaussian_accepts_scaled_data(sim_session):
 
 @pytest.mark.parametrize("likelihood", ["zinb", "nb"])
 def test_gene_batch_dispersion_trains(sim_session, likelihood):
-    adata, model = sa.tl.vae(sim_session, likelihood=likelihood, dispersion="gene-batch", copy=True, **TINY)
+    adata, model = fit_copy(sa.tl.vae, sim_session, likelihood=likelihood, dispersion="gene-batch", **TINY)
     assert model.config.dispersion == "gene-batch"
     assert np.isfinite(adata.obsm["X_vae"]).all()
     assert np.isfinite(adata.uns["vae"]["history"]["train_loss"]).all()
 
 
 def test_no_batch_key_trains_unconditional(sim_session):
-    adata, model = sa.tl.vae(sim_session, copy=True, **{**TINY, "batch_key": None})
+    adata, model = fit_copy(sa.tl.vae, sim_session, **{**TINY, "batch_key": None})
     assert model.batch_key is None
     assert adata.obsm["X_vae"].shape == (sim_session.n_obs, 4)
     # an unconditional model applies to cells without any batch column
@@ -179,7 +179,7 @@ def test_no_batch_key_trains_unconditional(sim_session):
 @pytest.mark.parametrize("opts", [dict(encode_batch=False), dict(batch_gene_offsets=False), dict(n_layers=2),
                                   dict(dropout_rate=0.0), dict(beta=0.5)], ids=str)
 def test_architecture_options_train(sim_session, opts):
-    adata, model = sa.tl.vae(sim_session, copy=True, **TINY, **opts)
+    adata, model = fit_copy(sa.tl.vae, sim_session, **TINY, **opts)
     for k, v in opts.items():
         assert getattr(model.config, k) == v
     assert np.isfinite(adata.obsm["X_vae"]).all()
@@ -190,7 +190,7 @@ def test_three_batches(kang_hvg):
     adata = kang_hvg[:400].copy()
     sa.pp.drop_empty(adata)
     adata.obs["batch3"] = np.array(["a", "b", "c"])[np.arange(adata.n_obs) % 3]
-    adata, model = sa.tl.vae(adata, copy=True, **{**TINY, "batch_key": "batch3"})
+    adata, model = fit_copy(sa.tl.vae, adata, **{**TINY, "batch_key": "batch3"})
     assert model.batch_categories == ["a", "b", "c"]
     assert np.isfinite(adata.obsm["X_vae"]).all()
 
@@ -198,20 +198,20 @@ def test_three_batches(kang_hvg):
 # ---------------------------------------------------------------- training loop
 
 def test_kl_weight_history_warms_up_linearly(sim_session):
-    adata, _ = sa.tl.vae(sim_session, copy=True, kl_warmup_epochs=4, early_stopping=False,
+    adata, _ = fit_copy(sa.tl.vae, sim_session, kl_warmup_epochs=4, early_stopping=False,
                          **{**TINY, "max_epochs": 6})
     np.testing.assert_allclose(adata.uns["vae"]["history"]["kl_weight"], [0.25, 0.5, 0.75, 1.0, 1.0, 1.0])
 
 
 def test_kl_weight_default_warmup_is_a_third_of_the_epochs(sim_session):
-    adata, _ = sa.tl.vae(sim_session, copy=True, early_stopping=False, **{**TINY, "max_epochs": 6})
+    adata, _ = fit_copy(sa.tl.vae, sim_session, early_stopping=False, **{**TINY, "max_epochs": 6})
     np.testing.assert_allclose(adata.uns["vae"]["history"]["kl_weight"], [0.5, 1.0, 1.0, 1.0, 1.0, 1.0])
 
 
 def test_early_stopping_exact_patience(sim_session):
     """With min_delta so large that nothing counts as an improvement, training stops
     exactly ``patience`` epochs after the first full-KL epoch."""
-    adata, model = sa.tl.vae(sim_session, copy=True, kl_warmup_epochs=1, patience=3, min_delta=1e9,
+    adata, model = fit_copy(sa.tl.vae, sim_session, kl_warmup_epochs=1, patience=3, min_delta=1e9,
                              **{**TINY, "max_epochs": 50})
     hist = adata.uns["vae"]["history"]
     assert hist["stopped_early"]
@@ -224,7 +224,7 @@ def test_early_stopping_on_easy_case(sim_session):
     long before max_epochs."""
     small = sim_session[:120].copy()
     sa.pp.drop_empty(small)
-    adata, _ = sa.tl.vae(small, copy=True, kl_warmup_epochs=1, patience=3, lr=1e-2,
+    adata, _ = fit_copy(sa.tl.vae, small, kl_warmup_epochs=1, patience=3, lr=1e-2,
                          **{**TINY, "max_epochs": 300})
     hist = adata.uns["vae"]["history"]
     assert hist["stopped_early"]
@@ -234,7 +234,7 @@ def test_early_stopping_on_easy_case(sim_session):
 
 
 def test_no_validation_split(sim_session):
-    adata, _ = sa.tl.vae(sim_session, copy=True, validation_fraction=0.0, **TINY)
+    adata, _ = fit_copy(sa.tl.vae, sim_session, validation_fraction=0.0, **TINY)
     hist = adata.uns["vae"]["history"]
     assert len(hist["validation_loss"]) == 0 and len(hist["train_loss"]) == 3
 
@@ -263,7 +263,7 @@ def test_h5ad_round_trip_keeps_results(trained, tmp_path):
     assert set(back.uns["vae"]["params"]) == set(adata.uns["vae"]["params"])
     assert back.uns["vae"]["params"]["n_latent"] == 8
     # and pl.history can read it back
-    assert sa.pl.history(back, key="vae") is not None
+    assert sa.pl.history(back, return_fig=True, key="vae") is not None
 
 
 def test_save_load_identical(trained, tmp_path):
@@ -328,7 +328,7 @@ def test_get_latent_cell_without_counts(trained_sim):
     z = model.get_latent(sub)
     assert z.shape == (20, model.config.n_latent) and np.isfinite(z).all()
     np.testing.assert_allclose(z[[1, 2, 3]], adata.obsm["X_vae"][[1, 2, 3]], rtol=1e-5, atol=1e-6)
-    expr = model.get_normalized_expression(sub)
+    expr = model.get_normalized_expression(sub).to_numpy()
     assert np.isfinite(expr).all()
 
 
@@ -338,20 +338,20 @@ def test_get_latent_cell_without_counts(trained_sim):
 def test_normalized_expression(trained, transform_batch):
     adata, model = trained
     sub = adata[:40]
-    expr = model.get_normalized_expression(sub, transform_batch=transform_batch)
+    expr = model.get_normalized_expression(sub, transform_batch=transform_batch).to_numpy()
     assert expr.shape == (40, adata.n_vars)
     assert (expr >= 0).all() and np.isfinite(expr).all()
     np.testing.assert_allclose(expr.sum(1), 1e4, rtol=1e-3)
-    expr2 = model.get_normalized_expression(sub, transform_batch=transform_batch, library_size=100.0)
+    expr2 = model.get_normalized_expression(sub, transform_batch=transform_batch, library_size=100.0).to_numpy()
     np.testing.assert_allclose(expr2.sum(1), 100.0, rtol=1e-3)
 
 
 def test_normalized_expression_transform_batch_changes_output(trained):
     adata, model = trained
     sub = adata[adata.obs["batch"] == "CEL-seq2"][:30]
-    own = model.get_normalized_expression(sub)
-    same = model.get_normalized_expression(sub, transform_batch="CEL-seq2")
-    other = model.get_normalized_expression(sub, transform_batch="Drop-seq")
+    own = model.get_normalized_expression(sub).to_numpy()
+    same = model.get_normalized_expression(sub, transform_batch="CEL-seq2").to_numpy()
+    other = model.get_normalized_expression(sub, transform_batch="Drop-seq").to_numpy()
     np.testing.assert_allclose(own, same, rtol=1e-5, atol=1e-6)
     assert not np.allclose(own, other)
 
@@ -360,11 +360,11 @@ def test_normalized_expression_observed_library_and_genes(trained):
     adata, model = trained
     sub = adata[:25]
     obs_lib = np.asarray(sub.X.sum(1)).ravel()
-    expr = model.get_normalized_expression(sub, library_size="observed")
+    expr = model.get_normalized_expression(sub, library_size="observed").to_numpy()
     np.testing.assert_allclose(expr.sum(1), obs_lib, rtol=1e-3)
     genes = list(adata.var_names[[3, 0, 10]])
-    part = model.get_normalized_expression(sub, genes=genes)
-    full = model.get_normalized_expression(sub)
+    part = model.get_normalized_expression(sub, genes=genes).to_numpy()
+    full = model.get_normalized_expression(sub).to_numpy()
     np.testing.assert_allclose(part, full[:, [3, 0, 10]], rtol=1e-5)
 
 
@@ -378,7 +378,7 @@ def _uncorrected_pca(adata):
 
 def _integration_check(adata, *, max_epochs, min_gain):
     pca = _uncorrected_pca(adata)
-    out, model = sa.tl.vae(adata, batch_key="batch", max_epochs=max_epochs, copy=True, seed=0, **FAST)
+    out, model = fit_copy(sa.tl.vae, adata, batch_key="batch", max_epochs=max_epochs, seed=0, **FAST)
     z = out.obsm["X_vae"]
     ent_pca = sa.metrics.batch_entropy(pca, adata.obs["batch"])
     ent_vae = sa.metrics.batch_entropy(z, adata.obs["batch"])
@@ -401,7 +401,7 @@ def test_integration_cellbench_3protocols(cellbench_3protocols):
 def test_progress_bar_drawn_only_when_asked(sim_session, capsys, progress):
     """A bar with the epoch count goes to stderr with progress=True; nothing with False.
     Outside a terminal it is redrawn at most every 30 s, so a short log stays short."""
-    sa.tl.vae(sim_session, copy=True, **{**TINY, "max_epochs": 5, "progress": progress})
+    fit_copy(sa.tl.vae, sim_session, **{**TINY, "max_epochs": 5, "progress": progress})
     err = capsys.readouterr().err
     if progress:
         assert "training:" in err and "/5" in err

@@ -313,7 +313,7 @@ def test_dtypes_accepted(sim_session, dtype, sparse):
     adata = sim_session.copy()
     X = adata.X.toarray().astype(dtype)
     adata.X = sp.csr_matrix(X) if sparse else X
-    ref = sa.tl.vae(sim_session, copy=True, **TINY)[0].obsm["X_vae"]
+    ref = sa.tl.vae(sim_session, copy=True, **TINY).obsm["X_vae"]
     sa.tl.vae(adata, **TINY)
     assert adata.X.dtype == dtype  # not converted in place
     if dtype is not np.float16:  # float16 cannot hold every count exactly
@@ -331,7 +331,7 @@ def test_backed_mode_accepted(sim_session, tmp_path, sparse):
     backed = sc.read_h5ad(path, backed="r")
     assert backed.isbacked
     model = sa.tl.vae(backed, **TINY)
-    ref = sa.tl.vae(sim_session, copy=True, **TINY)[0].obsm["X_vae"]
+    ref = sa.tl.vae(sim_session, copy=True, **TINY).obsm["X_vae"]
     assert np.array_equal(backed.obsm["X_vae"], ref)
     np.testing.assert_allclose(model.get_latent(backed), ref, rtol=1e-5, atol=1e-6)
     backed.file.close()

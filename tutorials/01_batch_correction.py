@@ -106,11 +106,9 @@ sc.pp.normalize_total(adata, target_sum=1e4)
 sc.pp.log1p(adata)
 sc.pp.pca(adata, n_comps=30, random_state=0)
 sa.pl.latent(adata, basis="X_pca", color=["batch", "cell_type"], method="umap")
-plt.show()
 
 # %%
 sa.pl.latent(adata, basis="X_pca", color=["batch", "cell_type"], method="tsne")
-plt.show()
 
 # %% [markdown]
 # ## Training the VAE
@@ -133,7 +131,6 @@ history = adata.uns["vae"]["history"]
 print(model)
 print(f"{len(history['train_loss'])} epochs in {history['seconds']:.1f} s, best epoch {history['best_epoch'] + 1}")
 sa.pl.history(adata, key="vae")
-plt.show()
 
 # %% [markdown]
 # The loss is the negative ELBO per cell. The validation curve should flatten, not
@@ -148,11 +145,9 @@ plt.show()
 
 # %%
 sa.pl.latent(adata, basis="X_vae", color=["batch", "cell_type"], method="umap")
-plt.show()
 
 # %%
 sa.pl.latent(adata, basis="X_vae", color=["batch", "cell_type"], method="tsne")
-plt.show()
 
 # %% [markdown]
 # The same comparison in one figure (it is the README's gallery image):
@@ -224,8 +219,9 @@ print(f"saved to {path} ({path.stat().st_size / 1e6:.2f} MB); reloaded latent id
 # to log-normalised data. Store it in a layer: X keeps the observed data.
 
 # %%
+# a cells x genes data frame (scvi-tools' return type); return_numpy=True gives the array
 corrected = reloaded.get_normalized_expression(adata, transform_batch="10x", library_size=1e4)
-adata.layers["vae_corrected"] = np.log1p(corrected)
+adata.layers["vae_corrected"] = np.log1p(corrected.to_numpy())
 print(adata.layers["vae_corrected"].shape)
 
 # %% [markdown]

@@ -99,9 +99,7 @@ print(adata)
 # denoised values separate expressing from non-expressing cells.
 
 # %%
-fig = sa.pl.denoising(adata, genes=markers, batch_key="batch")
-fig.savefig(FIGURES / "02_denoising.png", dpi=72)
-plt.show()
+sa.pl.denoising(adata, genes=markers, batch_key="batch", save=FIGURES / "02_denoising.png")
 
 # %% [markdown]
 # On the UMAP of log-normalised data, the denoised marker values light up whole

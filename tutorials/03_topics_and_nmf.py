@@ -112,7 +112,6 @@ print(f"held-out perplexity: batch-aware {adata.uns['lda']['perplexity']:.0f}, "
 
 # %%
 sa.pl.topics(adata, key="lda", n_genes=10)
-plt.show()
 
 # %%
 sa.pl.top_genes(adata, key="lda", n_genes=8)
@@ -157,7 +156,6 @@ sa.pl.top_genes(adata, key="nmf", n_genes=8)
 
 # %%
 sa.pl.loadings(adata, basis="X_nmf", components=[0, 1, 2], method=EMBEDDING)
-plt.show()
 
 # %% [markdown]
 # ## Batch-aware vs plain, in pictures
@@ -168,16 +166,13 @@ plt.show()
 
 # %%
 sa.pl.latent(adata, basis="X_lda_plain", color=["batch", "cell_type"], method=EMBEDDING)
-plt.show()
 
 # %%
 sa.pl.latent(adata, basis="X_lda", color=["batch", "cell_type"], method=EMBEDDING)
-plt.show()
 
 # %%
 sa.pl.latent(adata, basis="X_nmf_plain", color=["batch", "cell_type"], method=EMBEDDING)
 sa.pl.latent(adata, basis="X_nmf", color=["batch", "cell_type"], method=EMBEDDING)
-plt.show()
 
 # %% [markdown]
 # The four in one figure (the README's gallery image):

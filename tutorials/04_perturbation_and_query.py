@@ -231,7 +231,6 @@ query.obs["label"] = query.obs["cell_type_transferred"].astype(str)
 joint = ad.concat({"reference": ref, "query": query}, label="side", index_unique="-")
 joint.obs["label"] = joint.obs["label"].astype("category")
 sa.pl.latent(joint, basis="X_vae", color=["batch", "label"], method=EMBEDDING)
-plt.show()
 
 # %%
 fig, axes = plt.subplots(1, 3, figsize=(13, 4.2))

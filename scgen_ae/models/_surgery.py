@@ -37,7 +37,7 @@ from torch import nn
 from .. import _validate as v
 from ..data import CellData
 from ..likelihoods import COUNT_LIKELIHOODS
-from ..train import TrainConfig, fit, seeded_threads
+from ..train import TrainConfig, fit, seeded_threads, train_config
 
 
 class _NewRowsOnly(nn.Module):
@@ -143,6 +143,7 @@ def map_query(model, adata: AnnData, *, batch_key: str, layer="model", pad_missi
 
     See :meth:`scgen_ae.models.VAE.map_query` for the parameters and what is written.
     """
+    v.check_target(adata, copy, "model.map_query")
     from .vae import VAE
 
     if model.batch_key is None:
@@ -157,7 +158,7 @@ def map_query(model, adata: AnnData, *, batch_key: str, layer="model", pad_missi
     unknown = sorted(set(train_kwargs) - {f.name for f in dataclasses.fields(TrainConfig)})
     if unknown:
         raise TypeError(f"map_query() got unexpected keyword arguments {unknown}.")
-    train_cfg = TrainConfig(weight_decay=0.0, **train_kwargs)
+    train_cfg = train_config(weight_decay=0.0, **train_kwargs)
     layer = model.layer if layer == "model" else layer
     likelihood = model.config.likelihood
 
@@ -201,7 +202,7 @@ def map_query(model, adata: AnnData, *, batch_key: str, layer="model", pad_missi
     if genes["n_missing"]:
         warnings.warn(f"{genes['n_missing']} of the model's genes are missing from the query and were filled with "
                       f"zeros (e.g. {genes['missing'][:5]}); see uns[{uns_key!r}]['genes'].", UserWarning, stacklevel=3)
-    from ..tl._common import params_record, write_results  # tl imports models: import here
+    from ..tl._common import params_record, returned, write_results  # tl imports models: import here
 
     target = adata.copy() if copy else adata
     record = {
@@ -212,4 +213,4 @@ def map_query(model, adata: AnnData, *, batch_key: str, layer="model", pad_missi
         "history": history, "key_added": key_added,
     }
     write_results(target, obsm={key_added: latent}, uns={uns_key: record})
-    return (target, mapped) if copy else mapped
+    return returned(target, mapped, copy=copy, uns_key=uns_key)

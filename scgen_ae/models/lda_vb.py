@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data import CellData, transpose_pattern
+from .._settings import logger
 from ..train import History
 from .topic import LDA
 
@@ -179,7 +180,7 @@ def fit_vb(module: VBLDAModule, data: CellData, seed: int, progress: bool = Fals
         history.train_loss.append(data_term)
         history.kl_weight.append(1.0)
         if progress:
-            print(f"classic LDA iteration {it + 1}/{cfg.max_iter}: {history.train_loss[-1]:.1f} per cell")
+            logger.info("classic LDA iteration %d/%d: %.1f per cell", it + 1, cfg.max_iter, history.train_loss[-1])
     module.topic_word.data.copy_(lam)
 
     history.best_epoch = len(history.train_loss) - 1

@@ -14,6 +14,7 @@ from .. import _validate as v
 from ..likelihoods import LIKELIHOODS, Minibatch, cell_log_prob
 from ..nn import CountDecoder, GaussianEncoder
 from ._base import BaseModel
+from ._scvi_names import ScviToolsNames
 
 
 @dataclass(frozen=True)
@@ -219,8 +220,10 @@ class VAEModule(nn.Module):
         return loss
 
 
-class VAE(BaseModel):
-    """A trained VAE (see :func:`scgen_ae.tl.vae` to train one)."""
+class VAE(ScviToolsNames, BaseModel):
+    """A trained VAE (see :func:`scgen_ae.tl.vae` to train one). scvi-tools' method names
+    (``get_normalized_expression``, ``get_latent_representation``, ...) come from
+    :class:`~scgen_ae.models._scvi_names.ScviToolsNames`."""
 
     module_class = VAEModule
     config_class = VAEConfig
@@ -249,41 +252,6 @@ class VAE(BaseModel):
                 return mean.cpu()
             noise = torch.randn(mean.shape, generator=gen).to(mean.device)
             return (mean + noise * (0.5 * log_var).exp()).cpu()
-
-        return torch.cat(self._apply(adata, layer, batch_key, batch_size, pad_missing, fn)).numpy()
-
-    def get_normalized_expression(self, adata: AnnData, *, transform_batch: str | None = None,
-                                  library_size: float | str = 1e4, genes=None, layer="model",
-                                  batch_key="model", batch_size: int = 1024,
-                                  pad_missing: bool = False) -> np.ndarray:
-        """Decoded expression ``(n_cells, n_genes)`` from the posterior mean.
-
-        Parameters
-        ----------
-        transform_batch
-            Decode every cell as if it came from this batch (batch correction); None
-            decodes each cell in its own batch.
-        library_size
-            A number (counts per cell, default 1e4), or "observed" for the expected
-            counts at each cell's own library size. Ignored for gaussian.
-        genes
-            Optional subset of gene names to return (saves memory).
-        """
-        b = self._batch_index(transform_batch)
-        cols = None if genes is None else torch.as_tensor(
-            [self.var_names.index(g) for g in genes], dtype=torch.long)
-
-        def fn(mb):
-            mean, _ = self.module.inference(mb.x, mb.batch)
-            batch = mb.batch if b is None else torch.full_like(mb.batch, b)
-            out = self.module.generative(mean, batch, mb.log_library)
-            if self.config.likelihood == "gaussian":
-                res = out["mean"]
-            elif library_size == "observed":
-                res = out["log_mu"].exp()
-            else:
-                res = out["log_scale"].exp() * float(library_size)
-            return (res if cols is None else res[:, cols.to(res.device)]).cpu()
 
         return torch.cat(self._apply(adata, layer, batch_key, batch_size, pad_missing, fn)).numpy()
 
@@ -345,7 +313,8 @@ class VAE(BaseModel):
         :class:`~scgen_ae.train.TrainConfig` (``weight_decay`` is fixed at 0).
         Sets ``adata.obsm[key_added]`` (n_cells, n_latent) and ``adata.uns[uns_key]`` (``params``,
         ``new_batches``, ``batch_categories``, ``genes``: missing / extra dropped / reordered,
-        ``history``). Returns the extended model (``(adata_copy, model)`` with ``copy=True``).
+        ``history``). Returns the extended model (with ``copy=True`` the annotated copy; the model:
+        ``sa.tl.get_model(copy, uns_key)``).
         Implemented in :mod:`scgen_ae.models._surgery`.
         """
         from ._surgery import map_query

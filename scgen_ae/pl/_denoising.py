@@ -9,7 +9,8 @@ import pandas as pd
 from anndata import AnnData
 
 from .. import _validate as v
-from ._plots import _finish
+from ._plots import show_doc
+from ._show import finish, key_name
 
 
 def _denoised_columns(adata: AnnData, denoised: str, genes: list[str]) -> np.ndarray:
@@ -29,13 +30,19 @@ def _denoised_columns(adata: AnnData, denoised: str, genes: list[str]) -> np.nda
                        "sa.tl.denoise(adata) first (or pass denoised= naming its layer_added).")
 
 
+@show_doc
 def denoising(adata: AnnData, *, genes: Sequence[str], layer: str | None = None, denoised: str = "denoised",
-              batch_key: str | None = "batch", log: bool = True, save: str | None = None, show: bool = False):
+              batch_key: str | None = "batch", log: bool = True, save=None, show: bool | None = None,
+              return_fig: bool = False):
     """Raw counts (``X`` / ``layers[layer]``) vs denoised values, one row per gene.
 
     Left: distribution of the raw counts per batch; middle: the same for the denoised
     values; right: denoised vs raw for every cell, coloured by batch. Values are shown
-    as log1p when ``log``. Returns the matplotlib figure.
+    as log1p when ``log``.
+
+    Parameters
+    ----------
+    SHOW_PARAMS
     """
     genes = [str(g) for g in ([genes] if isinstance(genes, str) else genes)]
     missing = [g for g in genes if g not in set(adata.var_names)]
@@ -51,23 +58,23 @@ def denoising(adata: AnnData, *, genes: Sequence[str], layer: str | None = None,
     names = list(pd.unique(batches))
     tf = np.log1p if log else (lambda a: a)
     label = "log1p " if log else ""
-    fig, axes = plt.subplots(len(genes), 3, figsize=(12, 3.2 * len(genes)), squeeze=False)
+    fig, axes = plt.subplots(len(genes), 3, figsize=(14, 3.8 * len(genes)), squeeze=False)
     colors = plt.get_cmap("tab10")
     for row, gene in enumerate(genes):
         r, d = tf(raw[:, row]), tf(den[:, row])
         for ax, values, kind in ((axes[row, 0], r, "raw"), (axes[row, 1], d, denoised)):
             ax.violinplot([values[batches == b] for b in names], showmedians=True)
             ax.set_xticks(range(1, len(names) + 1), names, rotation=30, ha="right", fontsize=8)
-            ax.set_title(f"{gene}: {kind}")
-            ax.set_ylabel(label + "value")
+            ax.set_title(f"{gene}: {kind} per {key_name(batch_key) if batch_key else 'cell'}")
+            ax.set_ylabel(f"{label}{kind}")
         ax = axes[row, 2]
         for i, b in enumerate(names):
             sel = batches == b
             ax.scatter(r[sel], d[sel], s=4, color=colors(i % 10), label=b, linewidths=0)
         ax.set_xlabel(f"{label}raw")
         ax.set_ylabel(f"{label}{denoised}")
-        ax.set_title(f"{gene}: per cell")
+        ax.set_title(f"{gene}: {denoised} vs raw, per cell")
         if row == 0:
-            ax.legend(frameon=False, fontsize=8, markerscale=3)
+            ax.legend(frameon=False, fontsize=8, markerscale=3, title=key_name(batch_key) or None)
     fig.tight_layout()
-    return _finish(fig, save, show)
+    return finish(fig, fig.axes, name="denoising", save=save, show=show, return_fig=return_fig)

@@ -11,7 +11,8 @@ from anndata import AnnData
 
 from .. import _validate as v
 from ._embedding import cached_embedding
-from ._plots import _finish, _scatter
+from ._plots import _scatter, show_doc
+from ._show import METHOD_NAMES, basis_name, finish
 
 
 def _components(adata: AnnData, basis: str, components: int | Sequence[int] | None) -> tuple[np.ndarray, list[int]]:
@@ -28,9 +29,11 @@ def _components(adata: AnnData, basis: str, components: int | Sequence[int] | No
     return Z, [int(c) for c in chosen]
 
 
+@show_doc
 def loadings(adata: AnnData, *, basis: str = "X_nmf", components: int | Sequence[int] | None = None,
              layout: str | None = None, method: str = "umap", recompute: bool = False, seed: int = 0,
-             ncols: int = 3, point_size: float | None = None, save: str | None = None, show: bool = False):
+             ncols: int = 3, point_size: float | None = None, save=None, show: bool | None = None,
+             return_fig: bool = False):
     """Scatter how much each cell uses the chosen factors of ``obsm[basis]``, one panel per factor.
 
     Parameters
@@ -45,12 +48,13 @@ def loadings(adata: AnnData, *, basis: str = "X_nmf", components: int | Sequence
         ``obsm`` key that places the cells; None: ``basis`` itself. A 2-column layout (e.g.
         scanpy's ``"X_umap"``) is drawn as it is; otherwise its 2-D ``method`` embedding is
         computed and cached as in :func:`scgen_ae.pl.latent` (``obsm[f"{layout}_{method}"]``).
-    method, recompute, seed, ncols, point_size, save, show
+    method, recompute, seed, ncols, point_size
         As in :func:`scgen_ae.pl.latent`.
+    SHOW_PARAMS
 
-    Returns
-    -------
-    The matplotlib figure. Errors (unknown basis, out-of-range components) are
+    Notes
+    -----
+    Errors (unknown basis, out-of-range components) are
     :class:`scgen_ae.InputError` and leave ``adata`` unchanged.
     """
     Z, chosen = _components(adata, basis, components)
@@ -60,15 +64,16 @@ def loadings(adata: AnnData, *, basis: str = "X_nmf", components: int | Sequence
     # a 2-D layout (e.g. scanpy's obsm["X_umap"]) is drawn as it is
     two_d = np.asarray(adata.obsm[layout]).shape[1] == 2
     xy = np.asarray(adata.obsm[layout]) if two_d else cached_embedding(adata, layout, method, recompute, seed=seed)
-    where = layout if two_d else f"{layout} {method.upper()}"
+    where = basis_name(layout) if two_d else f"{basis_name(layout)} ({METHOD_NAMES.get(method, method)})"
     ncols = min(ncols, len(chosen))
     nrows = math.ceil(len(chosen) / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(4.6 * ncols, 4 * nrows), squeeze=False)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(5.5 * ncols, 4.8 * nrows), squeeze=False)
     size = point_size or max(2.0, 120000 / max(adata.n_obs, 1) ** 1.2)
     for ax, j in zip(axes.flat, chosen):
-        values = pd.Series(Z[:, j], index=adata.obs_names, name=f"{basis}[{j}]")
-        _scatter(ax, xy, values, f"{basis} factor {j} on {where}", size, adata)
+        values = pd.Series(Z[:, j], index=adata.obs_names, name=f"factor {j} usage")
+        _scatter(ax, xy, values, f"{basis_name(basis)}: factor {j}\non {where}", size, adata,
+                 "umap" if layout == "X_umap" or method == "umap" else "tsne")
     for ax in list(axes.flat)[len(chosen):]:
         ax.axis("off")
     fig.tight_layout()
-    return _finish(fig, save, show)
+    return finish(fig, fig.axes, name="loadings", save=save, show=show, return_fig=return_fig)

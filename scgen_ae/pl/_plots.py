@@ -12,14 +12,23 @@ from anndata import AnnData
 
 from .._validate import MissingKeyError
 from ._embedding import cached_embedding, check_embedding
+from ._show import METHOD_NAMES, basis_name, embedding_axes, finish, key_name
+
+#: the parameters every figure takes, as scanpy's
+SHOW_DOC = """save
+        Write the figure: a path, or True for ``<sc.settings.figdir>/<function name>.png``.
+    show
+        None (default): show the figure (``plt.show()``) and return None, so Jupyter draws it
+        once, unless ``save`` is given or scanpy's ``sc.settings.autoshow`` is False. False:
+        return the Axes (a list when there are several panels).
+    return_fig
+        Return the matplotlib Figure (and do not show it)."""
 
 
-def _finish(fig, save, show):
-    if save:
-        fig.savefig(save, dpi=150, bbox_inches="tight")
-    if show:
-        plt.show()
-    return fig
+def show_doc(fn):
+    """Put :data:`SHOW_DOC` where a docstring says ``SHOW_PARAMS``."""
+    fn.__doc__ = fn.__doc__.replace("SHOW_PARAMS", SHOW_DOC)
+    return fn
 
 
 def _color_values(adata: AnnData, key: str):
@@ -28,16 +37,19 @@ def _color_values(adata: AnnData, key: str):
     if key in adata.var_names:
         col = adata[:, key].X
         col = col.toarray().ravel() if sp.issparse(col) else np.asarray(col).ravel()
-        return pd.Series(np.log1p(col), index=adata.obs_names, name=f"log1p {key}")
+        return pd.Series(np.log1p(col), index=adata.obs_names, name=f"{key} (log1p counts)")
     genes = ", ".join(map(repr, adata.var_names[:5])) + (", ..." if adata.n_vars > 5 else "")
     raise MissingKeyError(f"color={key!r} is neither a column of adata.obs (columns: "
                           f"{list(map(str, adata.obs.columns[:20]))}) nor a gene in adata.var_names ({genes}).")
 
 
-def _scatter(ax, xy, values, title, point_size, adata):
+def _scatter(ax, xy, values, title, point_size, adata, method: str | None = None):
     ax.set_title(title)
-    ax.set_xticks([])
-    ax.set_yticks([])
+    if method is not None:
+        embedding_axes(ax, method)
+    else:
+        ax.set_xticks([])
+        ax.set_yticks([])
     if isinstance(values.dtype, pd.CategoricalDtype) or values.dtype == object or values.dtype == bool:
         cats = pd.Categorical(values)
         colors = adata.uns.get(f"{values.name}_colors")
@@ -49,21 +61,33 @@ def _scatter(ax, xy, values, title, point_size, adata):
         ax.scatter(xy[order, 0], xy[order, 1], s=point_size, c=[colors[c] for c in codes], linewidths=0)
         handles = [plt.Line2D([], [], marker="o", ls="", color=colors[i], label=str(c))
                    for i, c in enumerate(cats.categories)]
-        ax.legend(handles=handles, loc="center left", bbox_to_anchor=(1, 0.5), frameon=False, fontsize=8)
+        ax.legend(handles=handles, loc="center left", bbox_to_anchor=(1, 0.5), frameon=False, fontsize=9,
+                  title=key_name(values.name) or None, title_fontsize=9)
     else:
         sc = ax.scatter(xy[:, 0], xy[:, 1], s=point_size, c=np.asarray(values, float), cmap="viridis", linewidths=0)
-        plt.colorbar(sc, ax=ax, fraction=0.046)
+        bar = plt.colorbar(sc, ax=ax, fraction=0.046)
+        if values.name:
+            bar.set_label(key_name(values.name))
 
 
+@show_doc
 def latent(adata: AnnData, *, basis: str = "X_vae", color: str | Sequence[str] | None = None,
            method: str = "umap", recompute: bool = False, seed: int = 0, n_neighbors: int = 15,
            min_dist: float = 0.3, perplexity: float = 30.0, ncols: int = 3, point_size: float | None = None,
-           save: str | None = None, show: bool = False):
+           save=None, show: bool | None = None, return_fig: bool = False):
     """Scatter the 2-D UMAP / t-SNE of ``obsm[basis]``, one panel per ``color``.
 
-    The 2-D coordinates are cached in ``obsm[f"{basis}_{method}"]`` (with their
-    parameters in ``uns["embeddings"]``) and reused by later calls.
-    ``color`` takes ``obs`` columns or gene names. Returns the matplotlib figure.
+    With ``method="umap"``, scanpy's ``obsm["X_umap"]`` is drawn when ``sc.tl.umap`` computed it
+    on this basis (``sc.pp.neighbors(adata, use_rep=basis)``). Otherwise the 2-D coordinates are
+    computed once with scanpy (``sc.pp.neighbors`` + ``sc.tl.umap`` on a private AnnData, so
+    your neighbour graph is not replaced) or t-SNE, stored in ``obsm[f"{basis}_{method}"]``
+    (parameters in ``uns["embeddings"]``; logged at ``sa.settings.verbosity >= 2``) and reused
+    by later calls. ``color`` takes ``obs`` columns or gene names; every argument is checked
+    before anything is computed.
+
+    Parameters
+    ----------
+    SHOW_PARAMS
     """
     keys = [None] if color is None else [color] if isinstance(color, str) else list(color)
     # every argument is checked before the embedding is computed and cached
@@ -73,14 +97,15 @@ def latent(adata: AnnData, *, basis: str = "X_vae", color: str | Sequence[str] |
     xy = cached_embedding(adata, basis, method, recompute, seed=seed, **params)
     ncols = min(ncols, len(keys))
     nrows = math.ceil(len(keys) / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(4.6 * ncols, 4 * nrows), squeeze=False)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(5.5 * ncols, 4.8 * nrows), squeeze=False)
     size = point_size or max(2.0, 120000 / max(adata.n_obs, 1) ** 1.2)
+    where = f"{basis_name(basis)} ({METHOD_NAMES[method]})"
     for ax, key, vals in zip(axes.flat, keys, values):
-        _scatter(ax, xy, vals, f"{basis} {method.upper()}" + (f": {key}" if key else ""), size, adata)
+        _scatter(ax, xy, vals, f"{key_name(key)}\n{where}" if key else where, size, adata, method)
     for ax in list(axes.flat)[len(keys):]:
         ax.axis("off")
     fig.tight_layout()
-    return _finish(fig, save, show)
+    return finish(fig, fig.axes, name="latent", save=save, show=show, return_fig=return_fig)
 
 
 def draw_history(ax, hist, key: str) -> None:
@@ -112,12 +137,18 @@ def draw_history(ax, hist, key: str) -> None:
         ax.set_ylim(lo - 0.05 * (hi - lo + 1e-9), hi + 0.3 * (hi - lo + 1e-9))
     ax.set_xlabel("pass" if by_pass else "epoch")
     ax.set_ylabel(hist.get("loss_label", "loss per cell (negative ELBO)"))
-    ax.set_title(f"{key}: training curves")
+    ax.set_title(f"Training curves ({key})")
     ax.legend(frameon=False)
 
 
-def history(adata_or_model, *, key: str = "vae", save: str | None = None, show: bool = False):
-    """Training and validation loss per epoch from ``uns[key]["history"]`` (or a model)."""
+@show_doc
+def history(adata_or_model, *, key: str = "vae", save=None, show: bool | None = None, return_fig: bool = False):
+    """Training and validation loss per epoch from ``uns[key]["history"]`` (or a model).
+
+    Parameters
+    ----------
+    SHOW_PARAMS
+    """
     if isinstance(adata_or_model, AnnData):
         record = adata_or_model.uns.get(key)
         if not isinstance(record, dict) or "history" not in record:
@@ -127,7 +158,7 @@ def history(adata_or_model, *, key: str = "vae", save: str | None = None, show: 
         hist = record["history"]
     else:
         hist = adata_or_model.history
-    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
     draw_history(ax, hist, key)
     fig.tight_layout()
-    return _finish(fig, save, show)
+    return finish(fig, [ax], name="history", save=save, show=show, return_fig=return_fig)

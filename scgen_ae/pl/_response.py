@@ -8,12 +8,14 @@ import numpy as np
 from anndata import AnnData
 
 from ..tl._predict import r_squared, response_means
-from ._plots import _finish
+from ._plots import show_doc
+from ._show import finish
 
 
+@show_doc
 def response(adata: AnnData, pred: AnnData, *, condition_key: str | None = None, cell_type: str | None = None,
              cell_type_key: str | None = None, genes: Sequence[str] | None = None, n_labels: int = 10,
-             uns_key: str = "predict", save: str | None = None, show: bool = False):
+             uns_key: str = "predict", save=None, show: bool | None = None, return_fig: bool = False):
     """Predicted vs observed mean expression per gene, with R^2 over all genes and ``genes``.
 
     Compares ``pred`` (from :func:`scgen_ae.tl.predict`) with the real stimulated cells
@@ -24,7 +26,11 @@ def response(adata: AnnData, pred: AnnData, *, condition_key: str | None = None,
     red, get their own R^2, and the first ``n_labels`` are labelled. The condition,
     control/stim values, layer and cell-type column are read from ``pred.uns[uns_key]``;
     ``condition_key`` / ``cell_type_key``, when given, must agree with them.
-    Returns the figure; sets nothing.
+    Sets nothing.
+
+    Parameters
+    ----------
+    SHOW_PARAMS
     """
     params = pred.uns.get(uns_key, {}).get("params", {})
     for name, given in (("condition_key", condition_key), ("cell_type_key", cell_type_key)):
@@ -39,7 +45,7 @@ def response(adata: AnnData, pred: AnnData, *, condition_key: str | None = None,
     obs, prd = means["stim"], means["pred"]
     names = np.asarray(pred.var_names, dtype=str)
     sel = np.isin(names, list(genes)) if genes is not None else np.zeros(len(names), bool)
-    fig, ax = plt.subplots(figsize=(5, 5))
+    fig, ax = plt.subplots(figsize=(6, 6))
     ax.scatter(obs, prd, s=6, c="0.6", linewidths=0, label=f"all genes: R² = {r_squared(obs, prd):.3f}")
     if sel.any():
         ax.scatter(obs[sel], prd[sel], s=12, c="tab:red", linewidths=0,
@@ -56,4 +62,4 @@ def response(adata: AnnData, pred: AnnData, *, condition_key: str | None = None,
     ax.set_title(f"{cell_type or 'all cells'}: predicted vs observed response")
     ax.legend(frameon=False, fontsize=8, loc="upper left")
     fig.tight_layout()
-    return _finish(fig, save, show)
+    return finish(fig, [ax], name="response", save=save, show=show, return_fig=return_fig)

@@ -11,7 +11,8 @@ from anndata import AnnData
 
 from .._validate import InputError
 from ._embedding import cached_embedding
-from ._plots import _color_values, _finish, _scatter, draw_history
+from ._plots import _color_values, _scatter, draw_history, show_doc
+from ._show import METHOD_NAMES, basis_name, finish, key_name
 
 _AGGREGATES = ("Bio conservation", "Batch correction", "Total")
 
@@ -52,8 +53,9 @@ def _draw_table(ax, df: pd.DataFrame, highlight: str | None = None, title: str =
     ax.set_title(title)
 
 
+@show_doc
 def scores(adata: AnnData, *, key: str = "integration_scores", metrics: bool = True,
-           save: str | None = None, show: bool = False):
+           save=None, show: bool | None = None, return_fig: bool = False):
     """The results table of :func:`scgen_ae.tl.score_integration` as a figure.
 
     Parameters
@@ -64,12 +66,9 @@ def scores(adata: AnnData, *, key: str = "integration_scores", metrics: bool = T
         ``uns`` key of the scores.
     metrics
         Show every metric column; False shows only Bio conservation, Batch correction, Total.
-    save, show
-        Write the figure to this path; call ``plt.show()``.
+    SHOW_PARAMS
 
-    Returns
-    -------
-    The matplotlib figure: one row per embedding (best Total on top), one column per
+    The figure: one row per embedding (best Total on top), one column per
     metric, cells coloured on a fixed 0..1 scale; ``–`` marks metrics not computed
     (e.g. bio conservation without labels, whose caveat is printed under the table).
     """
@@ -82,12 +81,13 @@ def scores(adata: AnnData, *, key: str = "integration_scores", metrics: bool = T
     if note:
         fig.text(0.01, -0.02, "Note: " + note, fontsize=7, wrap=True, va="top")
     fig.tight_layout()
-    return _finish(fig, save, show)
+    return finish(fig, [ax], name="scores", save=save, show=show, return_fig=return_fig)
 
 
+@show_doc
 def report(adata: AnnData, *, key: str = "vae", basis: str | None = None, color: str | Sequence[str] | None = None,
            scores_key: str = "integration_scores", method: str = "umap", recompute: bool = False, seed: int = 0,
-           point_size: float | None = None, save: str | None = None, show: bool = False):
+           point_size: float | None = None, save=None, show: bool | None = None, return_fig: bool = False):
     """One figure for a trained model: loss curves, the 2-D embedding per ``color``, and the scores.
 
     Parameters
@@ -106,12 +106,7 @@ def report(adata: AnnData, *, key: str = "vae", basis: str | None = None, color:
     method, recompute, seed, point_size
         As in :func:`scgen_ae.pl.latent`; the 2-D coordinates are cached in
         ``obsm[f"{basis}_{method}"]`` (and ``uns["embeddings"]``), like ``pl.latent`` does.
-    save, show
-        Write the figure to this path (e.g. ``"report.png"``); call ``plt.show()``.
-
-    Returns
-    -------
-    The matplotlib figure.
+    SHOW_PARAMS
     """
     if key not in adata.uns or "history" not in adata.uns[key]:
         raise InputError(f"adata.uns[{key!r}] has no training history; train a model first "
@@ -132,9 +127,10 @@ def report(adata: AnnData, *, key: str = "vae", basis: str | None = None, color:
     draw_history(fig.add_subplot(grid[0, 0]), adata.uns[key]["history"], key)
     size = point_size or max(2.0, 120000 / max(adata.n_obs, 1) ** 1.2)
     for i, (k, vals) in enumerate(zip(keys, values)):
-        _scatter(fig.add_subplot(grid[0, 1 + i]), xy, vals, f"{basis} {method.upper()}" + (f": {k}" if k else ""),
-                 size, adata)
+        where = f"{basis_name(basis)} ({METHOD_NAMES.get(method, method)})"
+        _scatter(fig.add_subplot(grid[0, 1 + i]), xy, vals, f"{key_name(k)}\n{where}" if k else where, size, adata,
+                 method)
     if table is not None:
         _draw_table(fig.add_subplot(grid[1, :]), table, highlight=basis, title="Integration scores (scIB)")
     fig.tight_layout()
-    return _finish(fig, save, show)
+    return finish(fig, fig.axes, name="report", save=save, show=show, return_fig=return_fig)

@@ -11,7 +11,8 @@ import pandas as pd
 from anndata import AnnData
 
 from .._validate import MissingKeyError
-from ._plots import _finish
+from ._plots import show_doc
+from ._show import finish
 
 
 def _loadings(adata: AnnData, key: str) -> np.ndarray:
@@ -36,13 +37,18 @@ def top_genes(adata: AnnData, *, key: str = "lda", n_genes: int = 10) -> pd.Data
     return pd.DataFrame({f"topic {j}": names[order[:, j]] for j in range(loadings.shape[1])})
 
 
+@show_doc
 def topics(adata: AnnData, *, key: str = "lda", n_genes: int = 10, topics: Sequence[int] | None = None,
-           ncols: int = 5, save: str | None = None, show: bool = False):
+           ncols: int = 4, save=None, show: bool | None = None, return_fig: bool = False):
     """Bar charts of the ``n_genes`` genes with the largest loading in each topic / factor.
 
     Reads ``adata.varm[adata.uns[key]["varm_key"]]`` (n_genes x n_components): works for
     ``sa.tl.lda`` (``key="lda"``) and ``sa.tl.nmf`` (``key="nmf"``) alike. ``topics``
-    picks components (default: all). Returns the matplotlib figure.
+    picks components (default: all). Each gene name gets a row tall enough for its label.
+
+    Parameters
+    ----------
+    SHOW_PARAMS
     """
     loadings = _loadings(adata, key)
     chosen = list(range(loadings.shape[1])) if topics is None else [int(t) for t in topics]
@@ -52,16 +58,23 @@ def topics(adata: AnnData, *, key: str = "lda", n_genes: int = 10, topics: Seque
     n_genes = max(1, min(int(n_genes), loadings.shape[0]))
     ncols = max(1, min(ncols, len(chosen)))
     nrows = math.ceil(len(chosen) / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(2.6 * ncols, 0.22 * n_genes * nrows + 0.9 * nrows),
+    # one gene-name row is 0.2 inch (a 9-point label and its gap): rows never overlap
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.4 * ncols, 0.2 * n_genes * nrows + 1.3 * nrows),
                              squeeze=False)
+    what = "topic" if key == "lda" or "lda" in key else "factor"
+    
     names = np.asarray(adata.var_names)
     for ax, t in zip(axes.flat, chosen):
         order = np.argsort(-loadings[:, t], kind="stable")[:n_genes]
         ax.barh(np.arange(n_genes)[::-1], loadings[order, t], color="tab:blue")
-        ax.set_yticks(np.arange(n_genes)[::-1], names[order], fontsize=7)
-        ax.set_title(f"{key} {t}", fontsize=9)
-        ax.tick_params(axis="x", labelsize=6)
+        ax.set_yticks(np.arange(n_genes)[::-1], names[order], fontsize=8)
+        ax.set_ylim(-0.6, n_genes - 0.4)
+        ax.set_title(f"{what} {t}", fontsize=10)
+        ax.set_xlabel("loading", fontsize=8)
+        ax.tick_params(axis="x", labelsize=7)
+        ax.xaxis.set_major_locator(plt.MaxNLocator(3))  # few x ticks: their labels never collide
     for ax in list(axes.flat)[len(chosen):]:
         ax.axis("off")
+    fig.suptitle(f"Top genes per {what} ({key})", fontsize=11)
     fig.tight_layout()
-    return _finish(fig, save, show)
+    return finish(fig, fig.axes, name="topics", save=save, show=show, return_fig=return_fig)

@@ -10,10 +10,11 @@ from ._predict_labels import predict_labels
 from ._remove_batch import remove_batch
 from ._score import score_integration
 from ._transfer import transfer_labels
+from ._common import get_model
 from ._vae import vae
 
 __all__ = [
-    "vae", "denoise", "nmf", "lda", "score_integration",                         # models and scores
+    "vae", "denoise", "nmf", "lda", "score_integration", "get_model",            # models and scores
     "batch_composition", "CompositionWarning",                                   # do batches share cell types?
     "differential_expression",                                                   # Bayes-factor DE
     "predict_labels",                                                            # semi-supervised labels

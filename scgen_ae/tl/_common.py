@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
+import weakref
 
 import numpy as np
 from anndata import AnnData
@@ -12,7 +13,7 @@ from .. import _validate as v
 from .. import ondisk
 from ..data import CellData
 from ..likelihoods import COUNT_LIKELIHOODS
-from ..train import TrainConfig
+from ..train import TrainConfig, train_config
 
 TRAIN_FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
 
@@ -44,9 +45,10 @@ def training_data(adata: AnnData, layer: str | None, batch_key: str | None, like
 
 
 def split_kwargs(kwargs: dict) -> tuple[TrainConfig, dict]:
-    """Separate training options (:class:`TrainConfig` fields) from the rest."""
+    """Separate training options (:class:`TrainConfig` fields) from the rest; ``seed`` and
+    ``device`` not given come from ``sa.settings``."""
     train = {k: kwargs.pop(k) for k in list(kwargs) if k in TRAIN_FIELDS}
-    return TrainConfig(**train), kwargs
+    return train_config(**train), kwargs
 
 
 def _uns_safe(value):
@@ -97,3 +99,90 @@ def write_results(adata: AnnData, *, X=_NOTHING, obs=None, obsm=None, layers=Non
 
 def params_record(**params) -> dict:
     return {k: _uns_safe(val) for k, val in params.items()}
+
+
+# trained models by the AnnData they annotated: id(adata) -> {uns_key: model}. Entries go
+# with their AnnData (weakref.finalize), so nothing is kept alive and ids are not reused stale.
+_MODELS: dict[int, dict[str, object]] = {}
+
+
+def keep_model(adata: AnnData, uns_key: str, model) -> None:
+    """Remember ``model`` as the one that wrote ``adata.uns[uns_key]`` (see :func:`get_model`)."""
+    key = id(adata)
+    if key not in _MODELS:
+        weakref.finalize(adata, _MODELS.pop, key, None)
+    _MODELS.setdefault(key, {})[uns_key] = model
+
+
+def returned(target: AnnData, model, *, copy: bool, uns_key: str):
+    """The one return rule of the training fronts: the annotated copy with ``copy=True`` (as
+    scanpy), else the model; either way the model is kept for :func:`get_model`."""
+    keep_model(target, uns_key, model)
+    return target if copy else model
+
+
+def get_model(adata: AnnData, uns_key: str = "vae"):
+    """The model a training front fitted into ``adata`` in this session.
+
+    For ``copy=True``, which returns the annotated AnnData as scanpy does::
+
+        adata2 = sa.tl.vae(adata, copy=True)
+        model = sa.tl.get_model(adata2)               # uns_key="vae" (tl.vae's default)
+        topics = sa.tl.get_model(adata2, "lda")      # tl.lda's default uns_key
+
+    ``uns_key`` is the front's ``uns_key`` (``"vae"``, ``"denoise"``, ``"nmf"``, ``"lda"``,
+    ``"map_query"``). Models live in memory only: after reading an ``.h5ad`` file, load the
+    model saved with ``model.save(path)`` (``sa.VAE.load(path)``).
+    """
+    models = _MODELS.get(id(adata), {})
+    if uns_key not in models:
+        known = sorted(models) or "none"
+        raise v.MissingKeyError(
+            f"No model was trained into this AnnData under uns_key={uns_key!r} in this session (models here: "
+            f"{known}). Models are kept in memory only: train one (e.g. sa.tl.vae(adata)), or load a saved one "
+            "with sa.VAE.load(path)."
+        )
+    return models[uns_key]
+
+
+class _HighlyVariableIfPresent:
+    """The default of ``mask_var``: ``var["highly_variable"]`` when present, as scanpy's PCA."""
+
+    def __repr__(self) -> str:
+        return "'highly_variable' if present"
+
+
+HVG_IF_PRESENT = _HighlyVariableIfPresent()
+
+
+def var_mask(adata: AnnData, mask_var) -> np.ndarray | None:
+    """The genes to train on as a boolean mask, or None for every gene.
+
+    ``mask_var``: a ``var`` column of booleans, a boolean array (n_genes), None (every gene),
+    or :data:`HVG_IF_PRESENT`. A mask that keeps every gene is returned as None.
+    """
+    if mask_var is HVG_IF_PRESENT:
+        mask_var = "highly_variable" if "highly_variable" in adata.var else None
+    if mask_var is None:
+        return None
+    if isinstance(mask_var, str):
+        if mask_var not in adata.var:
+            raise v.InputError(f"mask_var={mask_var!r} is not a column of adata.var (columns: "
+                               f"{list(map(str, adata.var.columns[:20]))}); pass a var column of booleans, a "
+                               "boolean array, or None for every gene.")
+        mask = adata.var[mask_var].to_numpy()
+    else:
+        mask = np.asarray(mask_var)
+    if mask.dtype != bool or mask.shape != (adata.n_vars,):
+        raise v.InputError(f"mask_var must give one boolean per gene ({adata.n_vars}), got dtype {mask.dtype} "
+                           f"and shape {mask.shape}.")
+    if not mask.any():
+        raise v.InputError("mask_var selects no gene; pass a mask with at least one True, or None for every gene.")
+    return None if mask.all() else mask
+
+
+def mask_name(adata: AnnData, mask_var) -> str | None:
+    """What ``params`` records of ``mask_var``: the column used, None, or "array"."""
+    if mask_var is HVG_IF_PRESENT:
+        return "highly_variable" if "highly_variable" in adata.var else None
+    return mask_var if mask_var is None or isinstance(mask_var, str) else "array"

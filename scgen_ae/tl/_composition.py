@@ -98,6 +98,7 @@ def batch_composition(
     ``missing_observed`` / ``missing_expected`` (one entry per flagged pair), ``share_affected``
     (share of cells in flagged groups) and ``params``.
     """
+    v.check_target(adata, copy, "sa.tl.batch_composition")
     batches = v.batch_codes(adata, batch_key)
     names = np.asarray(batches[1])[batches[0]]
     check_label_key(adata, groupby)

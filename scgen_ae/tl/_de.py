@@ -230,6 +230,7 @@ def differential_expression(
 
     Invalid input raises :class:`~scgen_ae.InputError` before any work, with ``adata`` untouched.
     """
+    v.check_target(adata, False, "sa.tl.differential_expression")
     _check_options(model, mode=mode, delta=delta, fdr_target=fdr_target, n_samples=n_samples,
                    pseudocount=pseudocount, chunk_size=chunk_size, random_state=random_state)
     labels = _obs_values(adata, groupby, "groupby")

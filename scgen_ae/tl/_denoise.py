@@ -12,7 +12,7 @@ from .. import _validate as v
 from ..models.dae import DAE, DAEConfig, DAEModule
 from ..models.vae import VAE
 from ..train import fit, seeded_threads
-from ._common import params_record, split_kwargs, training_data, write_results
+from ._common import params_record, returned, split_kwargs, training_data, write_results
 
 DAE_FIELDS = {f.name for f in dataclasses.fields(DAEConfig)} - {"n_genes", "n_batches", "likelihood", "input_scale"}
 METHODS = ("dae", "vae")
@@ -142,7 +142,7 @@ def denoise(
     chunk_size: int = 1024,
     copy: bool = False,
     **kwargs,
-) -> DAE | VAE | tuple[AnnData, DAE | VAE]:
+) -> DAE | VAE | AnnData:
     """Denoise counts with a ZINB/NB/Poisson (denoising) autoencoder or a trained VAE.
 
     ``method="dae"`` (default) trains a DCA-style autoencoder: log1p(size-factor
@@ -195,7 +195,7 @@ def denoise(
     chunk_size
         Cells decoded at a time.
     copy
-        Work on a copy and return ``(adata_copy, model)``.
+        Work on a copy and return it (as scanpy); the model is then ``sa.tl.get_model(copy, uns_key)``.
     **kwargs
         ``method="dae"``: architecture (``n_latent`` 10, ``n_hidden`` 128, ``n_layers`` 1,
         ``dropout_rate`` 0, ``dispersion`` "gene"/"gene-batch"/"gene-cell",
@@ -221,7 +221,8 @@ def denoise(
 
     Returns
     -------
-    The model (or ``(adata, model)`` with ``copy=True``). On Ctrl-C during training the
+    The model; with ``copy=True`` the annotated copy of ``adata`` (the model:
+    :func:`~scgen_ae.tl.get_model`). On Ctrl-C during training the
     model with the best weights so far is returned and ``adata`` is left unchanged; so
     do errors. Sets
 
@@ -236,6 +237,7 @@ def denoise(
       the encoder, i.e. a held-out prediction error, which early stopping watches;
       ``best_epoch``, ``seconds``), ``method``, ``layer_added``, ``key_added``.
     """
+    v.check_target(adata, copy, "sa.tl.denoise")
     if model is not None and not isinstance(model, (DAE, VAE)):
         raise TypeError(f"model= must be a trained sa.models.DAE or sa.VAE, got {type(model).__name__}.")
     kind = "vae" if isinstance(model, VAE) else "dae"
@@ -264,7 +266,7 @@ def denoise(
     apply = dict(layer=layer, batch_key=batch_key, batch_size=chunk_size)
     if method == "vae":
         values = {"mean": model.get_normalized_expression(adata, transform_batch=transform_batch, genes=genes,
-                                                          library_size=library_size, **apply),
+                                                          library_size=library_size, return_numpy=True, **apply),
                   "latent": model.get_latent(adata, **apply)}
     else:
         outputs = ("mean", "latent") + (("dropout",) if return_info and model.config.likelihood == "zinb" else ()) \
@@ -291,5 +293,5 @@ def denoise(
                      "layer_added": str(layer_added), "key_added": key_added}}
     new_X = {"X": layers.pop(None)} if layer_added is None and genes is None else {}  # layer_added=None: into X
     write_results(target, layers=layers, obsm=obsm, uns=uns, **new_X)
-    return (target, model) if copy else model
+    return returned(target, model, copy=copy, uns_key=uns_key)
 

@@ -12,7 +12,7 @@ from ..data import CellData, train_validation_split
 from ..models.lda_vb import ClassicLDA, VBLDAConfig, VBLDAModule, fit_vb
 from ..models.topic import LDA, TopicConfig, TopicModule
 from ..train import fit, seeded_threads
-from ._common import params_record, split_kwargs, training_data, write_results
+from ._common import params_record, returned, split_kwargs, training_data, write_results
 from ._composition import check_label_key, composition_record
 
 METHODS = ("prodlda", "classic")
@@ -115,7 +115,7 @@ def lda(
         ``batch_size``, ``lr``, ``seed``, ``n_threads``, ``device``, ``progress`` map, other
         options are refused. Returns the scvi-tools model.
     copy
-        Work on a copy and return ``(adata_copy, model)``.
+        Work on a copy and return it (as scanpy); the model is then ``sa.tl.get_model(copy, uns_key)``.
     **kwargs
         prodlda: options of :class:`scgen_ae.train.TrainConfig`; here the defaults are
         ``max_epochs=100``, ``batch_size=256``, ``lr=1e-2``, ``patience=15`` (others as for
@@ -129,7 +129,8 @@ def lda(
     Returns
     -------
     The trained :class:`~scgen_ae.models.LDA` (a ``ClassicLDA`` for ``method="classic"``),
-    or ``(adata, model)`` with ``copy=True``. Errors leave ``adata`` unchanged.
+    or, with ``copy=True``, the annotated copy of ``adata`` (the model:
+    :func:`~scgen_ae.tl.get_model`). Errors leave ``adata`` unchanged.
     Sets
 
     - ``adata.obsm[key_added]``: (n_cells, n_topics) topic proportions, rows sum to 1
@@ -145,6 +146,7 @@ def lda(
       ``train_perplexity``: per-count perplexity exp(- sum x log p / sum x) on the held-out
       validation cells and on the training cells; ``key_added``; ``varm_key``.
     """
+    v.check_target(adata, copy, "sa.tl.lda")
     if method not in METHODS:
         raise ValueError(f"method={method!r}; choose one of {METHODS}.")
     if backend not in ("native", "scvi-tools"):
@@ -213,7 +215,7 @@ def lda(
         uns["composition"] = composition
     write_results(target, obsm={key_added: proportions}, varm={varm_key: model.topic_gene_matrix()},
                   uns={uns_key: uns})
-    return (target, model) if copy else model
+    return returned(target, model, copy=copy, uns_key=uns_key)
 
 
 SCVI_LDA_OPTIONS = ("max_epochs", "batch_size", "lr", "seed", "n_threads", "device", "progress")
@@ -251,4 +253,4 @@ def _lda_scvi_tools(adata: AnnData, *, n_topics, method, batch_key, layer, n_hid
            "key_added": key_added, "varm_key": varm_key}
     target = adata.copy() if copy else adata
     write_results(target, obsm={key_added: result.latent}, varm={varm_key: result.loadings.T}, uns={uns_key: uns})
-    return (target, result.model) if copy else result.model
+    return returned(target, result.model, copy=copy, uns_key=uns_key)

@@ -11,7 +11,7 @@ from ..models import _nmf_solver
 from ..models._nmf_data import StreamedChunks
 from ..models.nmf import NMF, NMFConfig, check_nonnegative, fit_alignment, apply_alignment, preprocess, split_by_batch
 from ..train import resolve_device, seeded_threads
-from ._common import params_record, write_results
+from ._common import params_record, returned, write_results
 
 SOLVERS = ("hals", "mu")
 INITS = ("nndsvda", "nndsvd", "random")
@@ -150,11 +150,12 @@ def nmf(
     key_added, varm_key, uns_key
         Where the cell factors, the loadings and the parameters go.
     copy
-        Work on a copy and return ``(adata_copy, model)``.
+        Work on a copy and return it (as scanpy); the model is then ``sa.tl.get_model(copy, uns_key)``.
 
     Returns
     -------
-    The fitted :class:`~scgen_ae.models.NMF` (or ``(adata, model)`` with ``copy=True``).
+    The fitted :class:`~scgen_ae.models.NMF` (with ``copy=True`` the annotated copy of ``adata``; the model:
+    :func:`~scgen_ae.tl.get_model`).
     Errors leave ``adata`` unchanged; so does Ctrl-C (with a warning; the model so far is returned).
     Sets
 
@@ -179,6 +180,7 @@ def nmf(
     - ``adata.uns[uns_key]["key_added"]``, ``["varm_key"]``: the keys above (read by
       the generic top-genes / loadings plots); with ``batch_key`` also ``["reference_batch"]``.
     """
+    v.check_target(adata, copy, "sa.tl.nmf")
     _check_options(loss, solver, init, batch_key, n_components, max_iter, tol, batch_size, n_quantiles, min_cells,
                    min_match)
     if isinstance(adata, AnnData):
@@ -245,7 +247,7 @@ def nmf(
                   uns={uns_key: {"params": params, "history": model.history, "key_added": key_added,
                                  "varm_key": varm_key,
                                  **({"reference_batch": cats[config.reference_batch]} if config.aligned else {})}})
-    return (target, model) if copy else model
+    return returned(target, model, copy=copy, uns_key=uns_key)
 
 
 def _loss_label(config: NMFConfig) -> str:

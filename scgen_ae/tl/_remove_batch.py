@@ -98,6 +98,7 @@ def remove_batch(
     - ``adata.layers[layer_added]`` if requested.
     - ``adata.uns[key_added]``: ``params`` and ``merge_order`` (batches, in order merged).
     """
+    v.check_target(adata, copy, "sa.tl.remove_batch")
     _check_model(model)
     batches = _obs_values(adata, batch_key, "batch_key")
     labels = _obs_values(adata, cell_type_key, "cell_type_key") if cell_type_key is not None else None

@@ -190,6 +190,7 @@ def score_integration(
 
     Nothing else in ``adata`` is modified.
     """
+    v.check_target(adata, False, "sa.tl.score_integration")
     Benchmarker, BioConservation, BatchCorrection = _import_scib()
     start = time.perf_counter()
 

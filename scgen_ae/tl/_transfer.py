@@ -71,6 +71,7 @@ def transfer_labels(
       columns in the order of ``adata.uns[key_added]["labels"]``.
     - ``adata.uns[key_added]``: ``params`` and ``labels``.
     """
+    v.check_target(adata, copy, "sa.tl.transfer_labels")
     key_added = key_added or f"{label_key}_transferred"
     if key_added in (label_key, f"{label_key}_uncertainty"):
         raise v.InputError(

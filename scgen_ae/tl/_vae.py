@@ -6,10 +6,11 @@ import warnings
 from anndata import AnnData
 
 from .. import _validate as v
-from .._validate import check_copy, check_n_latent
+from .._validate import check_n_latent, check_target
 from ..models.vae import VAE, VAEConfig, VAEModule
 from ..train import fit, seeded_threads
-from ._common import params_record, split_kwargs, training_data, write_results
+from ._common import (HVG_IF_PRESENT, mask_name, params_record, returned, split_kwargs, training_data, var_mask,
+                      write_results)
 from ._composition import check_label_key, composition_record
 
 _COMPOSITION_CONTROL = (
@@ -43,8 +44,9 @@ def vae(
     copy: bool = False,
     backend: str = "native",
     linear_decoder: bool = False,
+    mask_var=HVG_IF_PRESENT,
     **train_kwargs,
-) -> VAE | tuple[AnnData, VAE]:
+) -> VAE | AnnData:
     """Train a (conditional) VAE on counts and store its latent space.
 
     Encoder: log1p(counts) (+ batch) -> Gaussian q(z|x). Decoder: z + batch ->
@@ -113,7 +115,7 @@ def vae(
     uns_key
         ``uns`` key of the parameters and history.
     copy
-        Work on a copy and return ``(adata_copy, model)``.
+        Work on a copy and return it (as scanpy); the model is then ``sa.tl.get_model(copy, uns_key)``.
     backend
         "native" (default) or "scvi-tools": scvi-tools' ``SCVI`` (``LinearSCVI`` with
         ``linear_decoder=True``) trained behind this API, writing the same keys, so the two
@@ -139,6 +141,12 @@ def vae(
     linear_decoder
         With ``backend="scvi-tools"``: scvi-tools' ``LinearSCVI`` (linear decoder, gene
         loadings in ``varm``). The native backend has no linear decoder and refuses it.
+    mask_var
+        The genes to train on, without subsetting ``adata``: a ``var`` column of booleans, a
+        boolean array, or None (every gene). Default: ``var["highly_variable"]`` when present
+        (as scanpy's PCA), else every gene. The latent space of every cell is written to
+        ``adata`` as usual; the model holds the selected genes (``model.var_names``). The
+        scvi-tools backend trains on every gene and refuses a mask given explicitly.
     **train_kwargs
         Options of :class:`scgen_ae.train.TrainConfig`: ``max_epochs`` (default: scvi-tools'
         heuristic, 400 epochs up to 20k cells, fewer beyond), ``batch_size`` (128), ``lr``
@@ -149,7 +157,9 @@ def vae(
     Returns
     -------
     VAE
-        The trained :class:`~scgen_ae.models.VAE` (or ``(adata, model)`` with ``copy=True``).
+        The trained :class:`~scgen_ae.models.VAE`; with ``copy=True`` the annotated copy of
+        ``adata`` (the model: :func:`~scgen_ae.tl.get_model`). A view of an AnnData is refused
+        unless ``copy=True`` (the results would not reach it).
         On Ctrl-C the model with the best weights so far is returned and ``adata`` is not
         modified. Errors (bad input, diverging loss) leave ``adata`` unchanged too.
 
@@ -187,7 +197,9 @@ def vae(
     """
     if backend not in ("native", "scvi-tools"):
         raise ValueError(f"backend={backend!r}; choose 'native' or 'scvi-tools'.")
-    check_copy(adata, copy)
+    check_target(adata, copy, "sa.tl.vae")
+    if backend == "scvi-tools" and mask_var is not HVG_IF_PRESENT and var_mask(adata, mask_var) is not None:
+        raise ValueError("mask_var needs backend='native'; for scvi-tools subset first: adata[:, mask].copy().")
     if backend == "scvi-tools":
         if unlabeled_category is not None:
             raise ValueError("unlabeled_category (the label classifier) needs backend='native'; for scvi-tools' "
@@ -210,9 +222,14 @@ def vae(
     classes: list[str] = []
     if unlabeled_category is not None:  # before the pass over X: obs is cheap to check
         label_codes, classes = v.label_codes(adata, label_key, unlabeled_category)
-    data, cats = training_data(adata, layer, batch_key, likelihood, allow_single_batch=True)
+    genes = var_mask(adata, mask_var)
+    if genes is not None and adata.isbacked:
+        raise ValueError("mask_var selecting some genes needs an in-memory AnnData (a backed one streams every "
+                         "gene); pass mask_var=None, or adata.to_memory() first.")
+    train_on = adata if genes is None else adata[:, genes]
+    data, cats = training_data(train_on, layer, batch_key, likelihood, allow_single_batch=True)
     check_label_key(adata, label_key)
-    check_n_latent(n_latent, adata.n_vars)
+    check_n_latent(n_latent, train_on.n_vars)
     if classes:
         data.labels = label_codes
     if batch_key is not None and len(cats) == 1:
@@ -221,7 +238,7 @@ def vae(
             "correction, but it can be extended with the batches of new samples by model.map_query(query, "
             "batch_key=...).", UserWarning, stacklevel=2)
     config = VAEConfig(
-        n_genes=adata.n_vars, n_batches=len(cats), likelihood=likelihood, n_latent=n_latent,
+        n_genes=train_on.n_vars, n_batches=len(cats), likelihood=likelihood, n_latent=n_latent,
         n_hidden=n_hidden, n_layers=n_layers, dropout_rate=dropout_rate, dispersion=dispersion,
         beta=beta, encode_batch=encode_batch, batch_gene_offsets=batch_gene_offsets,
         mmd_weight=mmd_weight, mmd_mnn_k=mmd_mnn_k, n_labels=len(classes),
@@ -230,7 +247,7 @@ def vae(
     with seeded_threads(train_cfg.seed, train_cfg.n_threads):
         module = VAEModule(config)
         history = fit(module, data, train_cfg, likelihood)
-        model = VAE(config, adata.var_names, batch_key, cats, layer, history.as_dict(), module,
+        model = VAE(config, train_on.var_names, batch_key, cats, layer, history.as_dict(), module,
                     label_categories=classes, label_key=label_key if classes else None)
         if history.interrupted:
             warnings.warn(
@@ -242,6 +259,7 @@ def vae(
         latent = model.get_latent(adata)
     result = {"params": params_record(batch_key=batch_key, layer=layer, label_key=label_key,
                                       unlabeled_category=unlabeled_category,
+                                      mask_var=mask_name(adata, mask_var),
                                       **dataclasses.asdict(config), **dataclasses.asdict(train_cfg)),
               "history": model.history, "key_added": key_added}
     if classes:
@@ -255,4 +273,4 @@ def vae(
         result["composition"] = composition
     target = adata.copy() if copy else adata
     write_results(target, obsm={key_added: latent}, uns={uns_key: result})
-    return (target, model) if copy else model
+    return returned(target, model, copy=copy, uns_key=uns_key)

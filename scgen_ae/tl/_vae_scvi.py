@@ -6,7 +6,7 @@ import dataclasses
 from anndata import AnnData
 
 from .. import _validate as v
-from ._common import params_record, split_kwargs, training_data, write_results
+from ._common import params_record, returned, split_kwargs, training_data, write_results
 from ._composition import check_label_key, composition_record
 
 
@@ -17,7 +17,7 @@ def vae_scvi_tools(adata: AnnData, *, batch_key: str | None, layer: str | None, 
     """Validate like the native backend, map the arguments, train, write the same keys.
 
     See :func:`scgen_ae.tl.vae` for the argument mapping. Returns the trained scvi-tools
-    model (``scvi.model.SCVI`` or ``LinearSCVI``), or ``(adata_copy, model)`` with ``copy=True``.
+    model (``scvi.model.SCVI`` or ``LinearSCVI``), or the annotated copy with ``copy=True``.
     """
     from ..bridge import scvi_tools as bridge
 
@@ -47,6 +47,7 @@ def vae_scvi_tools(adata: AnnData, *, batch_key: str | None, layer: str | None, 
         mmd_weight=mmd_weight, mmd_mnn_k=0, label_key=label_key, **dataclasses.asdict(train_cfg),
         unlabeled_category=None, n_labels=0, classification_weight=0.0,  # no classifier on this backend
         norm="batch",  # scvi-tools' default batch norm in the hidden layers, as the native VAEConfig.norm
+        mask_var=None,  # scvi-tools trains on every gene of adata
     )
     record.update(ran)  # what actually ran, not what the native defaults say
     record.update(max_epochs=fit_kwargs["max_epochs"], kl_warmup_epochs=fit_kwargs["plan_kwargs"]["n_epochs_kl_warmup"],
@@ -62,4 +63,4 @@ def vae_scvi_tools(adata: AnnData, *, batch_key: str | None, layer: str | None, 
     if composition is not None:
         uns["composition"] = composition
     write_results(target, obsm={key_added: result.latent}, varm=varm, uns={uns_key: uns})
-    return (target, result.model) if copy else result.model
+    return returned(target, result.model, copy=copy, uns_key=uns_key)
