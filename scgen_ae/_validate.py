@@ -43,11 +43,15 @@ def _available_bytes() -> int:
         return 8 << 30
 
 
+def check_anndata(adata) -> None:
+    if not isinstance(adata, AnnData):
+        raise InputError(f"Expected an AnnData object, got {type(adata).__name__}.")
+
+
 def get_matrix(adata: AnnData, layer: str | None, *, sorted_indices: bool = True) -> sp.csr_matrix:
     """Return ``X`` or ``layers[layer]`` as CSR float32, checked for NaN/Inf and size
     (``sorted_indices=False``: column indices left in their order, see :func:`~scgen_ae.data.to_csr32`)."""
-    if not isinstance(adata, AnnData):
-        raise InputError(f"Expected an AnnData object, got {type(adata).__name__}.")
+    check_anndata(adata)
     if adata.n_obs == 0 or adata.n_vars == 0:
         raise InputError(f"The AnnData is empty ({adata.n_obs} cells x {adata.n_vars} genes).")
     if layer is not None and layer not in adata.layers:

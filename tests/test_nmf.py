@@ -457,7 +457,10 @@ def test_cli_integrate_with_nmf(cellbench_raw, tmp_path, capsys):
     result = ad.read_h5ad(out)
     assert result.obsm["X_nmf"].shape == (result.n_obs, 10) and result.uns["nmf"]["varm_key"] == "nmf_loadings"
     model = sa.NMF.load(model_path, adata=result)
-    np.testing.assert_array_equal(model.loadings, result.varm["nmf_loadings"])
+    # the output keeps every gene; the model's rows are those marked in var
+    rows = result.var["scgen_ae_model_gene"].to_numpy(bool)
+    assert rows.sum() == 500 and not result.varm["nmf_loadings"][~rows].any()
+    np.testing.assert_array_equal(model.loadings, result.varm["nmf_loadings"][rows])
 
 
 def test_hals_row_sweeps_are_the_textbook_update_on_cpu_and_device(monkeypatch):

@@ -222,6 +222,7 @@ def vae(
     classes: list[str] = []
     if unlabeled_category is not None:  # before the pass over X: obs is cheap to check
         label_codes, classes = v.label_codes(adata, label_key, unlabeled_category)
+    v.check_anndata(adata)  # before reading adata.var for the mask
     genes = var_mask(adata, mask_var)
     if genes is not None and adata.isbacked:
         raise ValueError("mask_var selecting some genes needs an in-memory AnnData (a backed one streams every "
