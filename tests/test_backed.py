@@ -122,6 +122,27 @@ def test_copy_of_a_backed_adata_refused_before_training(written, monkeypatch):
         sa.tl.vae(backed, copy=True, max_epochs=1, **SMALL)
 
 
+@pytest.mark.parametrize("front, kwargs", [
+    (sa.tl.denoise, dict(batch_key="batch", max_epochs=1)),
+    (sa.tl.nmf, dict(n_components=3, batch_key="batch", max_iter=2)),
+    (sa.tl.lda, dict(n_topics=3, batch_key="batch", max_epochs=1)),
+    (sa.tl.batch_composition, dict(batch_key="batch")),
+    (sa.tl.transfer_labels, dict(label_key="cell_type")),
+], ids=lambda x: getattr(x, "__name__", ""))
+def test_every_front_refuses_copy_of_a_backed_adata_before_any_work(written, front, kwargs):
+    if front is sa.tl.transfer_labels:
+        kwargs = {**kwargs, "reference": written[0]}
+    path = written[1]["csr"]
+    before = _digest(path)
+    backed = ad.read_h5ad(path, backed="r")
+    keys = _keys(backed)
+    with pytest.raises(sa.InputError, match="copy=True needs an in-memory AnnData"):
+        front(backed, copy=True, **kwargs)
+    assert _keys(backed) == keys
+    backed.file.close()
+    assert _digest(path) == before
+
+
 @pytest.mark.parametrize("fmt", ["csr", "dense"])
 @pytest.mark.parametrize("value, message", [(2.5, "non-integer values"), (np.nan, "NaN/Inf")],
                          ids=["fraction", "nan"])
