@@ -212,7 +212,7 @@ class DAE(BaseModel):
     @torch.no_grad()
     def predict(self, adata: AnnData, *, transform_batch: str | None = None, library_size: float | str = "observed",
                 genes=None, layer="model", batch_key="model", batch_size: int = 1024, pad_missing: bool = False,
-                outputs=("mean", "latent")) -> dict[str, np.ndarray]:
+                outputs=("mean", "latent"), dtype=np.float32) -> dict[str, np.ndarray]:
         """Denoised values for every cell, computed ``batch_size`` cells at a time.
 
         Parameters
@@ -227,15 +227,18 @@ class DAE(BaseModel):
         outputs
             Any of "mean" (n, g), "latent" (n, n_latent), "dropout" (n, g, zinb only),
             "dispersion" (n, g, not poisson).
+        dtype
+            Of the per-gene outputs (the latent is float32): each chunk is computed in
+            float32 and cast as it is stored, so float16 halves the outputs' memory.
 
-        Memory: the outputs plus one (batch_size x n_genes) working set.
+        Memory: the outputs plus one (batch_size x n_genes) float32 working set.
         """
         b = self._batch_index(transform_batch)
         data = self._cell_data(adata, layer, batch_key, pad_missing)
         cols = None if genes is None else np.asarray([self.var_names.index(g) for g in genes])
         n_out = self.config.n_genes if cols is None else len(cols)
         shapes = {"mean": n_out, "latent": self.config.n_latent, "dropout": n_out, "dispersion": n_out}
-        res = {k: np.empty((data.n_cells, shapes[k]), dtype=np.float32) for k in outputs}
+        res = {k: np.empty((data.n_cells, shapes[k]), dtype=np.float32 if k == "latent" else dtype) for k in outputs}
         module, device = self.module.eval(), self.device
         start = 0
         for mb in data.iterate(np.arange(data.n_cells), batch_size, drop_last_if_tiny=False):
