@@ -149,7 +149,8 @@ class ScviToolsNames:
         return values[..., 0] if n_samples == 1 else values
 
     def _per_cell(self, adata, fn, *, batch_size, layer, batch_key, pad_missing) -> np.ndarray:
-        return torch.cat(self._apply(adata, layer, batch_key, batch_size, pad_missing, fn)).numpy()
+        """Per-cell likelihood scores: the minibatches carry the likelihood's constants."""
+        return torch.cat(self._apply(adata, layer, batch_key, batch_size, pad_missing, fn, constants=True)).numpy()
 
     def get_reconstruction_error(self, adata: AnnData, *, batch_size: int = 1024, layer="model", batch_key="model",
                                  pad_missing: bool = False) -> dict[str, float]:

@@ -250,14 +250,15 @@ class DAE(BaseModel):
         whole decoder output).
         """
         b = self._batch_index(transform_batch)
-        data = self._cell_data(adata, layer, batch_key, pad_missing)
+        # rows are only densified: no sorted copy of the counts, no per-cell likelihood constants
+        data = self._cell_data(adata, layer, batch_key, pad_missing, sorted_indices=False)
         cols = None if genes is None else np.asarray([self.var_names.index(g) for g in genes])
         n_out = self.config.n_genes if cols is None else len(cols)
         shapes = {"mean": n_out, "latent": self.config.n_latent, "dropout": n_out, "dispersion": n_out}
         res = {k: np.empty((data.n_cells, shapes[k]), dtype=np.float32 if k == "latent" else dtype) for k in outputs}
         module, device = self.module.eval(), self.device
         start = 0
-        for mb in data.iterate(np.arange(data.n_cells), batch_size, drop_last_if_tiny=False):
+        for mb in data.iterate(np.arange(data.n_cells), batch_size, drop_last_if_tiny=False, constants=False):
             mb = mb.to(device)
             z = module.encode(module.encoder_input(mb), mb.batch)
             batch = mb.batch if b is None else torch.full_like(mb.batch, b)
