@@ -95,15 +95,20 @@ print(model)
 print(adata)
 
 # %% [markdown]
-# Raw against denoised, per chemistry. Raw counts of a marker are mostly 0 and 1;
-# denoised values separate expressing from non-expressing cells.
+# Raw against denoised, per chemistry (left, middle) and per cell (right, coloured by
+# chemistry). Raw counts of a marker are mostly 0 and 1; cells with the same raw count get
+# a range of denoised values, set by the rest of their expression. Which cells get high
+# values is not visible here (there are no cell-type labels in this data): the UMAP below
+# shows it.
 
 # %%
-sa.pl.denoising(adata, genes=markers, batch_key="batch", save=FIGURES / "02_denoising.png")
+sa.pl.denoising(adata, genes=markers, batch_key="batch")
 
 # %% [markdown]
-# On the UMAP of log-normalised data, the denoised marker values light up whole
-# populations where the raw counts are speckled.
+# On the UMAP of the log-normalised counts, each marker's raw counts (top row) are
+# speckled over the map: a T cell, B cell or monocyte often has a 0 for its own marker.
+# The denoised values (bottom row) mark whole regions of the map, the populations of T
+# cells (CD3E), B cells (MS4A1) and monocytes (LYZ), and stay low elsewhere.
 
 # %%
 view = adata.copy()
@@ -115,7 +120,9 @@ sc.tl.umap(view, random_state=0)
 for g in markers:
     view.obs[f"{g} raw"] = np.log1p(adata[:, g].X.toarray().ravel())
     view.obs[f"{g} denoised"] = np.log1p(adata[:, g].layers["denoised"].ravel())
-sc.pl.umap(view, color=[f"{g} {kind}" for kind in ("raw", "denoised") for g in markers], ncols=3, show=False)
+sc.pl.umap(view, color=[f"{g} {kind}" for kind in ("raw", "denoised") for g in markers], ncols=3, show=False,
+           frameon=False, size=12)
+plt.gcf().savefig(FIGURES / "02_denoising.png", dpi=72)
 plt.show()
 
 # %% [markdown]

@@ -80,7 +80,8 @@ def _check_request(adata: AnnData, *, method, layer, batch_key, transform_batch,
         )
     if genes is not None:
         if isinstance(genes, str):
-            raise v.InputError(f"genes= / gene_list={genes!r} is one string; pass a list of gene names, e.g. [{genes!r}].")
+            raise v.InputError(f"genes= / gene_list={genes!r} is one string; pass a list of gene names, "
+                               f"e.g. [{genes!r}].")
         names = set(map(str, adata.var_names))
         missing = [str(g) for g in genes if str(g) not in names]
         if missing:
@@ -217,11 +218,11 @@ def denoise(
     dtype
         "float32" (default) or "float16" of the per-gene outputs (the bottleneck stays
         float32). Each chunk is decoded in float32 and rounded as it is stored, so float16
-        output equals the float32 output cast to float16 (relative error <= 2^-11) at half
-        the memory; a value above float16's largest (65,504 expected counts) is refused
-        with the advice to use float32 or ``library_size=1e4``. No sparse option: the
-        denoised means are positive for every gene of every cell, so a sparse matrix of
-        them would only be larger.
+        output equals the float32 output cast to float16 (relative error <= 2^-11 above
+        6e-5) at half the memory; a value above float16's largest (65,504 expected
+        counts) is refused with the advice to use float32 or ``library_size=1e4``. No
+        sparse option: the denoised means are positive for every gene of every cell, so a
+        sparse matrix of them would only be larger.
     return_info
         Also store the ZINB/NB dropout probabilities and dispersions (``method="dae"``).
     layer_added
@@ -232,8 +233,8 @@ def denoise(
     uns_key
         ``uns`` key of the parameters and loss history.
     chunk_size
-        Cells decoded at a time (default 1024): the float32 working set is
-        ``chunk_size x n_genes`` per output, written into the preallocated output.
+        Cells decoded at a time (default 1024), each chunk written into the preallocated
+        output; the working memory is a few ``chunk_size x n_genes`` float32 arrays.
     copy
         Work on a copy and return it (as scanpy); the model is then ``sa.tl.get_model(copy, uns_key)``.
     **kwargs
@@ -258,9 +259,11 @@ def denoise(
     layer (100k cells x 20k genes: 8 GB; x 2,000 HVGs: 0.8 GB), half that with
     ``dtype="float16"``, as much again for each of the dropout and dispersion layers
     with ``return_info``. ``genes=`` keeps only the genes you need. Beyond the outputs,
-    one ``chunk_size x n_genes`` float32 chunk per output is held (measured peak RSS in
-    BENCHMARKS.md, denoising at scale). What was written (key, shape, dtype, MB) is
-    logged at info level (``sa.settings.verbosity = 2``).
+    the working memory does not grow with the cells: about 4 ``chunk_size x n_genes``
+    float32 arrays for the mean alone (the whole decoder output, ~10, with
+    ``return_info``) plus ~0.1 GB; 0.22-0.27 GB measured at 11,220 genes and
+    ``chunk_size=1024`` (BENCHMARKS.md, "Writing the output at scale"). What was written
+    (key, shape, dtype, MB) is logged at info level (``sa.settings.verbosity = 2``).
 
     Returns
     -------
