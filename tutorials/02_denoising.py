@@ -105,10 +105,12 @@ print(adata)
 sa.pl.denoising(adata, genes=markers, batch_key="batch")
 
 # %% [markdown]
-# On the UMAP of the log-normalised counts, each marker's raw counts (top row) are
-# speckled over the map: a T cell, B cell or monocyte often has a 0 for its own marker.
-# The denoised values (bottom row) mark whole regions of the map, the populations of T
-# cells (CD3E), B cells (MS4A1) and monocytes (LYZ), and stay low elsewhere.
+# On the UMAP of the log-normalised counts (log1p values; cells drawn in file order, so
+# none is hidden under its neighbours), the raw counts of CD3E (T cells) and MS4A1 (B
+# cells) are speckled: many cells of each population have a 0 for its own marker, the
+# dark dots inside the bright region. The denoised values (bottom row) fill those in, so
+# the whole population is marked, and stay low in the other populations. LYZ has many
+# counts per monocyte and is clear in the raw counts already.
 
 # %%
 view = adata.copy()
@@ -120,9 +122,10 @@ sc.tl.umap(view, random_state=0)
 for g in markers:
     view.obs[f"{g} raw"] = np.log1p(adata[:, g].X.toarray().ravel())
     view.obs[f"{g} denoised"] = np.log1p(adata[:, g].layers["denoised"].ravel())
+# sort_order=False: cells drawn in file order, so a 0 inside a population is not hidden under its neighbours
 sc.pl.umap(view, color=[f"{g} {kind}" for kind in ("raw", "denoised") for g in markers], ncols=3, show=False,
-           frameon=False, size=12)
-plt.gcf().savefig(FIGURES / "02_denoising.png", dpi=72)
+           frameon=False, size=10, sort_order=False)
+plt.gcf().savefig(FIGURES / "02_denoising.png", dpi=48, bbox_inches="tight")
 plt.show()
 
 # %% [markdown]
