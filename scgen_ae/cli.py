@@ -159,10 +159,12 @@ def _integrate(full, args, out_h5ad: Path | None, plots: Path | None) -> None:
     write_results(adata, obsm={"X_pca_uncorrected": base.obsm["X_pca"]})
     table = sa.metrics.summary(adata, ["X_pca_uncorrected", basis], batch_key=args.batch_key,
                                label_key=args.label_key)
-    print("\nintegration summary (batch_entropy / ilisi: 1 = batches mixed; ari: clusters vs labels)")
+    table, source = _scib_twins(adata, table, args)
+    print(f"\nintegration summary (1 = batches mixed / labels kept apart; {source})")
     print(table.round(3).to_string())
     summary = {c: table[c].to_numpy() for c in table.columns}
     summary["basis"] = table.index.to_numpy().astype(str)
+    summary["source"] = source
     write_results(adata, uns={"integration_summary": summary})
     if plots is not None:
         plots.mkdir(parents=True, exist_ok=True)
@@ -179,6 +181,36 @@ def _integrate(full, args, out_h5ad: Path | None, plots: Path | None) -> None:
         print(f"annotated AnnData written to {out_h5ad}")
     if getattr(args, "save_model", None):
         print(f"model saved to {model.save(args.save_model)}")
+
+
+#: the summary's quick metrics (sa.metrics) that scIB also reports, and scIB's column for each
+SCIB_TWINS = {"batch_simpson": "iLISI", "ari": "KMeans ARI", "label_silhouette": "Silhouette label"}
+_QUICK = "sa.metrics' quick kNN metrics, not scIB's"
+
+
+def _scib_twins(adata, table, args):
+    """(table, where its values come from): the quick metrics that scIB also has are replaced
+    by scIB's own, from ``sa.tl.score_integration`` (what ``scgen-ae score`` runs), so one
+    embedding never gets two iLISI values; without scib-metrics they stay, under their own names."""
+    import anndata as ad
+
+    import scgen_ae as sa
+
+    if getattr(args, "no_scib", False):
+        return table, f"{_QUICK} (--no-scib)"
+    try:
+        import scib_metrics  # noqa: F401  (optional: scgen-ae[metrics])
+    except ImportError:
+        return table, f"{_QUICK}; pip install 'scgen-ae[metrics]' for scIB's iLISI"
+    if adata.n_obs <= 90:  # scIB's neighbourhoods are 90 cells
+        return table, f"{_QUICK}: scIB needs more than 90 cells"
+    keys = [args.batch_key] + ([args.label_key] if args.label_key else [])
+    light = ad.AnnData(obs=adata.obs[keys].copy(), obsm={b: adata.obsm[b] for b in table.index})
+    wanted = [SCIB_TWINS[c] for c in table.columns if c in SCIB_TWINS]
+    scib = sa.tl.score_integration(light, bases=list(table.index), batch_key=args.batch_key,
+                                   label_key=args.label_key, metrics=wanted, n_jobs=args.threads or 1)
+    table = table.drop(columns=list(SCIB_TWINS), errors="ignore").join(scib)
+    return table, f"batch_entropy: {_QUICK}; {', '.join(wanted)}: scib-metrics via sa.tl.score_integration"
 
 
 def _train_vae(adata, args):
@@ -419,6 +451,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", default="vae", choices=["vae", "nmf", "lda"],
                    help="vae, nmf (integrative NMF; --n-latent factors, --max-epochs passes) or lda (--n-latent topics)")
     p.add_argument("--force", action="store_true", help="allow -o to replace the input file")
+    p.add_argument("--no-scib", action="store_true",
+                   help="summary with the quick metrics only, not scIB's (about a minute of JIT compilation)")
     _add_training_args(p)
 
     p = sub.add_parser("demo", help="the main job on real cells shipped with the package (CellBench: 3 protocols, "

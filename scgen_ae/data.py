@@ -80,11 +80,12 @@ class CellData:
         )
 
     def iterate(self, idx: np.ndarray, batch_size: int, rng: np.random.Generator | None = None,
-                drop_last_if_tiny: bool = True) -> Iterator[Minibatch]:
+                drop_last_if_tiny: bool = True, constants: bool = True) -> Iterator[Minibatch]:
         """Yield minibatches over ``idx``, shuffled when ``rng`` is given.
 
         A final minibatch of fewer than 3 cells is merged away when training, because
         batch normalisation cannot use it (scvi-tools fails on it instead).
+        ``constants=False``: see :meth:`minibatch` (applying a model needs no likelihood).
         """
         if rng is not None:
             idx = rng.permutation(idx)
@@ -93,7 +94,7 @@ class CellData:
             starts.pop()
         for i, s in enumerate(starts):
             end = starts[i + 1] if i + 1 < len(starts) else len(idx)
-            yield self.minibatch(idx[s:end])
+            yield self.minibatch(idx[s:end], constants=constants)
 
 
 ROW_BLOCK = 4096  # cells per block in whole-matrix passes: O(block x nnz per cell) memory

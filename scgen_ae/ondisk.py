@@ -215,7 +215,7 @@ class OnDiskCellData:
         return order
 
     def iterate(self, idx: np.ndarray, batch_size: int, rng: np.random.Generator | None = None,
-                drop_last_if_tiny: bool = True) -> Iterator[Minibatch]:
+                drop_last_if_tiny: bool = True, constants: bool = True) -> Iterator[Minibatch]:
         """Minibatches over ``idx`` (shuffled at chunk level when ``rng`` is given), cut where
         :meth:`CellData.iterate` cuts them; a window of cells is read ahead while one trains."""
         order = self.epoch_order(idx, rng)
@@ -231,7 +231,7 @@ class OnDiskCellData:
                 pending = pool.submit(load, groups[i + 1]) if self.prefetch and i + 1 < len(groups) else None
                 offset = group[0][0]
                 for s, e in group:
-                    yield window.minibatch(np.arange(s - offset, e - offset))
+                    yield window.minibatch(np.arange(s - offset, e - offset), constants=constants)
                 if pending is None and i + 1 < len(groups):
                     pending = pool.submit(load, groups[i + 1])
 

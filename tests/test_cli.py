@@ -14,10 +14,10 @@ def test_integrate_on_real_file(cellbench_raw, tmp_path, capsys):
     out, plots, model_path = tmp_path / "out.h5ad", tmp_path / "plots", tmp_path / "model.npz"
     rc = main(["integrate", str(src), "--batch-key", "batch", "--label-key", "cell_type", "-o", str(out),
                "--plots", str(plots), "--save-model", str(model_path), "--n-top-genes", "500",
-               "--max-epochs", "5", "--threads", "1", "--quiet"])
+               "--max-epochs", "5", "--threads", "1", "--quiet", "--no-scib"])
     assert rc == 0
     printed = capsys.readouterr().out
-    assert "integration summary" in printed and "X_vae" in printed
+    assert "integration summary" in printed and "X_vae" in printed and "not scIB's (--no-scib)" in printed
     result = ad.read_h5ad(out)
     # every gene is kept; the model's 500 are marked
     assert result.n_vars == cellbench_raw.n_vars and result.obsm["X_vae"].shape == (result.n_obs, 10)
@@ -58,9 +58,12 @@ def test_demo_scores_with_scib_when_installed(tmp_path, capsys, monkeypatch):
 
     import pandas as pd
 
-    calls = {}
+    calls, summary_calls = {}, {}
 
     def fake_scores(adata, **kwargs):
+        if kwargs.get("metrics"):  # the summary's scIB columns
+            summary_calls.update(kwargs)
+            return pd.DataFrame({m: [0.1, 0.2] for m in kwargs["metrics"]}, index=kwargs["bases"])
         calls.update(kwargs)
         table = pd.DataFrame({"Total": [0.6, 0.8]}, index=kwargs["bases"])
         adata.uns["integration_scores"] = {"values": table.to_numpy(), "index": table.index.to_numpy(),
@@ -72,8 +75,34 @@ def test_demo_scores_with_scib_when_installed(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(sa.pl, "scores", lambda adata, save: open(save, "wb").close())
     assert main(["demo", "--out", str(tmp_path), "--n-cells", "200", "--max-epochs", "2", "--quiet"]) == 0
     assert calls["bases"] == ["X_pca_uncorrected", "X_vae"] and calls["label_key"] == "cell_type"
+    assert summary_calls["metrics"] == ["iLISI", "KMeans ARI", "Silhouette label"]
     assert (tmp_path / "scores.csv").exists() and (tmp_path / "plots" / "scores.png").exists()
-    assert "integration_scores" in ad.read_h5ad(tmp_path / "demo.h5ad").uns
+    result = ad.read_h5ad(tmp_path / "demo.h5ad")
+    assert "integration_scores" in result.uns
+    summary = result.uns["integration_summary"]
+    assert {"batch_entropy", "iLISI", "KMeans ARI", "Silhouette label"} <= set(summary)
+    assert not {"batch_simpson", "ari", "label_silhouette"} & set(summary)  # one value per metric
+
+
+def test_cli_summary_uses_score_integrations_metrics(tmp_path):
+    """The demo's summary and its scIB table (sa.tl.score_integration, what `scgen-ae score`
+    runs) give the same iLISI, KMeans ARI and label silhouette for the same embeddings."""
+    import pytest
+
+    pytest.importorskip("scib_metrics", reason="scib-metrics (the [metrics] extra) computes scIB's iLISI")
+    assert main(["demo", "--out", str(tmp_path), "--n-cells", "200", "--max-epochs", "2", "--quiet"]) == 0
+    result = ad.read_h5ad(tmp_path / "demo.h5ad")
+    summary, scores = result.uns["integration_summary"], result.uns["integration_scores"]
+    assert "scib-metrics via sa.tl.score_integration" in summary["source"]
+    columns = list(scores["columns"])
+    assert list(summary["basis"]) == list(scores["index"])
+    for metric in ("iLISI", "KMeans ARI", "Silhouette label"):
+        # one implementation run twice (neighbour search and float32 jax kernels each time): iLISI
+        # came out 1 float32 ulp apart in one run; sa.metrics' batch_simpson, another definition, is off
+        np.testing.assert_allclose(summary[metric], scores["values"][:, columns.index(metric)], rtol=1e-6,
+                                   err_msg=metric)
+    quick = sa.metrics.batch_simpson(result.obsm["X_vae"], result.obs["batch"])
+    assert not np.isclose(quick, summary["iLISI"][1], rtol=0.05), (quick, summary["iLISI"])
 
 
 def test_demo_without_scib_says_so(tmp_path, capsys, monkeypatch):
@@ -81,5 +110,6 @@ def test_demo_without_scib_says_so(tmp_path, capsys, monkeypatch):
 
     monkeypatch.setitem(sys.modules, "scib_metrics", None)  # import scib_metrics raises ImportError
     assert main(["demo", "--out", str(tmp_path), "--n-cells", "200", "--max-epochs", "2", "--quiet"]) == 0
-    assert "scib-metrics is not installed" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "scib-metrics is not installed" in printed and "not scIB's; pip install" in printed
     assert not (tmp_path / "scores.csv").exists()

@@ -84,16 +84,70 @@ def test_transform_batch_and_library_size(denoised_3protocols):
     np.testing.assert_allclose(sub.layers["norm"].sum(1), 1e4, rtol=1e-3)
 
 
-def test_genes_go_to_obsm_and_match_full(denoised_3protocols):
+@pytest.mark.parametrize("option", ["genes", "gene_list"])
+def test_genes_go_to_obsm_and_match_full(denoised_3protocols, option):
     adata, model = denoised_3protocols
     sub = adata[:60].copy()
     genes = list(adata.var_names[[5, 0, 42]])
-    sa.tl.denoise(sub, model=model, genes=genes, layer_added="few", return_info=True)
+    sa.tl.denoise(sub, model=model, **{option: genes}, layer_added="few", return_info=True)
     frame = sub.obsm["few"]
     assert list(frame.columns) == genes and list(frame.index) == list(sub.obs_names)
     np.testing.assert_allclose(frame.to_numpy(), adata.layers["denoised"][:60][:, [5, 0, 42]], rtol=1e-4)
     assert sub.obsm["few_dropout"].shape == (60, 3)
-    assert "few" not in sub.layers
+    assert "few" not in sub.layers and "denoised" not in set(sub.layers) - set(adata.layers)
+    assert sub.uns["denoise"]["params"]["genes"] == genes
+
+
+def _same_up_to_gemm_rounding(actual, expected):
+    """Each cell's values depend on its own row only (batch norm runs on its stored statistics
+    in evaluation), but a matrix product over another number of rows may take another BLAS
+    kernel, whose sums round differently: equal to float32 rounding, not bit for bit."""
+    np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_chunked_output_equals_unchunked(denoised_3protocols, trained):
+    adata, model = denoised_3protocols
+    sub = adata[:300].copy()
+    for chunk in (7, 300):
+        sa.tl.denoise(sub, model=model, chunk_size=chunk, layer_added=f"c{chunk}", return_info=True)
+    for key in ("c{}", "c{}_dropout", "c{}_dispersion"):
+        _same_up_to_gemm_rounding(sub.layers[key.format(7)], sub.layers[key.format(300)])
+    assert sub.uns["denoise"]["params"]["chunk_size"] == 300
+    vae_data, vae_model = trained
+    part = vae_data[:120].copy()
+    for chunk in (11, 120):
+        sa.tl.denoise(part, model=vae_model, chunk_size=chunk, layer_added=f"v{chunk}")
+    _same_up_to_gemm_rounding(part.layers["v11"], part.layers["v120"])
+
+
+def test_float16_output_is_the_float32_output_cast(denoised_3protocols, trained, caplog):
+    """Each chunk is decoded in float32 and rounded once as it is stored."""
+    adata, model = denoised_3protocols
+    vae_data, vae_model = trained
+    for data, mdl in ((adata[:200].copy(), model), (vae_data[:100].copy(), vae_model)):
+        sa.tl.denoise(data, model=mdl, layer_added="f32")
+        with caplog.at_level("INFO", logger="scgen_ae"):
+            sa.tl.denoise(data, model=mdl, layer_added="f16", dtype="float16", chunk_size=64)
+        f16, f32 = data.layers["f16"], data.layers["f32"]
+        assert f16.dtype == np.float16 and f16.nbytes * 2 == f32.nbytes
+        assert data.uns["denoise"]["params"]["dtype"] == "float16"
+        # float16's rounding (relative 2**-11, absolute 2**-25 among its subnormals), plus the float32
+        # GEMM rounding of another chunk size, which can tip a value to the neighbouring float16
+        np.testing.assert_allclose(f16.astype(np.float32), f32, rtol=2**-11 + 1e-5, atol=2**-24)
+        assert np.mean(f16 == f32.astype(np.float16)) > 0.999
+        assert f"wrote layers['f16']: {data.n_obs} x {data.n_vars} float16, {f16.nbytes / 1e6:.1f} MB" in caplog.text
+        caplog.clear()
+    sub = adata[:50].copy()
+    sa.tl.denoise(sub, model=model, gene_list=list(adata.var_names[:4]), dtype="float16", layer_added="few")
+    assert (sub.obsm["few"].dtypes == np.float16).all()
+
+
+def test_float16_overflow_refused(denoised_3protocols, snapshot):
+    sub = denoised_3protocols[0][:40].copy()
+    snap = snapshot(sub)
+    with pytest.raises(sa.InputError, match=r"exceed float16's largest value.*nothing was written.*float32"):
+        sa.tl.denoise(sub, model=denoised_3protocols[1], dtype="float16", library_size=1e9, layer_added="big")
+    snap.assert_unchanged(sub)
 
 
 def test_save_load_gives_same_predictions(denoised_3protocols, tmp_path):
@@ -158,6 +212,15 @@ def test_overwrite_counts_when_asked(sim):
     (dict(transform_batch="batch9"), sa.InputError, r"transform_batch='batch9' is not a batch.*batch0"),
     (dict(transform_batch="batch0", batch_key=None), sa.InputError, r"needs batch_key="),
     (dict(genes=["gene0", "NOPE"]), sa.InputError, r"not in adata.var_names.*NOPE"),
+    (dict(gene_list=["gene0", "NOPE", "NOPE2"]), sa.InputError, r"names 2 genes that are not in adata.var_names: "
+                                                                 r"\['NOPE', 'NOPE2'\]"),
+    (dict(gene_list=[]), sa.InputError, r"gene_list= is empty"),
+    (dict(gene_list="gene0"), sa.InputError, r"is one string; pass a list"),
+    (dict(gene_list=["gene0", "gene0"]), sa.InputError, r"\['gene0'\] more than once"),
+    (dict(genes=["gene0"], gene_list=["gene0"]), sa.InputError, r"the same option.*pass one"),
+    (dict(dtype="int8"), sa.InputError, r"dtype='int8'.*'float32'.*'float16'"),
+    (dict(dtype="float64"), sa.InputError, r"dtype='float64'"),
+    (dict(chunk_size=0), sa.InputError, r"chunk_size=0; pass a whole number"),
     (dict(method="vae", return_info=True), ValueError, r"return_info=True is available for method='dae' only"),
     (dict(likelihood="poisson", return_info=True), ValueError, r"Poisson has no dispersion"),
     (dict(library_size="cpm"), ValueError, r"library_size='cpm'"),

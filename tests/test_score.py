@@ -63,7 +63,32 @@ def test_without_labels_batch_metrics_only(trained):
     assert adata.uns["integration_scores"]["note"] == table.attrs["note"]
 
 
+def test_metrics_subset_equals_the_full_calls_columns(scored):
+    adata, table = scored
+    wanted = ["iLISI", "KMeans ARI", "Silhouette label"]
+    part = sa.tl.score_integration(adata.copy(), bases=["X_pca", "X_vae"], batch_key="batch", label_key="cell_type",
+                                   metrics=wanted)
+    assert list(part.columns) == wanted  # no aggregates: an average of three metrics is not scIB's score
+    # the same implementation on the same neighbours; float32 rounding apart (jax kernels run again)
+    np.testing.assert_allclose(part.to_numpy(), table[wanted].to_numpy(), rtol=1e-6)
+
+
+def test_quick_metrics_are_not_named_like_scibs(scored):
+    """sa.metrics' inverse Simpson index (30 neighbours, equal weights, mean) is another number
+    than scIB's iLISI (90 neighbours, perplexity weights, median): it has its own name."""
+    adata, table = scored
+    quick = sa.metrics.summary(adata, "X_vae", batch_key="batch", label_key="cell_type")
+    assert not {"ilisi", "iLISI"} & set(quick.columns) and "batch_simpson" in quick.columns
+    assert not np.isclose(quick.loc["X_vae", "batch_simpson"], table.loc["X_vae", "iLISI"], rtol=0.05)
+    with pytest.warns(FutureWarning, match="now sa.metrics.batch_simpson"):
+        old = sa.metrics.ilisi(adata.obsm["X_vae"], adata.obs["batch"])
+    assert old == quick.loc["X_vae", "batch_simpson"]
+
+
 @pytest.mark.parametrize("kwargs, message", [
+    (dict(bases="X_vae", metrics=["iLISI", "LISI"]), "unknown ['LISI']; choose from"),
+    (dict(bases="X_vae", metrics=[]), "metrics=[]: empty"),
+    (dict(bases="X_vae", metrics=["KMeans ARI"]), "metrics ['KMeans ARI'] compare cell-type labels; pass label_key="),
     (dict(bases=["X_nope"]), "bases ['X_nope'] are not in adata.obsm"),
     (dict(bases=[]), "bases is empty"),
     (dict(bases=["X_vae", "X_vae"]), "bases contains duplicates"),

@@ -171,7 +171,7 @@ plt.show()
 # together scores well on the first and badly on the second; both must be high.
 #
 # `sa.metrics.summary` gives quick versions of both with no extra dependency:
-# `batch_entropy` and `ilisi` (1 = batches perfectly mixed), `ari` (KMeans clusters vs the
+# `batch_entropy` and `batch_simpson` (1 = batches perfectly mixed), `ari` (KMeans clusters vs the
 # cell lines) and `label_silhouette` (1 = labels perfectly apart).
 
 # %%

@@ -95,15 +95,22 @@ print(model)
 print(adata)
 
 # %% [markdown]
-# Raw against denoised, per chemistry. Raw counts of a marker are mostly 0 and 1;
-# denoised values separate expressing from non-expressing cells.
+# Raw against denoised, per chemistry (left, middle) and per cell (right, coloured by
+# chemistry). Raw counts of a marker are mostly 0 and 1; cells with the same raw count get
+# a range of denoised values, set by the rest of their expression. Which cells get high
+# values is not visible here (there are no cell-type labels in this data): the UMAP below
+# shows it.
 
 # %%
-sa.pl.denoising(adata, genes=markers, batch_key="batch", save=FIGURES / "02_denoising.png")
+sa.pl.denoising(adata, genes=markers, batch_key="batch")
 
 # %% [markdown]
-# On the UMAP of log-normalised data, the denoised marker values light up whole
-# populations where the raw counts are speckled.
+# On the UMAP of the log-normalised counts (log1p values; cells drawn in file order, so
+# none is hidden under its neighbours), the raw counts of CD3E (T cells) and MS4A1 (B
+# cells) are speckled: many cells of each population have a 0 for its own marker, the
+# dark dots inside the bright region. The denoised values (bottom row) fill those in, so
+# the whole population is marked, and stay low in the other populations. LYZ has many
+# counts per monocyte and is clear in the raw counts already.
 
 # %%
 view = adata.copy()
@@ -115,7 +122,10 @@ sc.tl.umap(view, random_state=0)
 for g in markers:
     view.obs[f"{g} raw"] = np.log1p(adata[:, g].X.toarray().ravel())
     view.obs[f"{g} denoised"] = np.log1p(adata[:, g].layers["denoised"].ravel())
-sc.pl.umap(view, color=[f"{g} {kind}" for kind in ("raw", "denoised") for g in markers], ncols=3, show=False)
+# sort_order=False: cells drawn in file order, so a 0 inside a population is not hidden under its neighbours
+sc.pl.umap(view, color=[f"{g} {kind}" for kind in ("raw", "denoised") for g in markers], ncols=3, show=False,
+           frameon=False, size=10, sort_order=False)
+plt.gcf().savefig(FIGURES / "02_denoising.png", dpi=48, bbox_inches="tight")
 plt.show()
 
 # %% [markdown]

@@ -191,7 +191,7 @@ plt.show()
 # %% [markdown]
 # ## Scoring
 #
-# The same quick scores as in tutorial 1: `batch_entropy` and `ilisi` (1 = protocols
+# The same quick scores as in tutorial 1: `batch_entropy` and `batch_simpson` (1 = protocols
 # mixed among each cell's neighbours), `ari` and `label_silhouette` (1 = cell lines
 # apart). A good integration is high on both sides; plain fits score low on mixing.
 

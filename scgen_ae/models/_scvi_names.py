@@ -63,7 +63,7 @@ class ScviToolsNames:
     def get_normalized_expression(self, adata: AnnData, *, transform_batch: str | Sequence[str] | None = None,
                                   library_size: float | str = 1e4, genes=None, gene_list=None, n_samples: int = 1,
                                   return_numpy: bool = False, seed: int = 0, layer="model", batch_key="model",
-                                  batch_size: int = 1024, pad_missing: bool = False):
+                                  batch_size: int = 1024, pad_missing: bool = False, dtype=np.float32):
         """Decoded expression, as scvi-tools' ``get_normalized_expression``.
 
         Parameters
@@ -82,6 +82,10 @@ class ScviToolsNames:
         return_numpy
             False (default): a data frame, cells (``adata.obs_names``) x genes (the model's
             names, in the model's order); True: the array.
+        dtype
+            Of the values: decoded in float32 ``batch_size`` cells at a time and cast as
+            each chunk is stored into the preallocated ``(n_cells, n_genes)`` output, so
+            the memory is the output plus one chunk.
         """
         genes = gene_list if genes is None else genes
         n_samples = _check_n_samples(n_samples)
@@ -107,9 +111,13 @@ class ScviToolsNames:
                     total = total + _decoded(self.module, self.module.generative(z, batch, mb.log_library),
                                              library_size)
             res = total / (len(codes) * n_samples)
-            return (res if cols is None else res[:, cols.to(res.device)]).cpu()
+            res = (res if cols is None else res[:, cols.to(res.device)]).float().cpu().numpy()
+            values[filled[0]:filled[0] + len(res)] = res
+            filled[0] += len(res)
 
-        values = torch.cat(self._apply(adata, layer, batch_key, batch_size, pad_missing, fn)).numpy()
+        values = np.empty((adata.n_obs, self.config.n_genes if cols is None else len(cols)), dtype=dtype)
+        filled = [0]  # rows written so far: the chunks come in the order of the cells
+        self._apply(adata, layer, batch_key, batch_size, pad_missing, fn)
         if return_numpy:
             return values
         return pd.DataFrame(values, index=pd.Index(adata.obs_names), columns=list(genes or self.var_names))
@@ -141,7 +149,8 @@ class ScviToolsNames:
         return values[..., 0] if n_samples == 1 else values
 
     def _per_cell(self, adata, fn, *, batch_size, layer, batch_key, pad_missing) -> np.ndarray:
-        return torch.cat(self._apply(adata, layer, batch_key, batch_size, pad_missing, fn)).numpy()
+        """Per-cell likelihood scores: the minibatches carry the likelihood's constants."""
+        return torch.cat(self._apply(adata, layer, batch_key, batch_size, pad_missing, fn, constants=True)).numpy()
 
     def get_reconstruction_error(self, adata: AnnData, *, batch_size: int = 1024, layer="model", batch_key="model",
                                  pad_missing: bool = False) -> dict[str, float]:

@@ -201,6 +201,20 @@ class DAEModule(nn.Module):
         return -log_prob.mean()
 
 
+def _expected(module: DAEModule, z: torch.Tensor, batch: torch.Tensor, log_library: torch.Tensor,
+              library_size) -> torch.Tensor:
+    """The decoder's mean (``decode``'s exp(log_mu), or shares x ``library_size``) from the
+    expression head alone, in place: no dropout or dispersion heads, no log-scale copies,
+    so 2-3 (n, g) arrays are alive at once instead of ~10."""
+    cfg = module.cfg
+    head = module.decoder.first_head(z, module._cats(batch)).float()
+    observed = library_size == "observed"
+    if cfg.mean_link == "softmax":
+        return torch.softmax(head, dim=-1).mul_(log_library.exp() if observed else float(library_size))
+    log_lib = log_library if observed else float(np.log(library_size))
+    return head.add_(log_lib - float(np.log(cfg.n_genes))).exp_()
+
+
 class DAE(BaseModel):
     """A trained (denoising) count autoencoder (see :func:`scgen_ae.tl.denoise`)."""
 
@@ -212,7 +226,7 @@ class DAE(BaseModel):
     @torch.no_grad()
     def predict(self, adata: AnnData, *, transform_batch: str | None = None, library_size: float | str = "observed",
                 genes=None, layer="model", batch_key="model", batch_size: int = 1024, pad_missing: bool = False,
-                outputs=("mean", "latent")) -> dict[str, np.ndarray]:
+                outputs=("mean", "latent"), dtype=np.float32) -> dict[str, np.ndarray]:
         """Denoised values for every cell, computed ``batch_size`` cells at a time.
 
         Parameters
@@ -227,24 +241,35 @@ class DAE(BaseModel):
         outputs
             Any of "mean" (n, g), "latent" (n, n_latent), "dropout" (n, g, zinb only),
             "dispersion" (n, g, not poisson).
+        dtype
+            Of the per-gene outputs (the latent is float32): each chunk is computed in
+            float32 and cast as it is stored, so float16 halves the outputs' memory.
 
-        Memory: the outputs plus one (batch_size x n_genes) working set.
+        Memory: the outputs plus a working set of a few (batch_size x n_genes) float32
+        arrays (2-3 for the mean alone; about 10 with dropout or dispersion, which need the
+        whole decoder output).
         """
         b = self._batch_index(transform_batch)
-        data = self._cell_data(adata, layer, batch_key, pad_missing)
+        # rows are only densified: no sorted copy of the counts, no per-cell likelihood constants
+        data = self._cell_data(adata, layer, batch_key, pad_missing, sorted_indices=False)
         cols = None if genes is None else np.asarray([self.var_names.index(g) for g in genes])
         n_out = self.config.n_genes if cols is None else len(cols)
         shapes = {"mean": n_out, "latent": self.config.n_latent, "dropout": n_out, "dispersion": n_out}
-        res = {k: np.empty((data.n_cells, shapes[k]), dtype=np.float32) for k in outputs}
+        res = {k: np.empty((data.n_cells, shapes[k]), dtype=np.float32 if k == "latent" else dtype) for k in outputs}
         module, device = self.module.eval(), self.device
         start = 0
-        for mb in data.iterate(np.arange(data.n_cells), batch_size, drop_last_if_tiny=False):
+        for mb in data.iterate(np.arange(data.n_cells), batch_size, drop_last_if_tiny=False, constants=False):
             mb = mb.to(device)
             z = module.encode(module.encoder_input(mb), mb.batch)
             batch = mb.batch if b is None else torch.full_like(mb.batch, b)
-            out = module.decode(z, batch, mb.log_library)
             values = {"latent": z}
-            if "mean" in outputs:
+            if set(outputs) <= {"mean", "latent"}:
+                out = {}
+                if "mean" in outputs:
+                    values["mean"] = _expected(module, z, batch, mb.log_library, library_size)
+            else:
+                out = module.decode(z, batch, mb.log_library)
+            if "mean" in outputs and "mean" not in values:
                 values["mean"] = out["log_mu"].exp() if library_size == "observed" else (
                     out["log_scale"].exp() * float(library_size))
             if "dropout" in outputs:

@@ -229,12 +229,15 @@ class VAE(ScviToolsNames, BaseModel):
     config_class = VAEConfig
 
     @torch.no_grad()
-    def _apply(self, adata, layer, batch_key, batch_size, pad_missing, fn) -> list:
-        data = self._cell_data(adata, layer, batch_key, pad_missing)
+    def _apply(self, adata, layer, batch_key, batch_size, pad_missing, fn, constants: bool = False) -> list:
+        """``fn`` of each minibatch, in the order of the cells. Rows are only densified, so the
+        counts are not copied to sort their indices; ``constants``: the likelihood's per-cell
+        constants, computed for every cell first (only for ``fn`` that score likelihoods)."""
+        data = self._cell_data(adata, layer, batch_key, pad_missing, sorted_indices=False)
         self.module.eval()
         device = self.device
         out = []
-        for mb in data.iterate(np.arange(data.n_cells), batch_size, drop_last_if_tiny=False):
+        for mb in data.iterate(np.arange(data.n_cells), batch_size, drop_last_if_tiny=False, constants=constants):
             out.append(fn(mb.to(device)))
         return out
 

@@ -9,6 +9,7 @@ import pandas as pd
 from anndata import AnnData
 
 from .. import _validate as v
+from .._settings import logger
 from ..models.dae import DAE, DAEConfig, DAEModule
 from ..models.vae import VAE
 from ..train import fit, seeded_threads
@@ -16,6 +17,8 @@ from ._common import params_record, returned, split_kwargs, training_data, write
 
 DAE_FIELDS = {f.name for f in dataclasses.fields(DAEConfig)} - {"n_genes", "n_batches", "likelihood", "input_scale"}
 METHODS = ("dae", "vae")
+OUT_DTYPES = ("float32", "float16")  # float64 would add no precision: the decoders compute in float32
+FLOAT16_MAX = float(np.finfo(np.float16).max)
 
 
 def _check_model_genes(adata: AnnData, model_genes: list[str], genes) -> None:
@@ -41,9 +44,22 @@ def _check_model_genes(adata: AnnData, model_genes: list[str], genes) -> None:
         )
 
 
+def _out_dtype(dtype) -> np.dtype:
+    try:
+        name = np.dtype(dtype).name
+    except TypeError:
+        name = None
+    if name not in OUT_DTYPES:
+        raise v.InputError(f"dtype={dtype!r} is not an output type of sa.tl.denoise; choose 'float32' (default) or "
+                           "'float16' (half the memory, about 3 significant digits, values up to 65,504).")
+    return np.dtype(name)
+
+
 def _check_request(adata: AnnData, *, method, layer, batch_key, transform_batch, library_size, genes,
-                   layer_added, overwrite, return_info, likelihood, known_batches) -> None:
+                   layer_added, overwrite, return_info, likelihood, known_batches, chunk_size) -> None:
     """Everything about the call that can be refused before any training."""
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1:
+        raise v.InputError(f"chunk_size={chunk_size!r}; pass a whole number of cells >= 1 (default 1024).")
     if method not in METHODS:
         raise ValueError(f"method={method!r}; choose 'dae' (the denoising autoencoder) or 'vae' (tl.vae's decoder).")
     if not (library_size == "observed" or (isinstance(library_size, (int, float)) and library_size > 0)):
@@ -63,11 +79,21 @@ def _check_request(adata: AnnData, *, method, layer, batch_key, transform_batch,
             "another layer_added (default 'denoised'), or overwrite=True to replace the counts on purpose."
         )
     if genes is not None:
-        missing = [g for g in genes if g not in set(adata.var_names)]
-        if missing or not len(genes):
-            raise v.InputError(f"genes= names {len(missing)} genes that are not in adata.var_names (e.g. "
-                               f"{missing[:5]}); pass a non-empty list of var_names." if missing else
-                               "genes= is empty; pass gene names from adata.var_names, or None for all genes.")
+        if isinstance(genes, str):
+            raise v.InputError(f"genes= / gene_list={genes!r} is one string; pass a list of gene names, "
+                               f"e.g. [{genes!r}].")
+        names = set(map(str, adata.var_names))
+        missing = [str(g) for g in genes if str(g) not in names]
+        if missing:
+            raise v.InputError(f"genes= / gene_list= names {len(missing)} genes that are not in adata.var_names: "
+                               f"{missing[:10]}{' ...' if len(missing) > 10 else ''}; pass names from var_names.")
+        if not len(genes):
+            raise v.InputError("genes= / gene_list= is empty; pass gene names from adata.var_names, or None for "
+                               "all genes.")
+        index = pd.Index([str(g) for g in genes])
+        repeated = list(index[index.duplicated()].unique())
+        if repeated:
+            raise v.InputError(f"genes= / gene_list= names {repeated[:5]} more than once; list each gene once.")
     if transform_batch is not None:
         if batch_key is None:
             raise v.InputError(f"transform_batch={transform_batch!r} needs batch_key= naming the obs column "
@@ -134,6 +160,8 @@ def denoise(
     transform_batch: str | None = None,
     library_size: float | str = "observed",
     genes: Sequence[str] | None = None,
+    gene_list: Sequence[str] | None = None,
+    dtype: str = "float32",
     return_info: bool = False,
     layer_added: str | None = "denoised",
     key_added: str | None = None,
@@ -180,9 +208,21 @@ def denoise(
     library_size
         "observed" (default): expected counts at each cell's observed library size (what
         :func:`denoise_benchmark` scores); a number: normalised to that many counts.
-    genes
-        Only these genes in the outputs (saves memory); they go to ``obsm`` as data
-        frames with the genes as columns instead of to ``layers``.
+    genes, gene_list
+        Only these genes in the outputs (``gene_list`` is scvi-tools' name; pass one of
+        the two). They go to ``obsm[layer_added]`` as a (n_cells, len(genes)) data frame
+        with the genes as columns, not to ``layers``: a layer has a column for every gene,
+        and filling the others with zeros (dense or as a sparse matrix) would read as
+        "predicted zero expression" to any tool that uses the layer, while NaN would break
+        most of them. A data frame holds only what was computed and names its genes.
+    dtype
+        "float32" (default) or "float16" of the per-gene outputs (the bottleneck stays
+        float32). Each chunk is decoded in float32 and rounded as it is stored, so float16
+        output equals the float32 output cast to float16 (relative error <= 2^-11 above
+        6e-5) at half the memory; a value above float16's largest (65,504 expected
+        counts) is refused with the advice to use float32 or ``library_size=1e4``. No
+        sparse option: the denoised means are positive for every gene of every cell, so a
+        sparse matrix of them would only be larger.
     return_info
         Also store the ZINB/NB dropout probabilities and dispersions (``method="dae"``).
     layer_added
@@ -193,7 +233,8 @@ def denoise(
     uns_key
         ``uns`` key of the parameters and loss history.
     chunk_size
-        Cells decoded at a time.
+        Cells decoded at a time (default 1024), each chunk written into the preallocated
+        output; the working memory is a few ``chunk_size x n_genes`` float32 arrays.
     copy
         Work on a copy and return it (as scanpy); the model is then ``sa.tl.get_model(copy, uns_key)``.
     **kwargs
@@ -214,10 +255,15 @@ def denoise(
 
     Memory
     ------
-    The outputs are dense float32: ``n_cells x n_genes x 4`` bytes for the denoised
-    layer (100k cells x 20k genes: 8 GB; x 2,000 HVGs: 0.8 GB), as much again for each
-    of the dropout and dispersion layers with ``return_info``. Pass ``genes=`` to keep
-    only the genes you need; the working set is ``chunk_size x n_genes`` floats per output.
+    The outputs are dense: ``n_cells x n_genes x 4`` bytes in float32 for the denoised
+    layer (100k cells x 20k genes: 8 GB; x 2,000 HVGs: 0.8 GB), half that with
+    ``dtype="float16"``, as much again for each of the dropout and dispersion layers
+    with ``return_info``. ``genes=`` keeps only the genes you need. Beyond the outputs,
+    the working memory does not grow with the cells: about 4 ``chunk_size x n_genes``
+    float32 arrays for the mean alone (the whole decoder output, ~10, with
+    ``return_info``) plus ~0.1 GB; 0.22-0.27 GB measured at 11,220 genes and
+    ``chunk_size=1024`` (BENCHMARKS.md, "Writing the output at scale"). What was written
+    (key, shape, dtype, MB) is logged at info level (``sa.settings.verbosity = 2``).
 
     Returns
     -------
@@ -235,9 +281,14 @@ def denoise(
       ``train_loss``: the training objective per cell; ``validation_loss``: negative
       log-likelihood per cell of 10 % of the entries of the validation cells, hidden from
       the encoder, i.e. a held-out prediction error, which early stopping watches;
-      ``best_epoch``, ``seconds``), ``method``, ``layer_added``, ``key_added``.
+      ``best_epoch``, ``seconds``), ``method``, ``layer_added``, ``key_added``;
+      ``params`` includes ``genes``, ``dtype`` and ``chunk_size``.
     """
     v.check_target(adata, copy, "sa.tl.denoise")
+    if genes is not None and gene_list is not None:
+        raise v.InputError("genes= and gene_list= are the same option (gene_list is scvi-tools' name); pass one.")
+    genes = gene_list if genes is None else genes
+    out_dtype = _out_dtype(dtype)
     if model is not None and not isinstance(model, (DAE, VAE)):
         raise TypeError(f"model= must be a trained sa.models.DAE or sa.VAE, got {type(model).__name__}.")
     kind = "vae" if isinstance(model, VAE) else "dae"
@@ -252,7 +303,7 @@ def denoise(
     _check_request(adata, method=method, layer=layer, batch_key=batch_key, transform_batch=transform_batch,
                    library_size=library_size, genes=genes, layer_added=layer_added, overwrite=overwrite,
                    return_info=return_info, likelihood=model.config.likelihood if model else likelihood,
-                   known_batches=model.batch_categories if model else None)
+                   known_batches=model.batch_categories if model else None, chunk_size=chunk_size)
     if model is not None:
         _check_model_genes(adata, model.var_names, genes)
     if model is None:
@@ -263,19 +314,23 @@ def denoise(
             return model
     key_added = key_added or ("X_vae" if method == "vae" else "X_dae")
     genes = None if genes is None else [str(g) for g in genes]
+    # the model's genes in adata's order: columns picked chunk by chunk, no reordered copy of the output
+    pick = genes if genes is not None else (None if list(adata.var_names) == model.var_names
+                                            else list(map(str, adata.var_names)))
     apply = dict(layer=layer, batch_key=batch_key, batch_size=chunk_size)
-    if method == "vae":
-        values = {"mean": model.get_normalized_expression(adata, transform_batch=transform_batch, genes=genes,
-                                                          library_size=library_size, return_numpy=True, **apply),
-                  "latent": model.get_latent(adata, **apply)}
-    else:
-        outputs = ("mean", "latent") + (("dropout",) if return_info and model.config.likelihood == "zinb" else ()) \
-            + (("dispersion",) if return_info else ())
-        values = model.predict(adata, transform_batch=transform_batch, library_size=library_size, genes=genes,
-                               outputs=outputs, **apply)
-    if genes is None and list(adata.var_names) != model.var_names:  # same genes, another order
-        order = pd.Index(model.var_names).get_indexer(adata.var_names)
-        values = {k: (a if k == "latent" else a[:, order]) for k, a in values.items()}
+    with np.errstate(over="ignore"):  # a float16 overflow is refused below, with what to do instead
+        if method == "vae":
+            values = {"mean": model.get_normalized_expression(adata, transform_batch=transform_batch, genes=pick,
+                                                              library_size=library_size, return_numpy=True,
+                                                              dtype=out_dtype, **apply),
+                      "latent": model.get_latent(adata, **apply)}
+        else:
+            outputs = ("mean", "latent") + (("dropout",) if return_info and model.config.likelihood == "zinb"
+                                            else ()) + (("dispersion",) if return_info else ())
+            values = model.predict(adata, transform_batch=transform_batch, library_size=library_size, genes=pick,
+                                   outputs=outputs, dtype=out_dtype, **apply)
+    if out_dtype == np.float16:
+        _check_float16(values)
     target = adata.copy() if copy else adata
     base = layer_added or "denoised"
     per_gene = {(layer_added if k == "mean" else f"{base}_{k}"): a for k, a in values.items() if k != "latent"}
@@ -288,10 +343,27 @@ def denoise(
                               **getattr(model, "train_params", {"trained_here": False}),
                               "method": method, "batch_key": batch_key, "layer": layer,
                               "transform_batch": transform_batch, "library_size": library_size, "genes": genes,
-                              "return_info": return_info})
+                              "return_info": return_info, "dtype": out_dtype.name, "chunk_size": int(chunk_size)})
     uns = {uns_key: {"params": params, "history": model.history, "method": method,
                      "layer_added": str(layer_added), "key_added": key_added}}
     new_X = {"X": layers.pop(None)} if layer_added is None and genes is None else {}  # layer_added=None: into X
     write_results(target, layers=layers, obsm=obsm, uns=uns, **new_X)
+    for where, value in [*(("X", a) for a in new_X.values()), *((f"layers[{k!r}]", a) for k, a in layers.items()),
+                         *((f"obsm[{k!r}]", a) for k, a in obsm.items())]:
+        nbytes = value.memory_usage(index=False).sum() if isinstance(value, pd.DataFrame) else value.nbytes
+        dt = value.dtypes.iloc[0] if isinstance(value, pd.DataFrame) else value.dtype
+        logger.info("sa.tl.denoise wrote %s: %d x %d %s, %.1f MB", where, *value.shape, dt, nbytes / 1e6)
     return returned(target, model, copy=copy, uns_key=uns_key)
+
+
+def _check_float16(values: dict) -> None:
+    """Refuse float16 outputs that overflowed (inf), checked in row blocks to hold no full-size mask."""
+    for key, a in values.items():
+        if a.dtype != np.float16:
+            continue
+        for start in range(0, len(a), 4096):
+            if not np.isfinite(a[start:start + 4096]).all():
+                raise v.InputError(
+                    f"dtype='float16': some {key} values exceed float16's largest value ({FLOAT16_MAX:,.0f}); "
+                    "nothing was written. Use dtype='float32', or library_size=1e4 (values per 10,000 counts).")
 

@@ -1,6 +1,7 @@
 """scIB integration scores of ``obsm`` embeddings, through scib-metrics' :class:`Benchmarker`."""
 from __future__ import annotations
 
+import dataclasses
 import time
 import warnings
 from collections.abc import Sequence
@@ -20,6 +21,14 @@ _INSTALL_HINT = (
 _BIO, _BATCH, _TOTAL = "Bio conservation", "Batch correction", "Total"
 _AGGREGATES = (_BIO, _BATCH, _TOTAL)
 _MAX_K = 90  # the Benchmarker's largest neighbourhood (15, 50, 90)
+#: each column of the table -> (metric collection, scib-metrics' field that computes it)
+METRIC_COLUMNS = {
+    "Isolated labels": ("bio", "isolated_labels"), "KMeans NMI": ("bio", "nmi_ari_cluster_labels_kmeans"),
+    "KMeans ARI": ("bio", "nmi_ari_cluster_labels_kmeans"), "Silhouette label": ("bio", "silhouette_label"),
+    "cLISI": ("bio", "clisi_knn"), "BRAS": ("batch", "bras"), "iLISI": ("batch", "ilisi_knn"),
+    "KBET": ("batch", "kbet_per_label"), "Graph connectivity": ("batch", "graph_connectivity"),
+    "PCR comparison": ("batch", "pcr_comparison"),
+}
 _NO_LABEL_NOTE = (
     "no label_key: batch-correction metrics only, computed with one dummy label for all cells "
     "(BRAS and kBET are then taken over all cells instead of within each cell type; graph "
@@ -73,6 +82,21 @@ def _exact_knn(n_jobs: int):
     return compute
 
 
+def _check_metrics(metrics, label_key) -> list[str] | None:
+    """The requested columns (None: all), refused before any work if unknown or needing labels."""
+    if metrics is None:
+        return None
+    chosen = [metrics] if isinstance(metrics, str) else list(dict.fromkeys(metrics))
+    unknown = [m for m in chosen if m not in METRIC_COLUMNS]
+    if unknown or not chosen:
+        raise v.InputError(f"metrics={metrics!r}: " + (f"unknown {unknown}; " if unknown else "empty; ")
+                           + f"choose from {list(METRIC_COLUMNS)}, or None for all.")
+    need_labels = [m for m in chosen if METRIC_COLUMNS[m][0] == "bio"]
+    if need_labels and label_key is None:
+        raise v.InputError(f"metrics {need_labels} compare cell-type labels; pass label_key=, or leave them out.")
+    return chosen
+
+
 def _dense_embedding(adata: AnnData, key: str) -> np.ndarray:
     X = adata.obsm[key]
     if isinstance(X, pd.DataFrame):
@@ -120,6 +144,7 @@ def score_integration(
     pre_integrated_key: str = "X_pca",
     layer: str | None = None,
     neighbors: str = "pynndescent",
+    metrics: Sequence[str] | None = None,
 ) -> pd.DataFrame:
     """Score embeddings with the scIB metrics of scib-metrics' ``Benchmarker``.
 
@@ -165,6 +190,12 @@ def score_integration(
         "pynndescent" (default; approximate, scib-metrics' own choice, so scores match
         other Benchmarker results) or "exact" (scikit-learn, euclidean). kBET runs
         pynndescent internally either way.
+    metrics
+        Only these columns, e.g. ``["iLISI", "KMeans ARI"]`` (names as in the table below;
+        the label metrics need ``label_key``); each is computed exactly as in the full call.
+        The aggregate columns are then left out (an average of some of the metrics is not
+        scIB's score), and so is the PCA for PCR comparison unless it is asked for.
+        None (default): the full default sets.
 
     Returns
     -------
@@ -224,11 +255,14 @@ def score_integration(
     if adata.n_obs <= _MAX_K:
         raise v.InputError(f"scIB's neighbourhood metrics use {_MAX_K} neighbours; need more than {_MAX_K} cells, "
                          f"got {adata.n_obs}.")
+    chosen = _check_metrics(metrics, label_key)
     if scaled and len(bases) < 2:
         warnings.warn("scaled=True with a single basis: min-max scaling sets every metric to 0.", stacklevel=2)
 
     embeddings = {b: _dense_embedding(adata, b) for b in bases if b in adata.obsm}
-    if pre_integrated_key in adata.obsm:
+    if chosen is not None and "PCR comparison" not in chosen and pre_integrated_key not in bases:
+        x_pre, pre_how = next(iter(embeddings.values())), "not used (no PCR comparison)"
+    elif pre_integrated_key in adata.obsm:
         x_pre = embeddings.get(pre_integrated_key)
         if x_pre is None:
             x_pre = _dense_embedding(adata, pre_integrated_key)
@@ -248,8 +282,16 @@ def score_integration(
     pre_key = "_scib_pre_integrated"
     work.obsm[pre_key] = x_pre
 
-    bio = BioConservation() if label_key is not None else None
-    batch_metrics = BatchCorrection() if label_key is not None else BatchCorrection(graph_connectivity=False)
+    if chosen is not None:
+        fields = {METRIC_COLUMNS[c] for c in chosen}
+        pick = {kind: {f.name: (kind, f.name) in fields for f in dataclasses.fields(cls)}
+                for kind, cls in (("bio", BioConservation), ("batch", BatchCorrection))}
+        bio = BioConservation(**pick["bio"]) if any(pick["bio"].values()) else None
+        batch_metrics = BatchCorrection(**pick["batch"]) if any(pick["batch"].values()) else None
+    elif label_key is not None:
+        bio, batch_metrics = BioConservation(), BatchCorrection()
+    else:
+        bio, batch_metrics = None, BatchCorrection(graph_connectivity=False)
     bm = Benchmarker(
         work, batch_key="_batch", label_key="_label", embedding_obsm_keys=bases,
         bio_conservation_metrics=bio, batch_correction_metrics=batch_metrics,
@@ -265,12 +307,14 @@ def score_integration(
     metric_type = raw.loc["Metric Type"].to_dict()
     df = raw.drop(index="Metric Type").astype(np.float64)
     df = df.loc[bases]
-    if label_key is None:
+    if chosen is not None:
+        df = df[chosen]
+    elif label_key is None:
         df[_BIO] = np.nan
         df[_TOTAL] = df[_BATCH]
         metric_type.update({_BIO: "Aggregate score", _TOTAL: "Aggregate score"})
     metrics_cols = [c for c in df.columns if c not in _AGGREGATES]
-    df = df[metrics_cols + list(_AGGREGATES)]
+    df = df[metrics_cols + ([] if chosen is not None else list(_AGGREGATES))]
     df.index.name = "Embedding"
     df.columns.name = None
     seconds = time.perf_counter() - start
@@ -282,6 +326,7 @@ def score_integration(
         "scaled": bool(scaled), "n_jobs": int(n_jobs), "pre_integrated_key": pre_integrated_key,
         "pre_integrated": pre_how, "layer": str(layer),
         "neighbors": "exact (scikit-learn)" if use_exact else "pynndescent",
+        "metrics": "default sets" if chosen is None else list(chosen),
     }
     write_results(adata, uns={key_added: {
         "values": df.to_numpy(dtype=np.float64),
