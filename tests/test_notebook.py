@@ -263,6 +263,13 @@ def test_save_writes_the_file_and_does_not_show(plotted, tmp_path):
     assert path.read_bytes()[:4] == b"\x89PNG" and ax.get_xlabel() == "epoch"
 
 
+def test_save_alone_shows_and_returns_none_as_scanpy(plotted, tmp_path):
+    # a returned list of Axes would print under the figure in Jupyter
+    path = tmp_path / "denoising.png"
+    assert PLOTS["denoising"](plotted, save=path) is None
+    assert path.read_bytes()[:4] == b"\x89PNG"
+
+
 def test_latent_draws_scanpys_umap_of_the_same_representation(plotted, monkeypatch):
     import scanpy as sc
 

@@ -172,6 +172,8 @@ sa.pl.latent(adata, basis="X_lda", color=["batch", "cell_type"], method=EMBEDDIN
 
 # %%
 sa.pl.latent(adata, basis="X_nmf_plain", color=["batch", "cell_type"], method=EMBEDDING)
+
+# %%
 sa.pl.latent(adata, basis="X_nmf", color=["batch", "cell_type"], method=EMBEDDING)
 
 # %% [markdown]

@@ -124,7 +124,6 @@ sc.tl.rank_genes_groups(mono, "batch", groups=["stim"], reference="ctrl", method
 top_genes = list(mono.uns["rank_genes_groups"]["names"]["stim"][:20])
 print("top responding genes:", ", ".join(top_genes[:10]))
 sa.pl.response(kang, pred, condition_key="batch", cell_type=HOLD, genes=top_genes)
-plt.show()
 
 # %% [markdown]
 # The same numbers against the obvious baseline, the control cells unchanged:

@@ -19,7 +19,7 @@ SHOW_DOC = """save
         Write the figure: a path, or True for ``<sc.settings.figdir>/<function name>.png``.
     show
         None (default): show the figure (``plt.show()``) and return None, so Jupyter draws it
-        once, unless ``save`` is given or scanpy's ``sc.settings.autoshow`` is False. False:
+        once (also when ``save`` is given, as scanpy), unless ``sc.settings.autoshow`` is False. False:
         return the Axes (a list when there are several panels).
     return_fig
         Return the matplotlib Figure (and do not show it)."""

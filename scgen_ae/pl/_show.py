@@ -54,9 +54,9 @@ def _save_path(save, name: str) -> Path:
 def finish(fig, axes, *, name: str, save=None, show: bool | None = None, return_fig: bool = False):
     """End a figure as scanpy does.
 
-    ``return_fig=True``: the Figure. Otherwise ``show`` (None: scanpy's ``autoshow``, True, unless
-    ``save`` is given) calls ``plt.show()`` and returns None, so that Jupyter draws the figure
-    once; ``show=False`` returns the Axes (a list when there are several panels).
+    ``return_fig=True``: the Figure. Otherwise ``show`` (None: scanpy's ``autoshow``, True, with or
+    without ``save``, as scanpy) calls ``plt.show()`` and returns None, so that Jupyter draws the
+    figure once; ``show=False`` returns the Axes (a list when there are several panels).
     """
     if save:
         path = _save_path(save, name)
@@ -65,7 +65,8 @@ def finish(fig, axes, *, name: str, save=None, show: bool | None = None, return_
     if return_fig:
         return fig
     if show is None:
-        show = _autoshow() and not save
+        # not "unless save": the Axes returned would print as a list under the figure in Jupyter
+        show = _autoshow()
     if show:
         plt.show()
         return None
