@@ -258,7 +258,10 @@ def main():
     args = parser.parse_args()
     import torch
 
+    import scgen_ae as sa
+
     torch.set_num_threads(args.threads)
+    sa.settings.n_threads = args.threads  # tl.vae sets torch's threads itself (every core unless told)
     table = run(args.designs, args.methods, args.seeds)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     table.to_csv(f"{args.out}.csv", index=False)
