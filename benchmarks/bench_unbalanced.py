@@ -153,6 +153,18 @@ def _literal(text):
     return {"True": True, "False": False, "None": None}.get(text, text)
 
 
+#: method -> what tl.vae's composition check (Leiden clusters of the latent, no labels) found on its last fit
+DIAGNOSIS: dict = {}
+
+
+def _diagnosis(record: dict) -> str:
+    """``balanced``, or how many clusters some batch lacks and the share of cells in them."""
+    comp = record.get("composition")
+    if comp is None or len(comp["missing_group"]) == 0:
+        return "balanced"
+    return f"{len(set(comp['missing_group']))} clusters ({100 * float(comp['share_affected']):.0f} %)"
+
+
 def embed(adata, method: str, seed: int) -> np.ndarray:
     """One method's embedding of ``adata`` (fitted with ``seed``)."""
     import scgen_ae as sa
@@ -169,6 +181,7 @@ def embed(adata, method: str, seed: int) -> np.ndarray:
     if name == "ours":
         a = adata.copy()
         sa.tl.vae(a, batch_key="batch", layer="counts", seed=seed, progress=False, **kwargs)
+        DIAGNOSIS[method] = _diagnosis(a.uns["vae"])
         return a.obsm["X_vae"]
     if name == "remove_batch":  # scGen: a model without batch, then the label-free latent shift
         a = adata.copy()
@@ -229,7 +242,8 @@ def run(designs, methods, seeds) -> pd.DataFrame:
                              "Batch": scores.loc[method, "Batch correction"],
                              "Total": scores.loc[method, "Total"],
                              "purity_min": min(purity.values()) if purity else np.nan,
-                             "purity": "; ".join(f"{t} {p:.3f}" for t, p in purity.items())})
+                             "purity": "; ".join(f"{t} {p:.3f}" for t, p in purity.items()),
+                             "diagnosis": DIAGNOSIS.pop(method, "")})
                 print({k: (round(v, 3) if isinstance(v, float) else v) for k, v in rows[-1].items()}, flush=True)
     return pd.DataFrame(rows)
 
@@ -244,7 +258,10 @@ def main():
     args = parser.parse_args()
     import torch
 
+    import scgen_ae as sa
+
     torch.set_num_threads(args.threads)
+    sa.settings.n_threads = args.threads  # tl.vae sets torch's threads itself (every core unless told)
     table = run(args.designs, args.methods, args.seeds)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     table.to_csv(f"{args.out}.csv", index=False)

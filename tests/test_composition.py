@@ -130,3 +130,43 @@ def test_vae_composition_check_is_silent_on_the_balanced_file(cellbench_hvg2000)
         warnings.simplefilter("error", sa.tl.CompositionWarning)
         sa.tl.vae(adata, batch_key="batch", seed=0, n_threads=1, progress=False)
     assert adata.uns["vae"]["composition"]["share_affected"] == 0.0
+
+
+def test_vae_auto_alignment_follows_the_labels(cellbench_hvg2000):
+    """mmd_mnn_k='auto' with labels decides before training: MNN attraction where a batch lacks a type,
+    the global MMD where the batches hold the same types."""
+    unbalanced = _remove(cellbench_hvg2000, "Drop-seq", "HCC827")
+    with pytest.warns(sa.tl.CompositionWarning):
+        model = sa.tl.vae(unbalanced, batch_key="batch", label_key="cell_type", mmd_mnn_k="auto", seed=0,
+                          n_threads=1, progress=False, max_epochs=3)
+    assert model.config.mmd_mnn_k == 3
+    record = unbalanced.uns["vae"]["alignment"]
+    assert record["requested"] == "auto" and not record["balanced"] and record["used"].startswith("MNN")
+    assert "before training" in record["decided_by"]
+    balanced = cellbench_hvg2000.copy()
+    model = sa.tl.vae(balanced, batch_key="batch", label_key="cell_type", mmd_mnn_k="auto", seed=0,
+                      n_threads=1, progress=False, max_epochs=3)
+    assert model.config.mmd_mnn_k == 0 and balanced.uns["vae"]["alignment"]["used"] == "global MMD"
+    assert balanced.uns["vae"]["params"]["mmd_mnn_k"] == 0  # the file says what was trained
+
+
+def test_vae_auto_alignment_without_labels_refits_what_the_clusters_call_balanced(cellbench_hvg2000):
+    adata = cellbench_hvg2000.copy()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", sa.tl.CompositionWarning)
+        model = sa.tl.vae(adata, batch_key="batch", mmd_mnn_k="auto", seed=0, n_threads=1, progress=False,
+                          max_epochs=3)
+    record = adata.uns["vae"]["alignment"]
+    assert record["decided_by"] == "Leiden clusters of the MNN-aligned latent"
+    assert model.config.mmd_mnn_k == (0 if record["balanced"] else 3)
+    # a refit with the global MMD gives what asking for it directly gives
+    if record["balanced"]:
+        direct = cellbench_hvg2000.copy()
+        sa.tl.vae(direct, batch_key="batch", mmd_mnn_k=0, seed=0, n_threads=1, progress=False, max_epochs=3)
+        np.testing.assert_allclose(adata.obsm["X_vae"], direct.obsm["X_vae"], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("bad", [-1, 2.5, "mnn", True])
+def test_vae_refuses_a_bad_mmd_mnn_k(cellbench_hvg2000, bad):
+    with pytest.raises(ValueError, match="mmd_mnn_k"):
+        sa.tl.vae(cellbench_hvg2000.copy(), batch_key="batch", mmd_mnn_k=bad, progress=False)

@@ -11,13 +11,23 @@ from ..models.vae import VAE, VAEConfig, VAEModule
 from ..train import fit, seeded_threads
 from ._common import (HVG_IF_PRESENT, mask_name, params_record, returned, split_kwargs, training_data, var_mask,
                       write_results)
-from ._composition import check_label_key, composition_record
+from ._composition import check_label_key, composition as composition_report, composition_record
 
 _COMPOSITION_CONTROL = (
     "The default alignment (mmd_mnn_k > 0) only pulls together mutual nearest neighbours of different batches, "
     "which leaves such groups apart; check that they stay apart (e.g. sc.pl.umap coloured by batch), and see "
     "uns[uns_key]['composition']. mmd_weight=0 turns the alignment off; mmd_mnn_k=0 aligns whole batches "
     "(only for batches that hold the same cell types).")
+
+#: the pairs per batch of the MNN attraction that ``mmd_mnn_k="auto"`` uses where the batches differ
+AUTO_MNN_K = 3
+
+
+def _check_mnn_k(mmd_mnn_k) -> None:
+    if mmd_mnn_k == "auto":
+        return
+    if isinstance(mmd_mnn_k, bool) or not isinstance(mmd_mnn_k, int) or mmd_mnn_k < 0:
+        raise ValueError(f"mmd_mnn_k={mmd_mnn_k!r}; choose an integer >= 0 or 'auto'.")
 
 
 def vae(
@@ -38,7 +48,7 @@ def vae(
     encode_batch: bool = True,
     batch_gene_offsets: bool = True,
     mmd_weight: float = 1.0,
-    mmd_mnn_k: int = 3,
+    mmd_mnn_k: int | str = 3,
     key_added: str = "X_vae",
     uns_key: str = "vae",
     copy: bool = False,
@@ -109,7 +119,12 @@ def vae(
         the shared types in other proportions are not distorted. 0: an MMD penalty between
         each batch's and the pooled latent distribution (the default before; it assumes all
         batches hold the same cell types in similar proportions and merged batch-unique
-        types on the CellBench designs of BENCHMARKS.md).
+        types on the CellBench designs of BENCHMARKS.md). "auto": the composition check
+        decides. With ``label_key`` (every cell labelled) it counts the labels before
+        training; otherwise the model is trained with the MNN attraction (k = 3) and the
+        check clusters its latent space. Batches that hold the same groups are then aligned
+        with the global MMD (retrained, so a balanced file costs two fits), others keep the
+        MNN attraction. ``uns[uns_key]["alignment"]`` records the choice.
     key_added
         ``obsm`` key of the latent space.
     uns_key
@@ -198,6 +213,7 @@ def vae(
     if backend not in ("native", "scvi-tools"):
         raise ValueError(f"backend={backend!r}; choose 'native' or 'scvi-tools'.")
     check_target(adata, copy, "sa.tl.vae")
+    _check_mnn_k(mmd_mnn_k)
     if backend == "scvi-tools" and mask_var is not HVG_IF_PRESENT and var_mask(adata, mask_var) is not None:
         raise ValueError("mask_var needs backend='native'; for scvi-tools subset first: adata[:, mask].copy().")
     if backend == "scvi-tools":
@@ -238,6 +254,17 @@ def vae(
             f"adata.obs[{batch_key!r}] has a single category ({cats[0]!r}): this reference learns no batch "
             "correction, but it can be extended with the batches of new samples by model.map_query(query, "
             "batch_key=...).", UserWarning, stacklevel=2)
+    # unlabelled cells would be one "type" of their own: the check clusters the latent then
+    groups_key = None if classes and (label_codes < 0).any() else label_key
+    auto = mmd_mnn_k == "auto"
+    aligns = batch_key is not None and len(cats) > 1 and mmd_weight > 0
+    alignment = None
+    if auto:
+        alignment = {"requested": "auto", "decided_by": "no alignment (one batch or mmd_weight=0)"}
+        mmd_mnn_k = AUTO_MNN_K
+        if aligns and groups_key is not None:
+            mmd_mnn_k = _auto_choice(composition_report(adata, _batch_names(adata, batch_key), label_key=groups_key),
+                                     alignment, f"labels '{groups_key}' before training")
     config = VAEConfig(
         n_genes=train_on.n_vars, n_batches=len(cats), likelihood=likelihood, n_latent=n_latent,
         n_hidden=n_hidden, n_layers=n_layers, dropout_rate=dropout_rate, dispersion=dispersion,
@@ -246,18 +273,21 @@ def vae(
         classification_weight=classification_weight,
     )
     with seeded_threads(train_cfg.seed, train_cfg.n_threads):
-        module = VAEModule(config)
-        history = fit(module, data, train_cfg, likelihood)
-        model = VAE(config, train_on.var_names, batch_key, cats, layer, history.as_dict(), module,
-                    label_categories=classes, label_key=label_key if classes else None)
-        if history.interrupted:
-            warnings.warn(
-                "Training was interrupted (Ctrl-C): adata was left unchanged. The returned model holds the "
-                "best weights so far; use model.get_latent(adata) or model.save(path), or train again.",
-                stacklevel=2,
-            )
-            return model
+        model = _train(config, data, train_cfg, train_on, batch_key, cats, layer, classes, label_key)
+        if model.history.get("interrupted"):
+            return _interrupted(model)
         latent = model.get_latent(adata)
+    if auto and aligns and groups_key is None:
+        # the MNN-aligned latent keeps batch-unique types apart, so its clusters show them
+        report = composition_report(adata, _batch_names(adata, batch_key), label_key=None, embedding=latent,
+                             use_rep=key_added, seed=train_cfg.seed)
+        if _auto_choice(report, alignment, "Leiden clusters of the MNN-aligned latent") == 0:
+            config = dataclasses.replace(config, mmd_mnn_k=0)
+            with seeded_threads(train_cfg.seed, train_cfg.n_threads):
+                model = _train(config, data, train_cfg, train_on, batch_key, cats, layer, classes, label_key)
+                if model.history.get("interrupted"):
+                    return _interrupted(model)
+                latent = model.get_latent(adata)
     result = {"params": params_record(batch_key=batch_key, layer=layer, label_key=label_key,
                                       unlabeled_category=unlabeled_category,
                                       mask_var=mask_name(adata, mask_var),
@@ -265,8 +295,9 @@ def vae(
               "history": model.history, "key_added": key_added}
     if classes:
         result["label_categories"] = list(classes)
-    # unlabelled cells would be one "type" of their own: the check clusters the latent then
-    groups_key = None if classes and (label_codes < 0).any() else label_key
+    if alignment is not None:
+        alignment["used"] = "global MMD" if config.mmd_mnn_k == 0 else f"MNN attraction (k={config.mmd_mnn_k})"
+        result["alignment"] = alignment
     composition = composition_record(adata, batch_key=batch_key, label_key=groups_key, embedding=latent,
                                      use_rep=key_added, seed=train_cfg.seed, front="tl.vae",
                                      control=_COMPOSITION_CONTROL)
@@ -275,3 +306,31 @@ def vae(
     target = adata.copy() if copy else adata
     write_results(target, obsm={key_added: latent}, uns={uns_key: result})
     return returned(target, model, copy=copy, uns_key=uns_key)
+
+
+def _batch_names(adata: AnnData, batch_key: str):
+    """(n_cells,) batch name of every cell, as the composition check counts them."""
+    return adata.obs[batch_key].astype(str).to_numpy()
+
+
+def _auto_choice(report, alignment: dict, decided_by: str) -> int:
+    """``mmd_mnn_k`` that ``"auto"`` trains with after ``report``; fills ``alignment``."""
+    alignment.update(decided_by=decided_by, balanced=bool(report.balanced),
+                     share_affected=float(report.share_affected))
+    return 0 if report.balanced else AUTO_MNN_K
+
+
+def _train(config, data, train_cfg, train_on, batch_key, cats, layer, classes, label_key) -> VAE:
+    module = VAEModule(config)
+    history = fit(module, data, train_cfg, config.likelihood)
+    return VAE(config, train_on.var_names, batch_key, cats, layer, history.as_dict(), module,
+               label_categories=classes, label_key=label_key if classes else None)
+
+
+def _interrupted(model: VAE) -> VAE:
+    warnings.warn(
+        "Training was interrupted (Ctrl-C): adata was left unchanged. The returned model holds the "
+        "best weights so far; use model.get_latent(adata) or model.save(path), or train again.",
+        stacklevel=3,
+    )
+    return model
