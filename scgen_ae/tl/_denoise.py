@@ -253,9 +253,9 @@ def denoise(
         library (1.4x on Kang) and single predictions can exceed it; the default "softmax"
         keeps each cell's expected counts summing to its library (or to ``library_size``).
 
-    Memory
-    ------
-    The outputs are dense: ``n_cells x n_genes x 4`` bytes in float32 for the denoised
+    Notes
+    -----
+    Memory: the outputs are dense, ``n_cells x n_genes x 4`` bytes in float32 for the denoised
     layer (100k cells x 20k genes: 8 GB; x 2,000 HVGs: 0.8 GB), half that with
     ``dtype="float16"``, as much again for each of the dropout and dispersion layers
     with ``return_info``. ``genes=`` keeps only the genes you need. Beyond the outputs,
