@@ -24,6 +24,8 @@ class CellData:
     batch : (n_cells,) int64 codes into the model's batch categories
     library : (n_cells,) observed library size (row sums of the counts)
     labels : optional (n_cells,) int64 label codes for a classifier, -1 for unlabelled cells
+    cat_covs, cont_covs : optional (n_cells, k) int64 codes and (n_cells, c) float32 scaled values
+        of the covariates besides the batch (:meth:`~scgen_ae.covariates.CovariateSpec.encode`)
     """
 
     X: sp.csr_matrix
@@ -34,6 +36,8 @@ class CellData:
     # only densify rows, where sorting the whole matrix is a copy for nothing
     sorted_indices: bool = True
     labels: np.ndarray | None = None
+    cat_covs: np.ndarray | None = None
+    cont_covs: np.ndarray | None = None
 
     def __post_init__(self):
         self.X = to_csr32(self.X, sorted_indices=self.sorted_indices)  # no copy unless stored zeros, another format
@@ -77,6 +81,8 @@ class CellData:
             nz_val=torch.from_numpy(sub.data),
             log_x_factorial=torch.from_numpy(self.log_x_factorial[idx]) if constants else torch.zeros(len(idx)),
             label=None if self.labels is None else torch.from_numpy(self.labels[idx]),
+            cat_covs=None if self.cat_covs is None else torch.from_numpy(self.cat_covs[idx]),
+            cont_covs=None if self.cont_covs is None else torch.from_numpy(self.cont_covs[idx]),
         )
 
     def iterate(self, idx: np.ndarray, batch_size: int, rng: np.random.Generator | None = None,

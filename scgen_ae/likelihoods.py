@@ -39,6 +39,8 @@ class Minibatch:
     log_x_factorial : (n,) sum over genes of lgamma(x + 1), a constant of the data
     label : optional (n,) int64 label codes for semi-supervised training, -1 where a cell
         is unlabelled; None when the model trains no classifier
+    cat_covs : optional (n, k) int64 codes of the categorical covariates besides the batch
+    cont_covs : optional (n, c) float32 scaled values of the continuous covariates
     """
 
     x: torch.Tensor
@@ -49,6 +51,13 @@ class Minibatch:
     nz_val: torch.Tensor
     log_x_factorial: torch.Tensor
     label: torch.Tensor | None = None
+    cat_covs: torch.Tensor | None = None
+    cont_covs: torch.Tensor | None = None
+
+    @property
+    def covs(self) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """(categorical codes, continuous values): what the modules condition on besides the batch."""
+        return self.cat_covs, self.cont_covs
 
     def to(self, device: torch.device) -> "Minibatch":
         moved = (getattr(self, f) for f in self.__dataclass_fields__)

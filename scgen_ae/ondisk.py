@@ -131,6 +131,8 @@ class OnDiskCellData:
             self._n_cells, self.n_stored_genes = len(self.indptr) - 1, int(group.attrs["shape"][1])
         self.batch, self.library, self.log1p_input = batch, library, log1p_input
         self.labels: np.ndarray | None = None  # label codes (-1: unlabelled), set like batch
+        self.cat_covs: np.ndarray | None = None  # covariate codes and values, set like batch
+        self.cont_covs: np.ndarray | None = None
         self.columns = columns
         self.chunk_size = max(int(chunk_cells), self._rows_per_compressed_chunk())  # also the unit of sharding
         self.window_cells = max(int(chunk_cells) * int(window_chunks), 4 * self.chunk_size)
@@ -194,8 +196,9 @@ class OnDiskCellData:
 
     def in_memory(self, rows: np.ndarray) -> CellData:
         """The rows ``rows`` as an in-memory :class:`CellData` (row i = ``rows[i]``)."""
-        labels = None if self.labels is None else self.labels[rows]
-        return CellData(self.read_rows(rows), self.batch[rows], self.library[rows], self.log1p_input, labels=labels)
+        part = lambda a: None if a is None else a[rows]  # noqa: E731
+        return CellData(self.read_rows(rows), self.batch[rows], self.library[rows], self.log1p_input,
+                        labels=part(self.labels), cat_covs=part(self.cat_covs), cont_covs=part(self.cont_covs))
 
     # ------------------------------------------------------------ CellData's interface
     def minibatch(self, idx: np.ndarray, *, constants: bool = True) -> Minibatch:

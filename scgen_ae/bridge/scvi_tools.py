@@ -142,14 +142,20 @@ def _seeded(scvi, seed: int, n_threads: int | None):
             random.setstate(py_state)
 
 
-def _private_counts(adata: AnnData, layer: str | None, batch_key: str | None) -> AnnData:
-    """Counts (validated CSR float32) and the batch column on an AnnData of our own."""
+def _private_counts(adata: AnnData, layer: str | None, batch_key: str | None, covariates=None) -> AnnData:
+    """Counts (validated CSR float32), the batch column and the covariates' columns (as
+    validated by ``covariates``, a :class:`~scgen_ae.covariates.CovariateSpec`) on an AnnData
+    of our own."""
     X = v.get_matrix(adata, layer)
     private = AnnData(X.copy())
     private.obs_names = adata.obs_names.astype(str)
     private.var_names = adata.var_names.astype(str)
     if batch_key is not None:
         private.obs[_BATCH] = adata.obs[batch_key].astype(str).astype("category").to_numpy()
+    for key in covariates.categorical_keys if covariates else ():
+        private.obs[key] = adata.obs[key].astype(str).astype("category").to_numpy()
+    for key in covariates.continuous_keys if covariates else ():
+        private.obs[key] = adata.obs[key].to_numpy(dtype=np.float64)
     return private
 
 
@@ -202,8 +208,10 @@ def _history(scvi_history: dict, recorder, max_epochs: int, train_key: str, vali
 
 def fit_scvi(adata: AnnData, *, batch_key: str | None, layer: str | None, model_kwargs: dict,
              train_kwargs: dict, linear_decoder: bool = False, seed: int = 0,
-             n_threads: int | None = None) -> ScviFit:
-    """Train scvi-tools' SCVI (or LinearSCVI) on ``adata``'s counts.
+             n_threads: int | None = None, covariates=None) -> ScviFit:
+    """Train scvi-tools' SCVI (or LinearSCVI) on ``adata``'s counts; ``covariates`` (a
+    :class:`~scgen_ae.covariates.CovariateSpec`) become its ``categorical_covariate_keys`` /
+    ``continuous_covariate_keys``.
 
     Returns ``latent`` (n_cells, n_latent) posterior means, ``loadings`` (n_genes,
     n_latent) for LinearSCVI (None for SCVI), the history (``train_loss``: per-cell
@@ -212,11 +220,15 @@ def fit_scvi(adata: AnnData, *, batch_key: str | None, layer: str | None, model_
     """
     scvi = import_scvi()
     cls = scvi.model.LinearSCVI if linear_decoder else scvi.model.SCVI
-    private = _private_counts(adata, layer, batch_key)
+    private = _private_counts(adata, layer, batch_key, covariates)
     recorder = _epoch_recorder()
     progress = bool(train_kwargs.get("enable_progress_bar", False))
+    covariate_keys = {}
+    if covariates:
+        covariate_keys = {"categorical_covariate_keys": list(covariates.categorical_keys) or None,
+                          "continuous_covariate_keys": list(covariates.continuous_keys) or None}
     with _quiet(progress), _seeded(scvi, seed, n_threads):
-        cls.setup_anndata(private, batch_key=_BATCH if batch_key is not None else None)
+        cls.setup_anndata(private, batch_key=_BATCH if batch_key is not None else None, **covariate_keys)
         model = cls(private, **model_kwargs)
         model.train(callbacks=[recorder], enable_model_summary=False, **train_kwargs)
         latent = np.asarray(model.get_latent_representation(), dtype=np.float32)

@@ -13,6 +13,7 @@ from anndata import AnnData
 
 from .. import _validate as v
 from .. import ondisk
+from ..covariates import CovariateSpec
 from ..data import CellData
 from ..io import STRINGS, ModelFileError, header_fields, model_path, read_model_file, write_model_file
 from ..likelihoods import COUNT_LIKELIHOODS
@@ -33,6 +34,8 @@ class BaseModel:
     history : dict of per-epoch losses (see :class:`scgen_ae.train.History`)
     label_categories : list[str], the classes a label classifier predicts (empty without one)
     label_key : str | None, the ``obs`` column the classifier was trained on
+    covariates : :class:`~scgen_ae.covariates.CovariateSpec`, the covariates besides the batch
+        (read from ``obs`` by every method that takes an ``adata``)
     """
 
     module_class: ClassVar[type]
@@ -48,8 +51,9 @@ class BaseModel:
         BaseModel.registry[cls.__name__] = cls
 
     def __init__(self, config, var_names, batch_key, batch_categories, layer=None, history=None, module=None,
-                 label_categories=(), label_key=None):
+                 label_categories=(), label_key=None, covariates: CovariateSpec | None = None):
         self.config = config
+        self.covariates = covariates if covariates is not None else CovariateSpec()
         self.label_categories = [str(c) for c in label_categories]
         self.label_key = label_key
         self.var_names = [str(g) for g in var_names]
@@ -76,9 +80,13 @@ class BaseModel:
         layer = self.layer if layer == "model" else layer
         batch_key = self.batch_key if batch_key == "model" else batch_key
         advice = dict(needs=self.counts_needs, otherwise=self.counts_otherwise)
+        v.check_anndata(adata)
+        cat_covs, cont_covs = self.covariates.encode(adata.obs)  # obs is cheap: its errors come first
         if ondisk.is_on_disk(adata, layer):  # stream X from disk instead of reading it
-            return ondisk.apply_data(adata, self.var_names, self.batch_categories, batch_key,
+            data = ondisk.apply_data(adata, self.var_names, self.batch_categories, batch_key,
                                      getattr(self.config, "likelihood", "counts"), pad_missing, **advice)
+            data.cat_covs, data.cont_covs = cat_covs, cont_covs
+            return data
         X = v.get_matrix(adata, layer, sorted_indices=sorted_indices)
         pos, _ = v.align_genes(adata, self.var_names, pad_missing)
         X = v.aligned_matrix(X, pos)
@@ -86,7 +94,25 @@ class BaseModel:
         if counts:
             v.check_counts(X, layer, getattr(self.config, "likelihood", "counts"), **advice)
         codes, _ = v.batch_codes(adata, batch_key, self.batch_categories)
-        return CellData(X, codes, np.asarray(X.sum(1)).ravel(), log1p_input=counts, sorted_indices=sorted_indices)
+        return CellData(X, codes, np.asarray(X.sum(1)).ravel(), log1p_input=counts, sorted_indices=sorted_indices,
+                        cat_covs=cat_covs, cont_covs=cont_covs)
+
+    def _transformed_covs(self, transform_covariates):
+        """A function of a minibatch's ``covs`` that puts the values of ``transform_covariates``
+        (checked here, before any work) in place of each cell's own: decoding "as if"."""
+        codes, scaled = self.covariates.fixed_values(transform_covariates)
+        if not codes and not scaled:
+            return lambda covs: covs
+
+        def transformed(covs):
+            cat, cont = (None if c is None else c.clone() for c in covs)
+            for j, code in codes.items():
+                cat[:, j] = code
+            for j, value in scaled.items():
+                cont[:, j] = value
+            return cat, cont
+
+        return transformed
 
     def _batch_index(self, transform_batch: str | None) -> int | None:
         if transform_batch is None:
@@ -171,6 +197,7 @@ class BaseModel:
             "history": {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in self.history.items()},
             "label_categories": self.label_categories,
             "label_key": self.label_key,
+            "covariates": self.covariates.to_header(),
         }
         arrays = {f"w/{k}": t.detach().cpu().numpy() for k, t in self.module.state_dict().items()}
         return write_model_file(path, header, arrays)
@@ -209,9 +236,14 @@ class BaseModel:
                     raise ValueError(f"the header lists {len(header[listed])} {listed} but the config has "
                                      f"{name}={size!r}")
             history = {k: (np.asarray(v) if isinstance(v, list) else v) for k, v in header["history"].items()}
+            covariates = CovariateSpec.from_header(header.get("covariates"))  # files before covariates: none
+            if (covariates.n_categories != tuple(getattr(config, "n_covariate_categories", ()))
+                    or covariates.n_continuous != getattr(config, "n_continuous_covariates", 0)):
+                raise ValueError("the covariates listed do not match the config's covariate sizes")
             model = model_cls(config, header["var_names"], header["batch_key"], header["batch_categories"],
                               header["layer"], history, label_categories=labels,
-                              label_key=header.get("label_key") if isinstance(header.get("label_key"), str) else None)
+                              label_key=header.get("label_key") if isinstance(header.get("label_key"), str) else None,
+                              covariates=covariates)
         except (TypeError, ValueError, RuntimeError) as err:  # a config the module cannot be built from
             raise ModelFileError(f"The header of {where!r} does not describe a valid {model_cls.__name__}: {err}. "
                                  "The file was edited or is corrupt; save the model again with Model.save().") from err

@@ -63,7 +63,8 @@ class ScviToolsNames:
     def get_normalized_expression(self, adata: AnnData, *, transform_batch: str | Sequence[str] | None = None,
                                   library_size: float | str = 1e4, genes=None, gene_list=None, n_samples: int = 1,
                                   return_numpy: bool = False, seed: int = 0, layer="model", batch_key="model",
-                                  batch_size: int = 1024, pad_missing: bool = False, dtype=np.float32):
+                                  batch_size: int = 1024, pad_missing: bool = False, dtype=np.float32,
+                                  transform_covariates: dict | None = None):
         """Decoded expression, as scvi-tools' ``get_normalized_expression``.
 
         Parameters
@@ -71,6 +72,10 @@ class ScviToolsNames:
         transform_batch
             Decode every cell as if it came from this batch (batch correction); a list of
             batches: the average over them (scvi-tools' meaning); None: each cell in its own.
+        transform_covariates
+            Decode every cell as if its covariates besides the batch had these values, e.g.
+            ``{"donor": "d1", "pct_mito": 0.0}`` (raw values, as in ``obs``); covariates not
+            named keep each cell's own. The encoder always reads the cells' own values.
         library_size
             A number (counts per cell, default 1e4), or "observed" for the expected counts at
             each cell's own library size. Ignored for gaussian.
@@ -93,6 +98,7 @@ class ScviToolsNames:
         if not batches:
             raise v.InputError("transform_batch=[] names no batch; pass None, a batch, or a list of batches.")
         codes = [self._batch_index(b) for b in batches]  # unknown batches refused before any work
+        decode_covs = self._transformed_covs(transform_covariates)
         missing = [g for g in (genes or []) if g not in set(self.var_names)]
         if missing:
             raise v.InputError(f"genes= / gene_list= names genes the model was not trained on: {missing[:5]}.")
@@ -100,7 +106,8 @@ class ScviToolsNames:
         gen = torch.Generator().manual_seed(seed)
 
         def fn(mb):
-            mean, log_var = (t.float() for t in self.module.inference(mb.x, mb.batch))
+            mean, log_var = (t.float() for t in self.module.inference(mb.x, mb.batch, mb.covs))
+            covs = decode_covs(mb.covs)
             total = 0.0
             for b in codes:
                 batch = mb.batch if b is None else torch.full_like(mb.batch, b)
@@ -108,7 +115,7 @@ class ScviToolsNames:
                     z = mean
                     if n_samples > 1:
                         z = mean + torch.randn(mean.shape, generator=gen).to(mean.device) * (0.5 * log_var).exp()
-                    total = total + _decoded(self.module, self.module.generative(z, batch, mb.log_library),
+                    total = total + _decoded(self.module, self.module.generative(z, batch, mb.log_library, covs),
                                              library_size)
             res = total / (len(codes) * n_samples)
             res = (res if cols is None else res[:, cols.to(res.device)]).float().cpu().numpy()
@@ -136,11 +143,11 @@ class ScviToolsNames:
         gen = torch.Generator().manual_seed(seed)
 
         def fn(mb):
-            mean, log_var = (t.float() for t in self.module.inference(mb.x, mb.batch))
+            mean, log_var = (t.float() for t in self.module.inference(mb.x, mb.batch, mb.covs))
             draws = []
             for _ in range(n_samples):
                 z = mean + torch.randn(mean.shape, generator=gen).to(mean.device) * (0.5 * log_var).exp()
-                out = self.module.generative(z, mb.batch, mb.log_library)
+                out = self.module.generative(z, mb.batch, mb.log_library, mb.covs)
                 x = _sample_counts(self.config.likelihood, out, gen).cpu()
                 draws.append(x if cols is None else x[:, cols])
             return torch.stack(draws, -1)
@@ -157,9 +164,9 @@ class ScviToolsNames:
         """``{"reconstruction_loss": mean over cells of -log p(x | z)}`` at the posterior mean of z
         (scvi-tools' name and return type)."""
         def fn(mb):
-            mean, _ = self.module.inference(mb.x, mb.batch)
-            return -cell_log_prob(self.config.likelihood, mb, self.module.generative(mean.float(), mb.batch,
-                                                                                     mb.log_library)).cpu()
+            mean, _ = self.module.inference(mb.x, mb.batch, mb.covs)
+            out = self.module.generative(mean.float(), mb.batch, mb.log_library, mb.covs)
+            return -cell_log_prob(self.config.likelihood, mb, out).cpu()
 
         per_cell = self._per_cell(adata, fn, batch_size=batch_size, layer=layer, batch_key=batch_key,
                                   pad_missing=pad_missing)
@@ -170,8 +177,8 @@ class ScviToolsNames:
         """Mean over cells of the negative ELBO (reconstruction at the posterior mean + beta x KL):
         the quantity of ``history["validation_loss"]``, positive like scvi-tools' ``get_elbo``."""
         def fn(mb):
-            mean, log_var = (t.float() for t in self.module.inference(mb.x, mb.batch))
-            out = self.module.generative(mean, mb.batch, mb.log_library)
+            mean, log_var = (t.float() for t in self.module.inference(mb.x, mb.batch, mb.covs))
+            out = self.module.generative(mean, mb.batch, mb.log_library, mb.covs)
             kl = 0.5 * (log_var.exp() + mean**2 - 1.0 - log_var).sum(-1)
             return (-cell_log_prob(self.config.likelihood, mb, out) + self.config.beta * kl).cpu()
 

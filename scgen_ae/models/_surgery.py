@@ -58,20 +58,26 @@ class _NewRowsOnly(nn.Module):
         return self.vae.loss(mb, kl_weight)
 
 
-def _batch_tables(module: nn.Module) -> list[nn.Parameter]:
-    """Every parameter indexed by batch: embedding tables, and gene-batch dispersion."""
-    tables = [emb.weight for m in module.modules() if hasattr(m, "offsets") for emb in m.offsets]
+def _category_tables(module: nn.Module) -> dict[str, nn.Parameter]:
+    """Every parameter indexed by a category, by name: the batch's and the categorical
+    covariates' embedding tables, and gene-batch dispersion."""
+    tables = {name: p for name, p in module.named_parameters()
+              if ".offsets." in f".{name}" or ".covariate_offsets." in f".{name}"}
     if module.cfg.dispersion == "gene-batch":
-        tables.append(module.log_dispersion)
+        tables["log_dispersion"] = module.log_dispersion
     return tables
 
 
-def _extend_module(ref_module: nn.Module, n_new: int):
-    """A copy of ``ref_module`` with ``n_new`` more batch rows, only those trainable.
+def _extend_module(ref_module: nn.Module, n_new: int, n_new_covariates: tuple[int, ...] = ()):
+    """A copy of ``ref_module`` with ``n_new`` more batch rows and ``n_new_covariates[j]`` more
+    rows for categorical covariate j, only those rows trainable.
 
     Returns (module, [(table, its reference rows)], gradient-hook handles).
     """
-    cfg = dataclasses.replace(ref_module.cfg, n_batches=ref_module.cfg.n_batches + n_new)
+    ref_cfg = ref_module.cfg
+    cov_sizes = tuple(n + k for n, k in zip(ref_cfg.n_covariate_categories, n_new_covariates or
+                                            (0,) * len(ref_cfg.n_covariate_categories)))
+    cfg = dataclasses.replace(ref_cfg, n_batches=ref_cfg.n_batches + n_new, n_covariate_categories=cov_sizes)
     new = type(ref_module)(cfg)
     ref_state = ref_module.state_dict()
     new_state = new.state_dict()
@@ -79,7 +85,7 @@ def _extend_module(ref_module: nn.Module, n_new: int):
         target = new_state[key]
         if target.shape == value.shape:
             target.copy_(value)
-        else:  # a batch table: reference rows first, new rows start at their mean
+        else:  # a category table: reference rows first, new rows start at their mean
             n_ref = value.shape[0]
             target[:n_ref] = value
             target[n_ref:] = value.mean(0, keepdim=True)
@@ -87,10 +93,11 @@ def _extend_module(ref_module: nn.Module, n_new: int):
         new_state[key].zero_()  # its row adds nothing; new rows start there too
     new.load_state_dict(new_state)
     frozen, hooks = [], []
-    n_ref = ref_module.cfg.n_batches
     for p in new.parameters():
         p.requires_grad_(False)
-    for table in _batch_tables(new):
+    for name, table in _category_tables(new).items():
+        # rows the reference had (a table it lacked: its one batch's row, zero)
+        n_ref = ref_state[name].shape[0] if name in ref_state else ref_cfg.n_batches
         table.requires_grad_(True)
         mask = torch.ones_like(table)
         mask[:n_ref] = 0.0
@@ -174,17 +181,27 @@ def map_query(model, adata: AnnData, *, batch_key: str, layer="model", pad_missi
         raise v.InputError(f"{empty} query cells have no counts in the model's {len(model.var_names)} genes. Drop "
                            "them first (sa.pp.drop_empty on the query restricted to the model's genes).")
     categories, new = _query_categories(adata, batch_key, model.batch_categories)
+    covariates, new_covariates = model.covariates.extended(adata.obs)
+    small = {k: c for k, added in new_covariates.items() for c in added
+             if int((adata.obs[k].astype(str) == c).sum()) < 3}
+    if small:
+        raise v.InputError(f"The query has new covariate categories with fewer than 3 cells: {small}. Merge them "
+                           "into a larger category or drop those cells.")
+    cat_covs, cont_covs = covariates.encode(adata.obs)
     codes, _ = v.batch_codes(adata, batch_key, categories)
-    data = CellData(X, codes, np.asarray(X.sum(1)).ravel(), log1p_input=counts)
+    data = CellData(X, codes, np.asarray(X.sum(1)).ravel(), log1p_input=counts, cat_covs=cat_covs,
+                    cont_covs=cont_covs)
+    n_new_covariates = tuple(len(new_covariates.get(k, ())) for k in covariates.categorical_keys)
 
     ref_module = _copy.deepcopy(model.module).cpu()  # the reference object is never touched
     with seeded_threads(train_cfg.seed, train_cfg.n_threads):
-        module, frozen, hooks = _extend_module(ref_module, len(new))
-        if new:
+        module, frozen, hooks = _extend_module(ref_module, len(new), n_new_covariates)
+        if new or any(n_new_covariates):
             history = fit(_NewRowsOnly(module), data, train_cfg, likelihood).as_dict()
         else:
-            warnings.warn(f"Every query batch is one of the model's batches {model.batch_categories}: nothing to "
-                          "train; the query is embedded with the reference parameters.", UserWarning, stacklevel=3)
+            warnings.warn(f"Every query batch is one of the model's batches {model.batch_categories} (and every "
+                          "covariate category is known): nothing to train; the query is embedded with the reference "
+                          "parameters.", UserWarning, stacklevel=3)
             history = {"train_loss": np.zeros(0), "validation_loss": np.zeros(0), "kl_weight": np.zeros(0),
                        "best_epoch": -1, "stopped_early": False, "interrupted": False, "seconds": 0.0}
         for hook in hooks:
@@ -196,7 +213,7 @@ def map_query(model, adata: AnnData, *, batch_key: str, layer="model", pad_missi
             p.requires_grad_(True)
         module.eval()
         mapped = VAE(module.cfg, model.var_names, batch_key, categories, layer, history, module,
-                     label_categories=model.label_categories, label_key=model.label_key)
+                     label_categories=model.label_categories, label_key=model.label_key, covariates=covariates)
         latent = mapped.get_latent(adata, layer=layer, batch_key=batch_key, pad_missing=pad_missing)
 
     if genes["n_missing"]:
@@ -209,6 +226,7 @@ def map_query(model, adata: AnnData, *, batch_key: str, layer="model", pad_missi
         "params": params_record(batch_key=batch_key, layer=layer, pad_missing=pad_missing,
                                 **dataclasses.asdict(train_cfg)),
         "new_batches": list(new), "batch_categories": list(categories),
+        "new_covariate_categories": {k: list(c) for k, c in new_covariates.items()},
         "genes": {**genes, "missing": np.asarray(genes["missing"], dtype=str)},
         "history": history, "key_added": key_added,
     }

@@ -18,7 +18,7 @@ from anndata import AnnData
 from torch import nn
 
 from ..likelihoods import COUNT_LIKELIHOODS, Minibatch, cell_log_prob, nb_log_prob, poisson_log_prob, zinb_log_prob
-from ..nn import MLP, CountDecoder
+from ..nn import MLP, CountDecoder, Covs, check_covariate_sizes, checked_covs
 from ._base import BaseModel
 
 CORRUPTIONS = ("mask", "thinning", "gaussian", "none")
@@ -43,6 +43,8 @@ class DAEConfig:
         0 (default): the whole cell, DCA's reconstruction loss
     mean_link : "softmax" (expression shares x library: the means sum to the library) or
         "exp" (DCA: exp(output) x library / n_genes, unconstrained)
+    n_covariate_categories, n_continuous_covariates : covariates besides the batch, injected
+        where the batch is (as :class:`~scgen_ae.models.vae.VAEConfig`)
     """
 
     n_genes: int
@@ -63,8 +65,11 @@ class DAEConfig:
     batch_gene_offsets: bool = True
     mean_link: str = "softmax"
     input_scale: float = 1e4
+    n_covariate_categories: tuple[int, ...] = ()
+    n_continuous_covariates: int = 0
 
     def __post_init__(self):
+        check_covariate_sizes(self)
         choices = {"likelihood": COUNT_LIKELIHOODS, "dispersion": DISPERSIONS, "corruption": CORRUPTIONS,
                    "mean_link": ("softmax", "exp")}
         for name, allowed in choices.items():
@@ -88,13 +93,16 @@ class DAEModule(nn.Module):
         # gene-batch: one row of log theta per batch; gene-cell: a decoder head instead (row unused)
         self.log_dispersion = nn.Parameter(torch.zeros(cfg.n_batches if cfg.dispersion == "gene-batch" else 1,
                                                        cfg.n_genes))
-        self.encoder = MLP(cfg.n_genes, cfg.n_hidden, cfg.n_layers, n_cats if cfg.encode_batch else [],
-                           cfg.dropout_rate, cfg.norm)
+        cov_cats, n_cont = cfg.n_covariate_categories, cfg.n_continuous_covariates
+        enc = cfg.encode_batch  # the covariates enter the encoder where the batch does
+        self.encoder = MLP(cfg.n_genes, cfg.n_hidden, cfg.n_layers, n_cats if enc else [],
+                           cfg.dropout_rate, cfg.norm, cov_cats if enc else (), n_cont if enc else 0)
         self.bottleneck = nn.Linear(cfg.n_hidden, cfg.n_latent)
         heads = ["mean"] + ["dropout"] * (cfg.likelihood == "zinb") + \
             ["dispersion"] * (cfg.dispersion == "gene-cell" and cfg.likelihood != "poisson")
         self.decoder = CountDecoder(cfg.n_latent, cfg.n_genes, cfg.n_hidden, cfg.n_layers, n_cats,
-                                    norm=cfg.norm, n_extra_heads=len(heads) - 1, gene_offsets=cfg.batch_gene_offsets)
+                                    norm=cfg.norm, n_extra_heads=len(heads) - 1, gene_offsets=cfg.batch_gene_offsets,
+                                    n_cov_cats=cov_cats, n_cont=n_cont)
 
     def _cats(self, batch: torch.Tensor):
         return [batch] if self.cfg.n_batches > 1 else []
@@ -130,13 +138,17 @@ class DAEModule(nn.Module):
         x = self.encoder_input(mb)  # gaussian: every entry, zeros included, on the log scale
         return (x + rate * torch.randn(x.shape, generator=generator, device=x.device)).clamp_min(0.0)
 
-    def encode(self, x: torch.Tensor, batch: torch.Tensor) -> torch.Tensor:
-        return self.bottleneck(self.encoder(x, self._cats(batch) if self.cfg.encode_batch else ()))
+    def encode(self, x: torch.Tensor, batch: torch.Tensor, covs: Covs | None = None) -> torch.Tensor:
+        covs = checked_covs(self.cfg, covs)
+        if not self.cfg.encode_batch:
+            return self.bottleneck(self.encoder(x))
+        return self.bottleneck(self.encoder(x, self._cats(batch), covs))
 
-    def decode(self, z: torch.Tensor, batch: torch.Tensor, log_library: torch.Tensor) -> dict:
+    def decode(self, z: torch.Tensor, batch: torch.Tensor, log_library: torch.Tensor, covs: Covs | None = None) -> dict:
         """Decoder output in the form :func:`cell_log_prob` reads (log scale, log mean, ...)."""
         cfg = self.cfg
-        heads = [h.float() for h in self.decoder(z, self._cats(batch))]  # fp32 under bf16 autocast
+        covs = checked_covs(cfg, covs)
+        heads = [h.float() for h in self.decoder(z, self._cats(batch), covs)]  # fp32 under bf16 autocast
         head = heads.pop(0)
         if cfg.mean_link == "softmax":
             log_scale = F.log_softmax(head, dim=-1)
@@ -186,7 +198,7 @@ class DAEModule(nn.Module):
             gen = torch.Generator(device=mb.x.device).manual_seed(len(mb.nz_val))
             hide = torch.rand(n * g, generator=gen, device=mb.x.device) < VALIDATION_HIDDEN
             x = self.encoder_input(mb, keep=~hide[mb.nz_row * g + mb.nz_col])
-            out = self.decode(self.encode(x, mb.batch), mb.batch, mb.log_library)
+            out = self.decode(self.encode(x, mb.batch, mb.covs), mb.batch, mb.log_library, mb.covs)
             return -self.hidden_log_prob(mb, out, hide, VALIDATION_HIDDEN).mean()
         hidden = w > 0 and self.cfg.corruption == "mask"
         if hidden:
@@ -194,7 +206,7 @@ class DAEModule(nn.Module):
             x = self.encoder_input(mb, keep=~hide[mb.nz_row * g + mb.nz_col])
         else:
             x = self.corrupted_input(mb)
-        out = self.decode(self.encode(x, mb.batch), mb.batch, mb.log_library)
+        out = self.decode(self.encode(x, mb.batch, mb.covs), mb.batch, mb.log_library, mb.covs)
         log_prob = cell_log_prob(self.cfg.likelihood, mb, out)
         if hidden:
             log_prob = (1 - w) * log_prob + w * self.hidden_log_prob(mb, out, hide, self.cfg.corruption_rate)
@@ -202,12 +214,12 @@ class DAEModule(nn.Module):
 
 
 def _expected(module: DAEModule, z: torch.Tensor, batch: torch.Tensor, log_library: torch.Tensor,
-              library_size) -> torch.Tensor:
+              library_size, covs: Covs | None = None) -> torch.Tensor:
     """The decoder's mean (``decode``'s exp(log_mu), or shares x ``library_size``) from the
     expression head alone, in place: no dropout or dispersion heads, no log-scale copies,
     so 2-3 (n, g) arrays are alive at once instead of ~10."""
     cfg = module.cfg
-    head = module.decoder.first_head(z, module._cats(batch)).float()
+    head = module.decoder.first_head(z, module._cats(batch), checked_covs(cfg, covs)).float()
     observed = library_size == "observed"
     if cfg.mean_link == "softmax":
         return torch.softmax(head, dim=-1).mul_(log_library.exp() if observed else float(library_size))
@@ -226,13 +238,17 @@ class DAE(BaseModel):
     @torch.no_grad()
     def predict(self, adata: AnnData, *, transform_batch: str | None = None, library_size: float | str = "observed",
                 genes=None, layer="model", batch_key="model", batch_size: int = 1024, pad_missing: bool = False,
-                outputs=("mean", "latent"), dtype=np.float32) -> dict[str, np.ndarray]:
+                outputs=("mean", "latent"), dtype=np.float32,
+                transform_covariates: dict | None = None) -> dict[str, np.ndarray]:
         """Denoised values for every cell, computed ``batch_size`` cells at a time.
 
         Parameters
         ----------
         transform_batch
             Decode every cell as if from this batch; None: its own batch.
+        transform_covariates
+            Decode every cell as if its covariates besides the batch had these values
+            (``{"donor": "d1"}``, raw values as in ``obs``); the others keep each cell's own.
         library_size
             "observed" (expected counts at each cell's library size) or a number of
             counts per cell.
@@ -250,6 +266,7 @@ class DAE(BaseModel):
         whole decoder output).
         """
         b = self._batch_index(transform_batch)
+        decode_covs = self._transformed_covs(transform_covariates)
         # rows are only densified: no sorted copy of the counts, no per-cell likelihood constants
         data = self._cell_data(adata, layer, batch_key, pad_missing, sorted_indices=False)
         cols = None if genes is None else np.asarray([self.var_names.index(g) for g in genes])
@@ -260,15 +277,16 @@ class DAE(BaseModel):
         start = 0
         for mb in data.iterate(np.arange(data.n_cells), batch_size, drop_last_if_tiny=False, constants=False):
             mb = mb.to(device)
-            z = module.encode(module.encoder_input(mb), mb.batch)
+            z = module.encode(module.encoder_input(mb), mb.batch, mb.covs)
             batch = mb.batch if b is None else torch.full_like(mb.batch, b)
+            covs = decode_covs(mb.covs)
             values = {"latent": z}
             if set(outputs) <= {"mean", "latent"}:
                 out = {}
                 if "mean" in outputs:
-                    values["mean"] = _expected(module, z, batch, mb.log_library, library_size)
+                    values["mean"] = _expected(module, z, batch, mb.log_library, library_size, covs)
             else:
-                out = module.decode(z, batch, mb.log_library)
+                out = module.decode(z, batch, mb.log_library, covs)
             if "mean" in outputs and "mean" not in values:
                 values["mean"] = out["log_mu"].exp() if library_size == "observed" else (
                     out["log_scale"].exp() * float(library_size))
@@ -287,11 +305,13 @@ class DAE(BaseModel):
 
     def _decoder_output(self, mb) -> dict:
         module = self.module.eval()
-        return module.decode(module.encode(module.encoder_input(mb), mb.batch), mb.batch, mb.log_library)
+        return module.decode(module.encode(module.encoder_input(mb), mb.batch, mb.covs), mb.batch, mb.log_library,
+                             mb.covs)
 
     def _log_scale(self, mb, pick, batch, generator=None):
         """The bottleneck is deterministic: no posterior to sample (``generator`` is unused), so
         differential expression sees only the variation between cells."""
         module = self.module.eval()
-        z = module.encode(module.encoder_input(mb), mb.batch)[pick]
-        return module.decode(z, batch, torch.zeros(len(z), 1, device=z.device))["log_scale"]
+        z = module.encode(module.encoder_input(mb), mb.batch, mb.covs)[pick]
+        covs = tuple(None if c is None else c[pick] for c in mb.covs)
+        return module.decode(z, batch, torch.zeros(len(z), 1, device=z.device), covs)["log_scale"]

@@ -12,7 +12,7 @@ from torch import nn
 
 from .. import _validate as v
 from ..likelihoods import LIKELIHOODS, Minibatch, cell_log_prob
-from ..nn import CountDecoder, GaussianEncoder
+from ..nn import CountDecoder, Covs, GaussianEncoder, check_covariate_sizes, checked_covs
 from ._base import BaseModel
 from ._scvi_names import ScviToolsNames
 
@@ -38,6 +38,12 @@ class VAEConfig:
         global MMD between each batch's and the pooled latent distribution
         (:func:`batch_mmd`), which assumes every batch holds the same cell types in similar
         proportions; model files written before this field load with 0.
+    n_covariate_categories
+        Categories of each categorical covariate besides the batch (one table each, injected
+        where the batch is); () for none.
+    n_continuous_covariates
+        Number of continuous covariates (a linear term wherever the batch enters, and a
+        per-gene slope in the decoder output).
     n_labels
         Number of label classes of the classifier on ``z`` (0 = no classifier; semi-supervised
         training, scANVI-style, with 2 or more).
@@ -62,11 +68,14 @@ class VAEConfig:
     mmd_mnn_k: int = 3
     n_labels: int = 0
     classification_weight: float = 50.0
+    n_covariate_categories: tuple[int, ...] = ()
+    n_continuous_covariates: int = 0
 
     #: what a model file without a field was trained with (files predate the field)
     LEGACY_DEFAULTS: ClassVar[dict] = {"mmd_mnn_k": 0}
 
     def __post_init__(self):
+        check_covariate_sizes(self)
         if self.likelihood not in LIKELIHOODS:
             raise ValueError(f"likelihood={self.likelihood!r}; choose one of {LIKELIHOODS}.")
         if self.dispersion not in ("gene", "gene-batch"):
@@ -161,11 +170,14 @@ class VAEModule(nn.Module):
         super().__init__()
         self.cfg = cfg
         cats = (cfg.n_batches,) if cfg.n_batches > 1 else ()
+        cov_cats, n_cont = cfg.n_covariate_categories, cfg.n_continuous_covariates
+        enc = cfg.encode_batch  # the covariates enter the encoder where the batch does
         self.encoder = GaussianEncoder(cfg.n_genes, cfg.n_latent, cfg.n_hidden, cfg.n_layers,
-                                       cats if cfg.encode_batch else (), cfg.dropout_rate, cfg.norm)
+                                       cats if enc else (), cfg.dropout_rate, cfg.norm,
+                                       cov_cats if enc else (), n_cont if enc else 0)
         n_extra = 1 if cfg.likelihood == "zinb" else 0
         self.decoder = CountDecoder(cfg.n_latent, cfg.n_genes, cfg.n_hidden, cfg.n_layers, cats, 0.0,
-                                    cfg.norm, n_extra, cfg.batch_gene_offsets)
+                                    cfg.norm, n_extra, cfg.batch_gene_offsets, cov_cats, n_cont)
         n_disp = cfg.n_batches if cfg.dispersion == "gene-batch" else 1
         # log theta for nb/zinb, log variance for gaussian; unused by poisson
         self.log_dispersion = nn.Parameter(torch.zeros(n_disp, cfg.n_genes))
@@ -182,12 +194,18 @@ class VAEModule(nn.Module):
     def _cats(self, batch: torch.Tensor):
         return (batch,) if self.cfg.n_batches > 1 else ()
 
-    def inference(self, x: torch.Tensor, batch: torch.Tensor):
-        """``x`` is the encoder input: log1p(counts), or log-normalised values for gaussian."""
-        return self.encoder(x, self._cats(batch) if self.cfg.encode_batch else ())
+    def inference(self, x: torch.Tensor, batch: torch.Tensor, covs: Covs | None = None):
+        """``x`` is the encoder input: log1p(counts), or log-normalised values for gaussian;
+        ``covs``: the covariates besides the batch (``Minibatch.covs``)."""
+        covs = checked_covs(self.cfg, covs)
+        if not self.cfg.encode_batch:
+            return self.encoder(x)
+        return self.encoder(x, self._cats(batch), covs)
 
-    def generative(self, z: torch.Tensor, batch: torch.Tensor, log_library: torch.Tensor) -> dict:
-        heads = [h.float() for h in self.decoder(z, self._cats(batch))]  # fp32 even under bf16 autocast
+    def generative(self, z: torch.Tensor, batch: torch.Tensor, log_library: torch.Tensor,
+                   covs: Covs | None = None) -> dict:
+        covs = checked_covs(self.cfg, covs)
+        heads = [h.float() for h in self.decoder(z, self._cats(batch), covs)]  # fp32 even under bf16 autocast
         if self.cfg.likelihood == "gaussian":
             disp = self.log_dispersion[batch] if self.cfg.dispersion == "gene-batch" else self.log_dispersion[0]
             return {"mean": heads[0], "log_var": disp}
@@ -202,9 +220,9 @@ class VAEModule(nn.Module):
         return out
 
     def loss(self, mb: Minibatch, kl_weight: float = 1.0):
-        mean, log_var = (t.float() for t in self.inference(mb.x, mb.batch))
+        mean, log_var = (t.float() for t in self.inference(mb.x, mb.batch, mb.covs))
         z = mean + torch.randn_like(mean) * (0.5 * log_var).exp() if self.training else mean
-        out = self.generative(z, mb.batch, mb.log_library)
+        out = self.generative(z, mb.batch, mb.log_library, mb.covs)
         reconstruction = -cell_log_prob(self.cfg.likelihood, mb, out)
         kl = 0.5 * (log_var.exp() + mean**2 - 1.0 - log_var).sum(-1)
         loss = (reconstruction + self.cfg.beta * kl_weight * kl).mean()
@@ -250,7 +268,7 @@ class VAE(ScviToolsNames, BaseModel):
         gen = torch.Generator().manual_seed(seed)
 
         def fn(mb):
-            mean, log_var = self.module.inference(mb.x, mb.batch)
+            mean, log_var = self.module.inference(mb.x, mb.batch, mb.covs)
             if give_mean:
                 return mean.cpu()
             noise = torch.randn(mean.shape, generator=gen).to(mean.device)
@@ -282,7 +300,7 @@ class VAE(ScviToolsNames, BaseModel):
                                "space with sa.tl.transfer_labels.")
 
         def fn(mb):
-            mean, _ = self.module.inference(mb.x, mb.batch)
+            mean, _ = self.module.inference(mb.x, mb.batch, mb.covs)
             return torch.softmax(self.module.classify(mean.float()), dim=-1).cpu()
 
         proba = torch.cat(self._apply(adata, layer, batch_key, batch_size, pad_missing, fn)).numpy()
@@ -293,15 +311,19 @@ class VAE(ScviToolsNames, BaseModel):
         return pd.Series(best, index=index, name="predicted_labels")
 
     def _decoder_output(self, mb) -> dict:
-        mean, _ = self.module.inference(mb.x, mb.batch)
-        return self.module.generative(mean.float(), mb.batch, mb.log_library)
+        mean, _ = self.module.inference(mb.x, mb.batch, mb.covs)
+        return self.module.generative(mean.float(), mb.batch, mb.log_library, mb.covs)
 
     def _log_scale(self, mb, pick, batch, generator):
-        """One z ~ q(z | x) per row of ``pick`` (cells of ``mb``), decoded in ``batch``."""
-        mean, log_var = (t.float()[pick] for t in self.module.eval().inference(mb.x, mb.batch))
+        """One z ~ q(z | x) per row of ``pick`` (cells of ``mb``), decoded in ``batch`` (and each
+        cell's own covariates)."""
+        mean, log_var = (t.float()[pick] for t in self.module.eval().inference(mb.x, mb.batch, mb.covs))
         noise = torch.randn(mean.shape, generator=generator).to(mean.device)
         z = mean + noise * (0.5 * log_var).exp()
-        return F.log_softmax(self.module.decoder.first_head(z, self.module._cats(batch)).float(), dim=-1)
+        covs = tuple(None if c is None else c[pick] for c in mb.covs)
+        covs = checked_covs(self.module.cfg, covs)
+        head = self.module.decoder.first_head(z, self.module._cats(batch), covs)
+        return F.log_softmax(head.float(), dim=-1)
 
     def map_query(self, adata: AnnData, *, batch_key: str, layer="model", pad_missing: bool = False,
                   key_added: str = "X_vae", uns_key: str = "map_query", copy: bool = False, **train_kwargs):
@@ -315,8 +337,10 @@ class VAE(ScviToolsNames, BaseModel):
         ``pad_missing=True`` (zeros, with a warning). ``**train_kwargs`` go to
         :class:`~scgen_ae.train.TrainConfig` (``weight_decay`` is fixed at 0).
         Sets ``adata.obsm[key_added]`` (n_cells, n_latent) and ``adata.uns[uns_key]`` (``params``,
-        ``new_batches``, ``batch_categories``, ``genes``: missing / extra dropped / reordered,
-        ``history``). Returns the extended model (with ``copy=True`` the annotated copy; the model:
+        ``new_batches``, ``batch_categories``, ``new_covariate_categories``, ``genes``: missing /
+        extra dropped / reordered, ``history``). New categories of the model's categorical
+        covariates (read from the query's ``obs``, which needs every covariate column of the
+        model) get rows of their own, trained the same way. Returns the extended model (with ``copy=True`` the annotated copy; the model:
         ``sa.tl.get_model(copy, uns_key)``).
         Implemented in :mod:`scgen_ae.models._surgery`.
         """

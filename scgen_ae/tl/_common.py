@@ -11,6 +11,7 @@ from anndata import AnnData
 
 from .. import _validate as v
 from .. import ondisk
+from ..covariates import CovariateSpec
 from ..data import CellData
 from ..likelihoods import COUNT_LIKELIHOODS
 from ..train import TrainConfig, train_config
@@ -20,7 +21,7 @@ TRAIN_FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
 
 def training_data(adata: AnnData, layer: str | None, batch_key: str | None, likelihood: str | None, *,
                   needs: str | None = None, otherwise: str | None = v.GAUSSIAN_ADVICE,
-                  allow_single_batch: bool = False):
+                  allow_single_batch: bool = False, covariates: CovariateSpec | None = None):
     """Validate ``adata`` for training; return (CellData, batch categories).
 
     When ``X`` is a CSR or dense matrix on disk (a backed AnnData, however opened) the data
@@ -28,20 +29,26 @@ def training_data(adata: AnnData, layer: str | None, batch_key: str | None, like
     ``layer`` is in memory even then (anndata's backed mode reads layers whole).
     ``needs`` / ``otherwise`` word the error for data that are not counts
     (see :func:`scgen_ae._validate.check_counts`); ``allow_single_batch``: a ``batch_key`` with
-    one category is accepted (see :func:`scgen_ae._validate.batch_codes`).
+    one category is accepted (see :func:`scgen_ae._validate.batch_codes`); ``covariates``: the
+    spec learnt from ``adata.obs`` (:meth:`~scgen_ae.covariates.CovariateSpec.learn`), whose
+    codes the cells carry.
     """
     if isinstance(adata, AnnData):
         v.check_unique_genes(adata)
     if ondisk.is_on_disk(adata, layer):
-        return ondisk.training_data(adata, layer, batch_key, likelihood, needs=needs, otherwise=otherwise,
-                                    allow_single_batch=allow_single_batch)
-    X = v.get_matrix(adata, layer)
-    counts = likelihood in COUNT_LIKELIHOODS or likelihood is None
-    if counts:
-        v.check_counts(X, layer, likelihood or "counts", needs=needs, otherwise=otherwise)
-    v.check_not_empty(X, layer)
-    codes, cats = v.batch_codes(adata, batch_key, allow_single=allow_single_batch)
-    return CellData(X, codes, np.asarray(X.sum(1)).ravel(), log1p_input=counts), cats
+        data, cats = ondisk.training_data(adata, layer, batch_key, likelihood, needs=needs, otherwise=otherwise,
+                                          allow_single_batch=allow_single_batch)
+    else:
+        X = v.get_matrix(adata, layer)
+        counts = likelihood in COUNT_LIKELIHOODS or likelihood is None
+        if counts:
+            v.check_counts(X, layer, likelihood or "counts", needs=needs, otherwise=otherwise)
+        v.check_not_empty(X, layer)
+        codes, cats = v.batch_codes(adata, batch_key, allow_single=allow_single_batch)
+        data = CellData(X, codes, np.asarray(X.sum(1)).ravel(), log1p_input=counts)
+    if covariates:
+        data.cat_covs, data.cont_covs = covariates.encode(adata.obs)
+    return data, cats
 
 
 def split_kwargs(kwargs: dict) -> tuple[TrainConfig, dict]:

@@ -10,12 +10,14 @@ from anndata import AnnData
 
 from .. import _validate as v
 from .._settings import logger
+from ..covariates import CovariateSpec
 from ..models.dae import DAE, DAEConfig, DAEModule
 from ..models.vae import VAE
 from ..train import fit, seeded_threads
 from ._common import params_record, returned, split_kwargs, training_data, write_results
 
-DAE_FIELDS = {f.name for f in dataclasses.fields(DAEConfig)} - {"n_genes", "n_batches", "likelihood", "input_scale"}
+DAE_FIELDS = {f.name for f in dataclasses.fields(DAEConfig)} - {"n_genes", "n_batches", "likelihood", "input_scale",
+                                                               "n_covariate_categories", "n_continuous_covariates"}
 METHODS = ("dae", "vae")
 OUT_DTYPES = ("float32", "float16")  # float64 would add no precision: the decoders compute in float32
 FLOAT16_MAX = float(np.finfo(np.float16).max)
@@ -106,7 +108,7 @@ def _check_request(adata: AnnData, *, method, layer, batch_key, transform_batch,
                                f"(batches: {cats}).")
 
 
-def _train_dae(adata, layer, batch_key, likelihood, kwargs) -> DAE:
+def _train_dae(adata, layer, batch_key, likelihood, kwargs, covariates: CovariateSpec) -> DAE:
     train_cfg, rest = split_kwargs(dict(kwargs))
     arch = {k: rest.pop(k) for k in list(rest) if k in DAE_FIELDS}
     if rest:
@@ -117,14 +119,16 @@ def _train_dae(adata, layer, batch_key, likelihood, kwargs) -> DAE:
         train_cfg = dataclasses.replace(train_cfg, patience=10)
     if "max_epochs" not in kwargs:
         train_cfg = dataclasses.replace(train_cfg, max_epochs=default_epochs(adata.n_obs))
-    data, cats = training_data(adata, layer, batch_key, likelihood, otherwise=None)  # the DAE has no gaussian
+    # the DAE has no gaussian
+    data, cats = training_data(adata, layer, batch_key, likelihood, otherwise=None, covariates=covariates)
     v.check_n_latent(arch.get("n_latent", DAEConfig.n_latent), adata.n_vars)
     config = DAEConfig(n_genes=adata.n_vars, n_batches=len(cats), likelihood=likelihood,
-                       input_scale=float(np.median(data.library)), **arch)
+                       input_scale=float(np.median(data.library)), n_covariate_categories=covariates.n_categories,
+                       n_continuous_covariates=covariates.n_continuous, **arch)
     with seeded_threads(train_cfg.seed, train_cfg.n_threads):
         module = DAEModule(config)
         history = fit(module, data, train_cfg, likelihood)
-    model = DAE(config, adata.var_names, batch_key, cats, layer, history.as_dict(), module)
+    model = DAE(config, adata.var_names, batch_key, cats, layer, history.as_dict(), module, covariates=covariates)
     model.train_params = dataclasses.asdict(train_cfg)
     model.interrupted = history.interrupted
     return model
@@ -136,14 +140,18 @@ def default_epochs(n_cells: int) -> int:
     return int(np.clip(round(100 * 10000 / max(n_cells, 1)), 20, 100))
 
 
-def _train_vae(adata, layer, batch_key, likelihood, kwargs) -> VAE:
+def _train_vae(adata, layer, batch_key, likelihood, kwargs, covariates: CovariateSpec) -> VAE:
     from ._vae import vae
 
     # a light AnnData that shares the counts: tl.vae writes into it, never into the caller's object
-    obs = adata.obs[[batch_key]] if batch_key is not None else pd.DataFrame(index=adata.obs_names)
-    light = AnnData(X=adata.X if layer is None else None, obs=obs, var=pd.DataFrame(index=adata.var_names),
+    columns = ([batch_key] if batch_key is not None else []) + list(covariates.categorical_keys
+                                                                   + covariates.continuous_keys)
+    light = AnnData(X=adata.X if layer is None else None, obs=adata.obs[columns],
+                    var=pd.DataFrame(index=adata.var_names),
                     layers={layer: adata.layers[layer]} if layer is not None and layer in adata.layers else None)
-    model = vae(light, batch_key=batch_key, layer=layer, likelihood=likelihood, **kwargs)
+    model = vae(light, batch_key=batch_key, layer=layer, likelihood=likelihood,
+                categorical_covariate_keys=list(covariates.categorical_keys),
+                continuous_covariate_keys=list(covariates.continuous_keys), **kwargs)
     model.train_params = dict(kwargs)
     model.interrupted = bool(model.history.get("interrupted", False))
     return model
@@ -157,7 +165,10 @@ def denoise(
     layer: str | None = None,
     likelihood: str = "zinb",
     model: DAE | VAE | None = None,
+    categorical_covariate_keys: Sequence[str] | None = None,
+    continuous_covariate_keys: Sequence[str] | None = None,
     transform_batch: str | None = None,
+    transform_covariates: dict | None = None,
     library_size: float | str = "observed",
     genes: Sequence[str] | None = None,
     gene_list: Sequence[str] | None = None,
@@ -202,9 +213,17 @@ def denoise(
         pass ``genes=model.var_names`` (the model's genes, as ``obsm`` data frames) or
         ``adata[:, model.var_names].copy()``: otherwise the call is refused before anything
         is written (the model has no values to fill the other genes' columns with).
+    categorical_covariate_keys, continuous_covariate_keys
+        ``obs`` columns of nuisance factors besides the batch, injected where the batch is
+        (training only; a trained ``model`` reads its own from ``obs``). See
+        :func:`~scgen_ae.tl.vae` for what they do and what is refused.
     transform_batch
         Decode every cell as if it came from this batch (denoised *and* batch-corrected);
         None decodes each cell in its own batch.
+    transform_covariates
+        Decode every cell as if its covariates had these values, e.g. ``{"donor": "d1",
+        "percent_mito": 0.0}`` (raw values, as in ``obs``); covariates not named keep each
+        cell's own. Checked against the model before anything is written.
     library_size
         "observed" (default): expected counts at each cell's observed library size (what
         :func:`denoise_benchmark` scores); a number: normalised to that many counts.
@@ -298,8 +317,16 @@ def denoise(
     if model is not None:
         batch_key = model.batch_key if batch_key is None else batch_key
         layer = model.layer if layer is None else layer
-        if kwargs:
-            raise TypeError(f"denoise() with a trained model= takes no training options; got {sorted(kwargs)}.")
+        if kwargs or categorical_covariate_keys or continuous_covariate_keys:
+            given = sorted(kwargs) + ["categorical_covariate_keys"] * bool(categorical_covariate_keys) + \
+                ["continuous_covariate_keys"] * bool(continuous_covariate_keys)
+            raise TypeError(f"denoise() with a trained model= takes no training options; got {given} (a trained "
+                            "model reads its own covariates from adata.obs).")
+        covariates = model.covariates
+    else:
+        v.check_anndata(adata)
+        covariates = CovariateSpec.learn(adata.obs, categorical_covariate_keys, continuous_covariate_keys, batch_key)
+    covariates.check_values(transform_covariates)
     _check_request(adata, method=method, layer=layer, batch_key=batch_key, transform_batch=transform_batch,
                    library_size=library_size, genes=genes, layer_added=layer_added, overwrite=overwrite,
                    return_info=return_info, likelihood=model.config.likelihood if model else likelihood,
@@ -307,7 +334,8 @@ def denoise(
     if model is not None:
         _check_model_genes(adata, model.var_names, genes)
     if model is None:
-        model = (_train_vae if method == "vae" else _train_dae)(adata, layer, batch_key, likelihood, kwargs)
+        model = (_train_vae if method == "vae" else _train_dae)(adata, layer, batch_key, likelihood, kwargs,
+                                                                covariates)
         if model.interrupted:
             warnings.warn("Training was interrupted (Ctrl-C): adata was left unchanged. The returned model holds "
                           "the best weights so far; pass it back as denoise(adata, model=model).", stacklevel=2)
@@ -318,16 +346,17 @@ def denoise(
     pick = genes if genes is not None else (None if list(adata.var_names) == model.var_names
                                             else list(map(str, adata.var_names)))
     apply = dict(layer=layer, batch_key=batch_key, batch_size=chunk_size)
+    transform = dict(transform_batch=transform_batch, transform_covariates=transform_covariates)
     with np.errstate(over="ignore"):  # a float16 overflow is refused below, with what to do instead
         if method == "vae":
-            values = {"mean": model.get_normalized_expression(adata, transform_batch=transform_batch, genes=pick,
+            values = {"mean": model.get_normalized_expression(adata, **transform, genes=pick,
                                                               library_size=library_size, return_numpy=True,
                                                               dtype=out_dtype, **apply),
                       "latent": model.get_latent(adata, **apply)}
         else:
             outputs = ("mean", "latent") + (("dropout",) if return_info and model.config.likelihood == "zinb"
                                             else ()) + (("dispersion",) if return_info else ())
-            values = model.predict(adata, transform_batch=transform_batch, library_size=library_size, genes=pick,
+            values = model.predict(adata, **transform, library_size=library_size, genes=pick,
                                    outputs=outputs, dtype=out_dtype, **apply)
     if out_dtype == np.float16:
         _check_float16(values)
@@ -343,6 +372,9 @@ def denoise(
                               **getattr(model, "train_params", {"trained_here": False}),
                               "method": method, "batch_key": batch_key, "layer": layer,
                               "transform_batch": transform_batch, "library_size": library_size, "genes": genes,
+                              "categorical_covariate_keys": list(covariates.categorical_keys),
+                              "continuous_covariate_keys": list(covariates.continuous_keys),
+                              "transform_covariates": _uns_values(transform_covariates),
                               "return_info": return_info, "dtype": out_dtype.name, "chunk_size": int(chunk_size)})
     uns = {uns_key: {"params": params, "history": model.history, "method": method,
                      "layer_added": str(layer_added), "key_added": key_added}}
@@ -354,6 +386,11 @@ def denoise(
         dt = value.dtypes.iloc[0] if isinstance(value, pd.DataFrame) else value.dtype
         logger.info("sa.tl.denoise wrote %s: %d x %d %s, %.1f MB", where, *value.shape, dt, nbytes / 1e6)
     return returned(target, model, copy=copy, uns_key=uns_key)
+
+
+def _uns_values(values: dict | None) -> dict | str:
+    """``transform_covariates`` as ``.uns`` stores it (h5ad keeps no None)."""
+    return {str(k): (v if isinstance(v, (int, float)) else str(v)) for k, v in values.items()} if values else "None"
 
 
 def _check_float16(values: dict) -> None:

@@ -54,7 +54,7 @@ def _decode(model, data, rows: np.ndarray, z: np.ndarray) -> np.ndarray:
     for start in range(0, len(rows), 1024):
         part = slice(start, start + 1024)
         mb = data.minibatch(rows[part]).to(model.device)
-        res = module.generative(torch.from_numpy(z[part]).to(model.device), mb.batch, mb.log_library)
+        res = module.generative(torch.from_numpy(z[part]).to(model.device), mb.batch, mb.log_library, mb.covs)
         if model.config.likelihood == "gaussian":
             mean = res["mean"]
         elif "zi_logits" in res:  # the mean of a ZINB is (1 - dropout probability) x the NB mean

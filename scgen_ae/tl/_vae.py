@@ -7,6 +7,7 @@ from anndata import AnnData
 
 from .. import _validate as v
 from .._validate import check_n_latent, check_target
+from ..covariates import CovariateSpec
 from ..models.vae import VAE, VAEConfig, VAEModule
 from ..train import fit, seeded_threads
 from ._common import (HVG_IF_PRESENT, mask_name, params_record, returned, split_kwargs, training_data, var_mask,
@@ -35,6 +36,8 @@ def vae(
     *,
     batch_key: str | None = None,
     layer: str | None = None,
+    categorical_covariate_keys: list[str] | None = None,
+    continuous_covariate_keys: list[str] | None = None,
     label_key: str | None = None,
     unlabeled_category: str | None = None,
     classification_weight: float = 50.0,
@@ -80,6 +83,18 @@ def vae(
     layer
         Layer with the counts; None uses ``X``. anndata's backed mode keeps layers in
         memory, so a layer of a backed AnnData trains from memory.
+    categorical_covariate_keys, continuous_covariate_keys
+        ``obs`` columns of nuisance factors besides the batch (scvi-tools' names), e.g.
+        ``["donor", "sex"]`` and ``["percent_mito", "S_score"]``. Each enters the network
+        where the batch does (a learned offset per category; a learned slope per continuous
+        covariate, scaled to mean 0 and standard deviation 1 over the training cells), so the
+        latent space is freed of them. They are not aligned like the batch (no alignment
+        penalty). Every method applied to new cells reads them from ``obs`` (unseen
+        categories are refused; :meth:`~scgen_ae.models.VAE.map_query` learns them);
+        :meth:`~scgen_ae.models.VAE.get_normalized_expression` and :func:`~scgen_ae.tl.denoise`
+        decode at chosen values with ``transform_covariates``. Refused: a missing column,
+        missing values, NaN / Inf in a continuous covariate, a covariate constant over all
+        cells, the ``batch_key`` listed again.
     label_key
         Optional ``obs`` column with cell-type labels, used by the composition check (see
         Notes): without it, the check clusters the latent space instead. With
@@ -213,6 +228,8 @@ def vae(
     if backend not in ("native", "scvi-tools"):
         raise ValueError(f"backend={backend!r}; choose 'native' or 'scvi-tools'.")
     check_target(adata, copy, "sa.tl.vae")
+    v.check_anndata(adata)
+    covariates = CovariateSpec.learn(adata.obs, categorical_covariate_keys, continuous_covariate_keys, batch_key)
     _check_mnn_k(mmd_mnn_k)
     if backend == "scvi-tools" and mask_var is not HVG_IF_PRESENT and var_mask(adata, mask_var) is not None:
         raise ValueError("mask_var needs backend='native'; for scvi-tools subset first: adata[:, mask].copy().")
@@ -228,7 +245,7 @@ def vae(
             n_layers=n_layers, dropout_rate=dropout_rate, dispersion=dispersion, beta=beta,
             encode_batch=encode_batch, batch_gene_offsets=batch_gene_offsets, mmd_weight=mmd_weight,
             linear_decoder=linear_decoder, key_added=key_added, uns_key=uns_key, copy=copy,
-            train_kwargs=train_kwargs)
+            train_kwargs=train_kwargs, covariates=covariates)
     if linear_decoder:
         raise ValueError("linear_decoder=True needs backend='scvi-tools' (scvi-tools' LinearSCVI); "
                          "the native VAE has no linear decoder.")
@@ -244,7 +261,7 @@ def vae(
         raise ValueError("mask_var selecting some genes needs an in-memory AnnData (a backed one streams every "
                          "gene); pass mask_var=None, or adata.to_memory() first.")
     train_on = adata if genes is None else adata[:, genes]
-    data, cats = training_data(train_on, layer, batch_key, likelihood, allow_single_batch=True)
+    data, cats = training_data(train_on, layer, batch_key, likelihood, allow_single_batch=True, covariates=covariates)
     check_label_key(adata, label_key)
     check_n_latent(n_latent, train_on.n_vars)
     if classes:
@@ -270,10 +287,11 @@ def vae(
         n_hidden=n_hidden, n_layers=n_layers, dropout_rate=dropout_rate, dispersion=dispersion,
         beta=beta, encode_batch=encode_batch, batch_gene_offsets=batch_gene_offsets,
         mmd_weight=mmd_weight, mmd_mnn_k=mmd_mnn_k, n_labels=len(classes),
-        classification_weight=classification_weight,
+        classification_weight=classification_weight, n_covariate_categories=covariates.n_categories,
+        n_continuous_covariates=covariates.n_continuous,
     )
     with seeded_threads(train_cfg.seed, train_cfg.n_threads):
-        model = _train(config, data, train_cfg, train_on, batch_key, cats, layer, classes, label_key)
+        model = _train(config, data, train_cfg, train_on, batch_key, cats, layer, classes, label_key, covariates)
         if model.history.get("interrupted"):
             return _interrupted(model)
         latent = model.get_latent(adata)
@@ -284,11 +302,14 @@ def vae(
         if _auto_choice(report, alignment, "Leiden clusters of the MNN-aligned latent") == 0:
             config = dataclasses.replace(config, mmd_mnn_k=0)
             with seeded_threads(train_cfg.seed, train_cfg.n_threads):
-                model = _train(config, data, train_cfg, train_on, batch_key, cats, layer, classes, label_key)
+                model = _train(config, data, train_cfg, train_on, batch_key, cats, layer, classes, label_key,
+                               covariates)
                 if model.history.get("interrupted"):
                     return _interrupted(model)
                 latent = model.get_latent(adata)
     result = {"params": params_record(batch_key=batch_key, layer=layer, label_key=label_key,
+                                      categorical_covariate_keys=list(covariates.categorical_keys),
+                                      continuous_covariate_keys=list(covariates.continuous_keys),
                                       unlabeled_category=unlabeled_category,
                                       mask_var=mask_name(adata, mask_var),
                                       **dataclasses.asdict(config), **dataclasses.asdict(train_cfg)),
@@ -320,11 +341,11 @@ def _auto_choice(report, alignment: dict, decided_by: str) -> int:
     return 0 if report.balanced else AUTO_MNN_K
 
 
-def _train(config, data, train_cfg, train_on, batch_key, cats, layer, classes, label_key) -> VAE:
+def _train(config, data, train_cfg, train_on, batch_key, cats, layer, classes, label_key, covariates) -> VAE:
     module = VAEModule(config)
     history = fit(module, data, train_cfg, config.likelihood)
     return VAE(config, train_on.var_names, batch_key, cats, layer, history.as_dict(), module,
-               label_categories=classes, label_key=label_key if classes else None)
+               label_categories=classes, label_key=label_key if classes else None, covariates=covariates)
 
 
 def _interrupted(model: VAE) -> VAE:

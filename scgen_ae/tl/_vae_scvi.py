@@ -13,7 +13,8 @@ from ._composition import check_label_key, composition_record
 def vae_scvi_tools(adata: AnnData, *, batch_key: str | None, layer: str | None, label_key: str | None, likelihood: str,
                    n_latent: int, n_hidden: int, n_layers: int, dropout_rate: float, dispersion: str,
                    beta: float, encode_batch: bool, batch_gene_offsets: bool, mmd_weight: float,
-                   linear_decoder: bool, key_added: str, uns_key: str, copy: bool, train_kwargs: dict):
+                   linear_decoder: bool, key_added: str, uns_key: str, copy: bool, train_kwargs: dict,
+                   covariates=None):
     """Validate like the native backend, map the arguments, train, write the same keys.
 
     See :func:`scgen_ae.tl.vae` for the argument mapping. Returns the trained scvi-tools
@@ -33,11 +34,14 @@ def vae_scvi_tools(adata: AnnData, *, batch_key: str | None, layer: str | None, 
         train=train_cfg, n_cells=adata.n_obs)
     # the same input checks (and errors) as the native backend, before scvi-tools is imported
     _, cats = training_data(adata, layer, batch_key, likelihood)
+    if covariates and linear_decoder:
+        raise ValueError("LinearSCVI takes no covariates besides the batch; pass linear_decoder=False (SCVI) or "
+                         "leave categorical_covariate_keys / continuous_covariate_keys out.")
     check_label_key(adata, label_key)
     v.check_n_latent(n_latent, adata.n_vars)
     result = bridge.fit_scvi(adata, batch_key=batch_key, layer=layer, model_kwargs=model_kwargs,
                              train_kwargs=fit_kwargs, linear_decoder=linear_decoder, seed=train_cfg.seed,
-                             n_threads=train_cfg.n_threads)
+                             n_threads=train_cfg.n_threads, covariates=covariates)
 
     scvi = bridge.import_scvi()
     record = dict(
@@ -48,6 +52,8 @@ def vae_scvi_tools(adata: AnnData, *, batch_key: str | None, layer: str | None, 
         unlabeled_category=None, n_labels=0, classification_weight=0.0,  # no classifier on this backend
         norm="batch",  # scvi-tools' default batch norm in the hidden layers, as the native VAEConfig.norm
         mask_var=None,  # scvi-tools trains on every gene of adata
+        categorical_covariate_keys=list(covariates.categorical_keys) if covariates else [],
+        continuous_covariate_keys=list(covariates.continuous_keys) if covariates else [],
     )
     record.update(ran)  # what actually ran, not what the native defaults say
     record.update(max_epochs=fit_kwargs["max_epochs"], kl_warmup_epochs=fit_kwargs["plan_kwargs"]["n_epochs_kl_warmup"],
