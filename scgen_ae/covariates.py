@@ -157,7 +157,8 @@ class CovariateSpec:
         {column: scaled value} of the continuous covariates: what decoding "as if every cell
         had these values" puts in place of each cell's own."""
         values = self.check_values(values)
-        codes = {j: self.categories[j].index(str(values[k])) for j, k in enumerate(self.categorical_keys) if k in values}
+        codes = {j: self.categories[j].index(str(values[k]))
+                 for j, k in enumerate(self.categorical_keys) if k in values}
         scaled = {j: (float(values[k]) - self.center[j]) / self.scale[j]
                   for j, k in enumerate(self.continuous_keys) if k in values}
         return codes, scaled
@@ -229,7 +230,8 @@ class CovariateSpec:
         if header is None:
             return cls()
         try:
-            spec = cls(tuple(map(str, header["categorical_keys"])), tuple(tuple(map(str, c)) for c in header["categories"]),
+            spec = cls(tuple(map(str, header["categorical_keys"])),
+                       tuple(tuple(map(str, c)) for c in header["categories"]),
                        tuple(map(str, header["continuous_keys"])), tuple(map(float, header["center"])),
                        tuple(map(float, header["scale"])))
         except (KeyError, TypeError, ValueError) as err:

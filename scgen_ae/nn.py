@@ -52,7 +52,8 @@ class CovariateLinear(nn.Module):
         if covs is not None:
             cat, cont = covs
             for j, emb in enumerate(self.covariate_offsets):
-                out = out + (emb(cat[:, j]) if cols is None else nn.functional.embedding(cat[:, j], emb.weight[:, :cols]))
+                table = emb.weight if cols is None else emb.weight[:, :cols]
+                out = out + nn.functional.embedding(cat[:, j], table)
             if self.continuous is not None:
                 weight = self.continuous.weight if cols is None else self.continuous.weight[:cols]
                 out = out + nn.functional.linear(cont.to(weight.dtype), weight)
@@ -83,7 +84,8 @@ class MLP(nn.Module):
     ):
         super().__init__()
         dims = [n_in] + [n_hidden] * n_layers
-        self.layers = nn.ModuleList(CovariateLinear(a, b, n_cats, n_cov_cats, n_cont) for a, b in zip(dims[:-1], dims[1:]))
+        self.layers = nn.ModuleList(CovariateLinear(a, b, n_cats, n_cov_cats, n_cont)
+                                    for a, b in zip(dims[:-1], dims[1:]))
         norm_cls = {"batch": nn.BatchNorm1d, "layer": nn.LayerNorm, None: None}[norm]
         self.norms = nn.ModuleList(norm_cls(n_hidden) if norm_cls else nn.Identity() for _ in range(n_layers))
         self.dropout = nn.Dropout(dropout_rate) if dropout_rate > 0 else nn.Identity()

@@ -340,8 +340,8 @@ class VAE(ScviToolsNames, BaseModel):
         ``new_batches``, ``batch_categories``, ``new_covariate_categories``, ``genes``: missing /
         extra dropped / reordered, ``history``). New categories of the model's categorical
         covariates (read from the query's ``obs``, which needs every covariate column of the
-        model) get rows of their own, trained the same way. Returns the extended model (with ``copy=True`` the annotated copy; the model:
-        ``sa.tl.get_model(copy, uns_key)``).
+        model) get rows of their own, trained the same way. Returns the extended model (with
+        ``copy=True`` the annotated copy; the model: ``sa.tl.get_model(copy, uns_key)``).
         Implemented in :mod:`scgen_ae.models._surgery`.
         """
         from ._surgery import map_query

@@ -93,6 +93,9 @@ def lda(
         "prodlda" or "classic".
     batch_key
         ``obs`` column with the batch of each cell (prodlda only); None: no batch correction.
+        Other covariates (scvi-tools' ``categorical_covariate_keys``) are not taken here: a
+        topic's gene distribution is shared by all cells; fit per group, or correct with
+        :func:`~scgen_ae.tl.vae` (which takes them) first.
     layer
         Layer with the counts; None uses ``X``.
     n_hidden, topic_prior, encode_batch, batch_background, mmd_weight, mmd_mnn_k

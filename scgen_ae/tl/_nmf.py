@@ -95,7 +95,9 @@ def nmf(
     n_components
         Number of factors k.
     batch_key
-        ``obs`` column with the batch of each cell; None fits plain NMF.
+        ``obs`` column with the batch of each cell; None fits plain NMF. Other covariates
+        (``categorical_covariate_keys`` of :func:`~scgen_ae.tl.vae`) are not taken: the
+        alignment is per batch only; combine factors into one ``batch_key`` column if needed.
     layer
         Layer with the data; None uses ``X``.
     loss

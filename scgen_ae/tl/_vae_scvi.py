@@ -54,6 +54,8 @@ def vae_scvi_tools(adata: AnnData, *, batch_key: str | None, layer: str | None, 
         mask_var=None,  # scvi-tools trains on every gene of adata
         categorical_covariate_keys=list(covariates.categorical_keys) if covariates else [],
         continuous_covariate_keys=list(covariates.continuous_keys) if covariates else [],
+        n_covariate_categories=list(covariates.n_categories) if covariates else [],
+        n_continuous_covariates=covariates.n_continuous if covariates else 0,
     )
     record.update(ran)  # what actually ran, not what the native defaults say
     record.update(max_epochs=fit_kwargs["max_epochs"], kl_warmup_epochs=fit_kwargs["plan_kwargs"]["n_epochs_kl_warmup"],
