@@ -13,6 +13,7 @@ import scipy.sparse as sp
 import torch
 from scipy.special import gammaln
 
+from ._validate import check_split, to_csr32  # noqa: F401  (to_csr32: also imported from here)
 from .likelihoods import Minibatch
 
 
@@ -125,35 +126,12 @@ def transpose_pattern(X: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray, np.ndar
     return t.indptr, t.indices, t.data - 1
 
 
-def to_csr32(X, *, sorted_indices: bool = True) -> sp.csr_matrix:
-    """Any in-memory matrix -> CSR float32 with no stored zeros, and sorted column indices
-    unless ``sorted_indices=False`` (NMF's products do not need them: sorting a column-subset
-    matrix of 10^5 cells copies ~150 MB).
-
-    Returns the input itself when it already is one (never modifies it): the sparse
-    likelihoods treat every stored entry as a non-zero count.
-    """
-    if sp.issparse(X):
-        X = X.tocsr()
-        if X.dtype != np.float32:
-            X = X.astype(np.float32)
-        if X.nnz and not np.all(X.data):
-            X = X.copy()  # tocsr() may hand back the caller's matrix
-            X.eliminate_zeros()
-        if sorted_indices and not X.has_sorted_indices:
-            X = X.sorted_indices()
-        return X
-    return sp.csr_matrix(np.asarray(X, dtype=np.float32))
-
-
 def train_validation_split(n: int, validation_fraction: float, rng: np.random.Generator):
     """Random split of ``range(n)``; returns (train_idx, validation_idx or empty).
 
     Refuses (:class:`~scgen_ae.InputError`) a fraction that leaves fewer than 2 training
     cells, or none to validate on although ``validation_fraction > 0``.
     """
-    from ._validate import check_split  # _validate imports this module
-
     n_val = check_split(n, validation_fraction)
     perm = rng.permutation(n)
     return np.sort(perm[n_val:]), np.sort(perm[:n_val])

@@ -122,3 +122,22 @@ def test_bad_values_on_disk_refused_by_nmf_with_where(cells, tmp_path, snapshot)
     with pytest.raises(sa.InputError, match="In cells 0-.*negative values"):
         sa.tl.nmf(backed, batch_size=128, **NMF)
     snap.assert_unchanged(backed)
+
+
+def test_map_query_streams_a_backed_query(cellbench_hvg, tmp_path, monkeypatch):
+    import anndata as ad
+
+    ref = cellbench_hvg[cellbench_hvg.obs["batch"] == cellbench_hvg.obs["batch"].cat.categories[0]].copy()
+    query = cellbench_hvg[cellbench_hvg.obs["batch"] != cellbench_hvg.obs["batch"].cat.categories[0]].copy()
+    model = sa.tl.vae(ref, batch_key="batch", n_latent=4, n_hidden=32, max_epochs=2, **FAST)
+    query.write_h5ad(tmp_path / "query.h5ad")
+    backed = ad.read_h5ad(tmp_path / "query.h5ad", backed="r")
+    streamed = []
+    real = ondisk.apply_data
+    monkeypatch.setattr(ondisk, "apply_data", lambda *a, **k: streamed.append(1) or real(*a, **k))
+    mapped = model.map_query(backed, batch_key="batch", max_epochs=2, **FAST)
+    assert streamed, "the backed query was read into memory instead of streamed"
+    assert mapped.batch_categories == list(cellbench_hvg.obs["batch"].cat.categories)
+    assert backed.obsm["X_vae"].shape == (query.n_obs, 4) and np.isfinite(backed.obsm["X_vae"]).all()
+    # the latent of the streamed query equals the in-memory one under the same mapped model
+    np.testing.assert_allclose(mapped.get_latent(query), backed.obsm["X_vae"], rtol=1e-5, atol=1e-5)

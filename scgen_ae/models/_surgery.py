@@ -35,8 +35,7 @@ from anndata import AnnData
 from torch import nn
 
 from .. import _validate as v
-from ..data import CellData
-from ..likelihoods import COUNT_LIKELIHOODS
+from .._results import params_record, returned, write_results
 from ..train import TrainConfig, fit, seeded_threads, train_config
 
 
@@ -151,8 +150,6 @@ def map_query(model, adata: AnnData, *, batch_key: str, layer="model", pad_missi
     See :meth:`scgen_ae.models.VAE.map_query` for the parameters and what is written.
     """
     v.check_target(adata, copy, "model.map_query")
-    from .vae import VAE
-
     if model.batch_key is None:
         raise v.InputError(
             "map_query needs a model trained with a batch key (sa.tl.vae(..., batch_key=...)): this one was trained "
@@ -169,17 +166,8 @@ def map_query(model, adata: AnnData, *, batch_key: str, layer="model", pad_missi
     layer = model.layer if layer == "model" else layer
     likelihood = model.config.likelihood
 
-    X = v.get_matrix(adata, layer)
     genes = gene_report(adata, model.var_names)
-    pos, _ = v.align_genes(adata, model.var_names, pad_missing)
-    X = v.aligned_matrix(X, pos)
-    counts = likelihood in COUNT_LIKELIHOODS
-    if counts:
-        v.check_counts(X, layer, likelihood, needs=model.counts_needs, otherwise=model.counts_otherwise)
-    empty = int((np.diff(X.indptr) == 0).sum())
-    if empty:
-        raise v.InputError(f"{empty} query cells have no counts in the model's {len(model.var_names)} genes. Drop "
-                           "them first (sa.pp.drop_empty on the query restricted to the model's genes).")
+    v.align_genes(adata, model.var_names, pad_missing)  # every model gene there, or padding asked for
     categories, new = _query_categories(adata, batch_key, model.batch_categories)
     covariates, new_covariates = model.covariates.extended(adata.obs)
     small = {k: c for k, added in new_covariates.items() for c in added
@@ -187,15 +175,21 @@ def map_query(model, adata: AnnData, *, batch_key: str, layer="model", pad_missi
     if small:
         raise v.InputError(f"The query has new covariate categories with fewer than 3 cells: {small}. Merge them "
                            "into a larger category or drop those cells.")
-    cat_covs, cont_covs = covariates.encode(adata.obs)
-    codes, _ = v.batch_codes(adata, batch_key, categories)
-    data = CellData(X, codes, np.asarray(X.sum(1)).ravel(), log1p_input=counts, cat_covs=cat_covs,
-                    cont_covs=cont_covs)
     n_new_covariates = tuple(len(new_covariates.get(k, ())) for k in covariates.categorical_keys)
 
     ref_module = _copy.deepcopy(model.module).cpu()  # the reference object is never touched
     with seeded_threads(train_cfg.seed, train_cfg.n_threads):
         module, frozen, hooks = _extend_module(ref_module, len(new), n_new_covariates)
+        mapped = type(model)(module.cfg, model.var_names, batch_key, categories, layer, None, module,
+                             label_categories=model.label_categories, label_key=model.label_key,
+                             covariates=covariates)
+        # the extended model's own boundary: the query's counts checked and coded by the extended
+        # categories, streamed from disk when the query is backed
+        data = mapped._cell_data(adata, layer, batch_key, pad_missing)
+        empty = int((data.library == 0).sum())
+        if empty:
+            raise v.InputError(f"{empty} query cells have no counts in the model's {len(model.var_names)} genes. "
+                               "Drop them first (sa.pp.drop_empty on the query restricted to the model's genes).")
         if new or any(n_new_covariates):
             history = fit(_NewRowsOnly(module), data, train_cfg, likelihood).as_dict()
         else:
@@ -212,15 +206,12 @@ def map_query(model, adata: AnnData, *, batch_key: str, layer="model", pad_missi
         for p in module.parameters():
             p.requires_grad_(True)
         module.eval()
-        mapped = VAE(module.cfg, model.var_names, batch_key, categories, layer, history, module,
-                     label_categories=model.label_categories, label_key=model.label_key, covariates=covariates)
+        mapped.history = history
         latent = mapped.get_latent(adata, layer=layer, batch_key=batch_key, pad_missing=pad_missing)
 
     if genes["n_missing"]:
         warnings.warn(f"{genes['n_missing']} of the model's genes are missing from the query and were filled with "
                       f"zeros (e.g. {genes['missing'][:5]}); see uns[{uns_key!r}]['genes'].", UserWarning, stacklevel=3)
-    from ..tl._common import params_record, returned, write_results  # tl imports models: import here
-
     target = adata.copy() if copy else adata
     record = {
         "params": params_record(batch_key=batch_key, layer=layer, pad_missing=pad_missing,

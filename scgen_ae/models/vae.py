@@ -332,8 +332,9 @@ class VAE(ScviToolsNames, BaseModel):
         The reference model is not modified and its latent space of the reference cells
         does not move (bit for bit). A reference trained on a single batch (one category of
         ``batch_key``) can be extended too, and a classifier trained with labels is kept, so
-        :meth:`predict` labels the query's cells. An AnnData opened with
-        ``anndata.read_h5ad(path, backed="r")`` is read whole into memory. Genes are matched by name; missing ones need
+        :meth:`predict` labels the query's cells. A query opened with
+        ``anndata.read_h5ad(path, backed="r")`` is streamed from disk in row chunks, as in
+        :func:`~scgen_ae.tl.vae` (its ``obs`` is read). Genes are matched by name; missing ones need
         ``pad_missing=True`` (zeros, with a warning). ``**train_kwargs`` go to
         :class:`~scgen_ae.train.TrainConfig` (``weight_decay`` is fixed at 0).
         Sets ``adata.obsm[key_added]`` (n_cells, n_latent) and ``adata.uns[uns_key]`` (``params``,
