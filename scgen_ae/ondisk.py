@@ -304,7 +304,7 @@ def training_data(adata: AnnData, layer: str | None, batch_key: str | None, like
 
 def apply_data(adata: AnnData, var_names, batch_categories, batch_key, likelihood: str, pad_missing: bool,
                **advice):
-    """Out-of-core counterpart of ``BaseModel._cell_data``: cells to apply a trained model to
+    """Out-of-core counterpart of :meth:`scgen_ae.spec.DataSpec.cells`: cells to apply a trained model to
     (``advice``: ``needs`` / ``otherwise`` of :func:`scgen_ae._validate.check_counts`)."""
     data = _open(adata, None)
     pos, _ = v.align_genes(adata, var_names, pad_missing)

@@ -12,9 +12,9 @@ import torch
 from anndata import AnnData
 
 from .. import _validate as v
-from .. import ondisk
 from ..covariates import CovariateSpec
 from ..data import CellData
+from ..spec import DataSpec
 from ..io import STRINGS, ModelFileError, header_fields, model_path, read_model_file, write_model_file
 from ..likelihoods import COUNT_LIKELIHOODS
 from ..train import History
@@ -53,16 +53,24 @@ class BaseModel:
     def __init__(self, config, var_names, batch_key, batch_categories, layer=None, history=None, module=None,
                  label_categories=(), label_key=None, covariates: CovariateSpec | None = None):
         self.config = config
-        self.covariates = covariates if covariates is not None else CovariateSpec()
+        counts = getattr(config, "likelihood", "counts") in COUNT_LIKELIHOODS + ("counts",)
+        self.spec = DataSpec(tuple(var_names), layer, batch_key, tuple(batch_categories),
+                             covariates if covariates is not None else CovariateSpec(),
+                             "counts" if counts else "real")
+        # the spec's lists as lists (callers index and compare them), built once: the spec is frozen
+        self._var_names, self._batch_categories = list(self.spec.var_names), list(self.spec.batch_categories)
         self.label_categories = [str(c) for c in label_categories]
         self.label_key = label_key
-        self.var_names = [str(g) for g in var_names]
-        self.batch_key = batch_key
-        self.batch_categories = [str(c) for c in batch_categories]
-        self.layer = layer
         self.history = history if history is not None else History().as_dict()
         self.module = module if module is not None else self.module_class(config)
         self.module.eval()
+
+    # what the model reads from an AnnData: its spec's fields
+    var_names = property(lambda self: self._var_names, doc="The trained genes, in order (list of str).")
+    batch_categories = property(lambda self: self._batch_categories, doc="The batch categories (list of str).")
+    batch_key = property(lambda self: self.spec.batch_key, doc="The obs column of the training batches.")
+    layer = property(lambda self: self.spec.layer, doc="The layer trained on (None: X).")
+    covariates = property(lambda self: self.spec.covariates, doc="The covariates besides the batch.")
 
     def __repr__(self) -> str:
         fields = ", ".join(f"{k}={v!r}" for k, v in dataclasses.asdict(self.config).items())
@@ -75,27 +83,10 @@ class BaseModel:
     # ------------------------------------------------------------ data in
     def _cell_data(self, adata: AnnData, layer="model", batch_key="model", pad_missing=False,
                    sorted_indices: bool = True) -> CellData:
-        """Validate ``adata`` against the trained genes and batches and wrap it (``sorted_indices``:
-        see :class:`~scgen_ae.data.CellData`; data on disk are read as stored)."""
-        layer = self.layer if layer == "model" else layer
-        batch_key = self.batch_key if batch_key == "model" else batch_key
-        advice = dict(needs=self.counts_needs, otherwise=self.counts_otherwise)
-        v.check_anndata(adata)
-        cat_covs, cont_covs = self.covariates.encode(adata.obs)  # obs is cheap: its errors come first
-        if ondisk.is_on_disk(adata, layer):  # stream X from disk instead of reading it
-            data = ondisk.apply_data(adata, self.var_names, self.batch_categories, batch_key,
-                                     getattr(self.config, "likelihood", "counts"), pad_missing, **advice)
-            data.cat_covs, data.cont_covs = cat_covs, cont_covs
-            return data
-        X = v.get_matrix(adata, layer, sorted_indices=sorted_indices)
-        pos, _ = v.align_genes(adata, self.var_names, pad_missing)
-        X = v.aligned_matrix(X, pos)
-        counts = getattr(self.config, "likelihood", "counts") in COUNT_LIKELIHOODS + ("counts",)
-        if counts:
-            v.check_counts(X, layer, getattr(self.config, "likelihood", "counts"), **advice)
-        codes, _ = v.batch_codes(adata, batch_key, self.batch_categories)
-        return CellData(X, codes, np.asarray(X.sum(1)).ravel(), log1p_input=counts, sorted_indices=sorted_indices,
-                        cat_covs=cat_covs, cont_covs=cont_covs)
+        """``adata`` validated against the model's :attr:`spec` (:meth:`~scgen_ae.spec.DataSpec.cells`)."""
+        return self.spec.cells(adata, layer=layer, batch_key=batch_key, pad_missing=pad_missing,
+                               sorted_indices=sorted_indices, needs=self.counts_needs, otherwise=self.counts_otherwise,
+                               what=getattr(self.config, "likelihood", "counts"))
 
     def _transformed_covs(self, transform_covariates):
         """A function of a minibatch's ``covs`` that puts the values of ``transform_covariates``
@@ -190,14 +181,10 @@ class BaseModel:
         header = {
             "model": type(self).__name__,
             "config": dataclasses.asdict(self.config),
-            "var_names": self.var_names,
-            "batch_key": self.batch_key,
-            "batch_categories": self.batch_categories,
-            "layer": self.layer,
+            **self.spec.to_header(),
             "history": {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in self.history.items()},
             "label_categories": self.label_categories,
             "label_key": self.label_key,
-            "covariates": self.covariates.to_header(),
         }
         arrays = {f"w/{k}": t.detach().cpu().numpy() for k, t in self.module.state_dict().items()}
         return write_model_file(path, header, arrays)
