@@ -27,15 +27,13 @@ class BaseModel:
     ----------
     module : torch.nn.Module
     config : frozen dataclass with the architecture
-    var_names : list[str], the genes the model was trained on, in order
-    batch_key : str | None, the ``obs`` column of the training batches
-    batch_categories : list[str]
-    layer : str | None, the layer the model was trained on (default for new data)
+    spec : :class:`~scgen_ae.spec.DataSpec`, what the model reads from an AnnData; its fields
+        are also properties of the model: ``var_names`` (the trained genes, in order),
+        ``batch_key``, ``batch_categories``, ``layer`` (the default for new data) and
+        ``covariates`` (besides the batch, read from ``obs`` by every method taking an ``adata``)
     history : dict of per-epoch losses (see :class:`scgen_ae.train.History`)
     label_categories : list[str], the classes a label classifier predicts (empty without one)
     label_key : str | None, the ``obs`` column the classifier was trained on
-    covariates : :class:`~scgen_ae.covariates.CovariateSpec`, the covariates besides the batch
-        (read from ``obs`` by every method that takes an ``adata``)
     """
 
     module_class: ClassVar[type]
