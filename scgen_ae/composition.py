@@ -56,8 +56,13 @@ class Composition:
             n = int(self.counts.loc[group].sum())
             lacking = ", ".join(repr(b) for b in rows["batch"])
             per_group.append(f"{group!s} ({n} cells) has almost no cells of batch {lacking}")
-        return (f"the batches' compositions differ ({self.source}): " + "; ".join(per_group)
+        text = (f"the batches' compositions differ ({self.source}): " + "; ".join(per_group)
                 + f" ({100 * self.share_affected:.1f} % of all cells are in such groups)")
+        if self.source.startswith("clusters"):
+            # clusters cannot tell a type some batch lacks from a shared type left unmixed
+            text += (". Clusters cannot tell cell types that some batches lack from batches left unmixed: "
+                     "both give clusters of one batch; pass label_key= to check with labels")
+        return text
 
     def to_uns(self) -> dict:
         """Plain arrays for ``.uns`` (writable to ``.h5ad``)."""

@@ -25,6 +25,10 @@ def test_counts_and_missing_pairs():
     assert report.missing[["group", "batch"]].values.tolist() == [["C", "y"]]
     assert report.share_affected == pytest.approx(40 / 140)
     assert "C (40 cells) has almost no cells of batch 'y'" in report.describe()
+    assert "unmixed" not in report.describe()  # labels are what they are
+    # clusters say that poor mixing looks the same, and how to tell
+    clusters = batch_composition(groups, batches, source="clusters of 'X_vae'").describe()
+    assert "batches left unmixed" in clusters and "label_key=" in clusters
 
 
 def test_small_groups_and_proportion_shifts_are_not_flagged():
