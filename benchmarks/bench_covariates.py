@@ -22,6 +22,24 @@ import numpy as np
 import scipy.sparse as sp
 
 
+def plant_score(adata, seed: int):
+    """A copy of ``adata`` (counts) with the score planted (``obs["score"]``), empty cells dropped."""
+    import scgen_ae as sa
+
+    rng = np.random.default_rng(seed)
+    score = rng.uniform(0, 1, adata.n_obs)
+    side = rng.integers(0, 2, adata.n_vars)  # half the genes fall with the score, half rise
+    X = sp.csr_matrix(adata.X).astype(np.float32).tocoo()
+    keep = np.exp(-2.5 * np.where(side[X.col] == 1, score[X.row], 1.0 - score[X.row]))
+    X.data = rng.binomial(X.data.astype(np.int64), keep).astype(np.float32)
+    out = adata.copy()
+    out.X = sp.csr_matrix(X)
+    out.X.eliminate_zeros()
+    out.obs["score"] = score
+    sa.pp.drop_empty(out)
+    return out
+
+
 def planted(seed: int):
     import anndata as ad
 
@@ -29,17 +47,7 @@ def planted(seed: int):
 
     adata = ad.read_h5ad(sa.datasets.find("cellbench_3cl_3protocols_800genes"))
     sa.pp.drop_empty(adata)
-    rng = np.random.default_rng(seed)
-    score = rng.uniform(0, 1, adata.n_obs)
-    side = rng.integers(0, 2, adata.n_vars)
-    X = sp.csr_matrix(adata.X).astype(np.float32).tocoo()
-    keep = np.exp(-2.5 * np.where(side[X.col] == 1, score[X.row], 1.0 - score[X.row]))
-    X.data = rng.binomial(X.data.astype(np.int64), keep).astype(np.float32)
-    adata.X = sp.csr_matrix(X)
-    adata.X.eliminate_zeros()
-    adata.obs["score"] = score
-    sa.pp.drop_empty(adata)
-    return adata
+    return plant_score(adata, seed)
 
 
 def r2(z: np.ndarray, y: np.ndarray) -> tuple[float, float]:

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import scipy.sparse as sp
 from anndata import AnnData
 
 import scgen_ae as sa
@@ -165,21 +164,17 @@ def test_the_denoiser_takes_covariates_and_decodes_at_chosen_values(sim_cov):
     assert vae_model.covariates.continuous_keys == ("pct_mito",)
 
 
-def _planted_score(adata, seed: int = 0):
-    """``adata`` with a per-cell score s ~ U(0, 1) planted in its counts: half the genes thinned
-    by exp(-2.5 s), the other half by exp(-2.5 (1 - s)), so the library barely moves."""
-    rng = np.random.default_rng(seed)
-    score = rng.uniform(0, 1, adata.n_obs)
-    side = rng.integers(0, 2, adata.n_vars)
-    X = sp.csr_matrix(adata.X).astype(np.float32).tocoo()
-    keep = np.exp(-2.5 * np.where(side[X.col] == 1, score[X.row], 1.0 - score[X.row]))
-    X.data = rng.binomial(X.data.astype(np.int64), keep).astype(np.float32)
-    out = adata.copy()
-    out.X = sp.csr_matrix(X)
-    out.X.eliminate_zeros()
-    out.obs["score"] = score
-    sa.pp.drop_empty(out)
-    return out
+def _plant_score(adata):
+    """The benchmark's planted score (benchmarks/bench_covariates.py): s ~ U(0, 1) per cell, half
+    the genes thinned by exp(-2.5 s), the other half by exp(-2.5 (1 - s))."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_covariates.py"
+    spec = importlib.util.spec_from_file_location("bench_covariates", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    return bench.plant_score(adata, seed=0)
 
 
 def test_a_continuous_covariate_is_regressed_out_of_the_latent_space():
@@ -188,7 +183,7 @@ def test_a_continuous_covariate_is_regressed_out_of_the_latent_space():
 
     raw = load_shared("cellbench_3cl_3protocols_800genes")
     sa.pp.drop_empty(raw)
-    adata = _planted_score(raw)
+    adata = _plant_score(raw)
 
     def explained(z):  # cross-validated R^2 of the score from the latent space
         return cross_val_score(RidgeCV(), z, adata.obs["score"].to_numpy(), cv=5, scoring="r2").mean()
