@@ -15,7 +15,7 @@ from .. import _validate as v
 from .. import ondisk
 from ..data import CellData
 from ..io import STRINGS, ModelFileError, header_fields, model_path, read_model_file, write_model_file
-from ..likelihoods import COUNT_LIKELIHOODS
+from ..likelihoods import models_counts
 from ..train import History
 
 
@@ -82,7 +82,7 @@ class BaseModel:
         X = v.get_matrix(adata, layer, sorted_indices=sorted_indices)
         pos, _ = v.align_genes(adata, self.var_names, pad_missing)
         X = v.aligned_matrix(X, pos)
-        counts = getattr(self.config, "likelihood", "counts") in COUNT_LIKELIHOODS + ("counts",)
+        counts = models_counts(getattr(self.config, "likelihood", "counts"))
         if counts:
             v.check_counts(X, layer, getattr(self.config, "likelihood", "counts"), **advice)
         codes, _ = v.batch_codes(adata, batch_key, self.batch_categories)

@@ -12,7 +12,7 @@ from anndata import AnnData
 from .. import _validate as v
 from .. import ondisk
 from ..data import CellData
-from ..likelihoods import COUNT_LIKELIHOODS
+from ..likelihoods import models_counts
 from ..train import TrainConfig, train_config
 
 TRAIN_FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
@@ -36,7 +36,7 @@ def training_data(adata: AnnData, layer: str | None, batch_key: str | None, like
         return ondisk.training_data(adata, layer, batch_key, likelihood, needs=needs, otherwise=otherwise,
                                     allow_single_batch=allow_single_batch)
     X = v.get_matrix(adata, layer)
-    counts = likelihood in COUNT_LIKELIHOODS or likelihood is None
+    counts = models_counts(likelihood)
     if counts:
         v.check_counts(X, layer, likelihood or "counts", needs=needs, otherwise=otherwise)
     v.check_not_empty(X, layer)
