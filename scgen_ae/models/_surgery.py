@@ -36,7 +36,7 @@ from torch import nn
 
 from .. import _validate as v
 from ..data import CellData
-from ..likelihoods import COUNT_LIKELIHOODS
+from ..likelihoods import models_counts
 from ..train import TrainConfig, fit, seeded_threads, train_config
 
 
@@ -54,7 +54,12 @@ class _NewRowsOnly(nn.Module):
                 m.eval()  # running statistics belong to the reference
         return self
 
+    @property
+    def has_kl(self) -> bool:
+        return self.vae.has_kl
+
     def loss(self, mb, kl_weight: float = 1.0):
+        """The wrapped VAE's :class:`~scgen_ae.losses.LossRecord`."""
         return self.vae.loss(mb, kl_weight)
 
 
@@ -166,7 +171,7 @@ def map_query(model, adata: AnnData, *, batch_key: str, layer="model", pad_missi
     genes = gene_report(adata, model.var_names)
     pos, _ = v.align_genes(adata, model.var_names, pad_missing)
     X = v.aligned_matrix(X, pos)
-    counts = likelihood in COUNT_LIKELIHOODS
+    counts = models_counts(likelihood)
     if counts:
         v.check_counts(X, layer, likelihood, needs=model.counts_needs, otherwise=model.counts_otherwise)
     empty = int((np.diff(X.indptr) == 0).sum())
