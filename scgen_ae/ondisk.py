@@ -309,6 +309,6 @@ def apply_data(adata: AnnData, var_names, batch_categories, batch_key, likelihoo
     if not np.array_equal(pos, np.arange(data.n_stored_genes)):
         data.columns = pos
     counts = models_counts(likelihood)
-    library, _ = _scan(data, counts_check(None, likelihood if counts else "gaussian", **advice))
+    library, _ = _scan(data, counts_check(None, likelihood, **advice))
     data.batch, data.library, data.log1p_input = codes, library, counts
     return data

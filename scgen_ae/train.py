@@ -43,7 +43,7 @@ class TrainConfig:
     early_stopping: bool = True
     patience: int = 30
     min_delta: float = 0.0
-    kl_warmup_epochs: int | None = None  # None: a third of max_epochs, capped at 400
+    kl_warmup_epochs: int | None = None  # None: a third of max_epochs, capped at 400; ignored without a KL term
     grad_clip: float = 50.0
     seed: int = 0
     device: str = "auto"
@@ -121,6 +121,7 @@ class History:
                 self.terms[key] = list(value)
 
     def as_dict(self) -> dict:
+        """Arrays and scalars by key: the fields, then the :attr:`terms`."""
         return {
             "train_loss": np.asarray(self.train_loss, dtype=np.float64),
             "validation_loss": np.asarray(self.validation_loss, dtype=np.float64),

@@ -98,7 +98,8 @@ class DAEModule(nn.Module):
         # the heads besides the mean: the likelihood's own, then a per-cell dispersion (gene-cell)
         self.extra_heads = lik.extra_heads + ("dispersion",) * (cfg.dispersion == "gene-cell" and lik.uses_dispersion)
         self.decoder = CountDecoder(cfg.n_latent, cfg.n_genes, cfg.n_hidden, cfg.n_layers, n_cats,
-                                    norm=cfg.norm, n_extra_heads=len(self.extra_heads), gene_offsets=cfg.batch_gene_offsets)
+                                    norm=cfg.norm, n_extra_heads=len(self.extra_heads),
+                                    gene_offsets=cfg.batch_gene_offsets)
 
     def _cats(self, batch: torch.Tensor):
         return [batch] if self.cfg.n_batches > 1 else []
