@@ -188,7 +188,10 @@ def _autocast(config: TrainConfig, device: torch.device):
 
 
 def _record(loss) -> LossRecord:
-    """A module's loss as a record: a bare scalar is the objective alone."""
+    """A module's loss as a record: a bare scalar is the objective alone; a dict holds the
+    record's fields (what the data-parallel wrapper returns)."""
+    if isinstance(loss, dict):
+        return LossRecord(**loss)
     return loss if isinstance(loss, LossRecord) else LossRecord(total=loss, reconstruction=loss)
 
 

@@ -189,6 +189,10 @@ def _history(scvi_history: dict, recorder, max_epochs: int, train_key: str, vali
     """scvi-tools' logged history under the field names of :class:`scgen_ae.train.History`."""
     train = _column(scvi_history, train_key)
     validation = _column(scvi_history, validation_key)
+    # the loss terms scvi-tools logs, under History's term keys (it runs no penalties)
+    terms = {f"{ours}_{term}": _column(scvi_history, f"{theirs}_{mode}")
+             for ours, mode in (("train", "train"), ("validation", "validation"))
+             for term, theirs in (("reconstruction", "reconstruction_loss"), ("kl", "kl_local"))}
     return {
         "train_loss": train,
         "validation_loss": validation,
@@ -198,6 +202,7 @@ def _history(scvi_history: dict, recorder, max_epochs: int, train_key: str, vali
         "stopped_early": bool(len(train) < max_epochs),
         "interrupted": False,
         "seconds": float(recorder.seconds),
+        **{key: values for key, values in terms.items() if len(values)},
     }
 
 
