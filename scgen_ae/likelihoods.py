@@ -400,7 +400,7 @@ class _NegativeBinomialFamily(_CountLikelihood):
         return out
 
     def _cell_log_prob(self, mb, params, zi):
-        log_theta, theta_row = _theta_table(params, len(mb.batch))
+        log_theta, theta_row = _theta_table(params, len(mb.log_library))
         return (_NBCellLogProb.apply(params["log_mu"], log_theta, theta_row, zi, mb.nz_row, mb.nz_col, mb.nz_val)
                 - mb.log_x_factorial)
 

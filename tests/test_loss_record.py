@@ -98,8 +98,8 @@ def test_samples_follow_the_mean():
 
 
 def test_registry_and_names():
-    assert L.likelihood_names() == BUILT_IN
-    assert L.LIKELIHOODS == BUILT_IN and L.COUNT_LIKELIHOODS == BUILT_IN[:3]
+    assert L.likelihood_names()[:4] == L.LIKELIHOODS[:4] == BUILT_IN  # first, whatever a test file adds
+    assert L.COUNT_LIKELIHOODS[:3] == BUILT_IN[:3] and "gaussian" not in L.COUNT_LIKELIHOODS
     assert [L.get_likelihood(n).scvi_name for n in BUILT_IN] == ["zinb", "nb", "poisson", None]
     assert L.get_likelihood("zinb").extra_heads == ("dropout",)
     assert not L.get_likelihood("poisson").uses_dispersion

@@ -19,25 +19,27 @@ TINY = dict(batch_key="batch", n_latent=4, n_hidden=32, max_epochs=2, **FAST)
 THETA = 10.0
 
 
-class FixedThetaNB(L.NB):
-    """A negative binomial with theta fixed at 10 for every gene: nothing to learn about
-    the dispersion, so the model's dispersion table is left alone."""
-
-    name = "nb_theta10"
-    uses_dispersion = False
-    scvi_name = None
-
-    def params(self, expression, log_library, heads, log_dispersion, dispersion_row):
-        n, g = expression.shape
-        return {"log_scale": expression, "log_mu": expression + log_library,
-                "log_theta": torch.full((1, g), math.log(THETA), device=expression.device),
-                "theta_row": torch.zeros(n, dtype=torch.long, device=expression.device)}
-
-
 @pytest.fixture(scope="module", autouse=True)
-def _registered_for_this_module_only():
-    yield
-    L._REGISTRY.pop(FixedThetaNB.name, None)  # the other test files see the built-in likelihoods
+def _fixed_theta_nb():
+    """Defines (so registers) the toy for this file's tests, and takes it out after them:
+    the other test files see the built-in likelihoods only."""
+
+    class FixedThetaNB(L.NB):
+        """A negative binomial with theta fixed at 10 for every gene: nothing to learn about
+        the dispersion, so the model's dispersion table is left alone."""
+
+        name = "nb_theta10"
+        uses_dispersion = False
+        scvi_name = None
+
+        def params(self, expression, log_library, heads, log_dispersion, dispersion_row):
+            n, g = expression.shape
+            return {"log_scale": expression, "log_mu": expression + log_library,
+                    "log_theta": torch.full((1, g), math.log(THETA), device=expression.device),
+                    "theta_row": torch.zeros(n, dtype=torch.long, device=expression.device)}
+
+    yield FixedThetaNB
+    L._REGISTRY.pop(FixedThetaNB.name, None)
 
 
 def test_the_toy_is_registered_as_a_count_likelihood():
