@@ -324,6 +324,8 @@ def _denoise(adata, args) -> None:
 
 
 def _add_denoise_parser(sub) -> None:
+    from .likelihoods import likelihood_names
+
     p = sub.add_parser("denoise", help="denoise an .h5ad of raw counts with tl.denoise", formatter_class=_Help,
                        description="Denoise an .h5ad of raw counts with tl.denoise.")
     p.add_argument("input", type=Path, help=".h5ad file with raw counts")
@@ -334,7 +336,7 @@ def _add_denoise_parser(sub) -> None:
     p.add_argument("--transform-batch", default=None, help="decode every cell as if from this batch")
     p.add_argument("--layer", default=None, help="layer with raw counts (none: X)")
     p.add_argument("--layer-added", default="denoised", help="layer for the denoised values")
-    p.add_argument("--likelihood", default="zinb", choices=["zinb", "nb", "poisson"], help="count likelihood")
+    p.add_argument("--likelihood", default="zinb", choices=likelihood_names(counts=True), help="count likelihood")
     p.add_argument("--max-epochs", type=_at_least(1), default=None, help="epochs (none: by the number of cells)")
     p.add_argument("--seed", type=_at_least(0), default=0, help="random seed")
     p.add_argument("--threads", type=_at_least(1), default=None, help="torch threads (none: every usable core)")
@@ -385,8 +387,10 @@ def _add_score_parser(sub) -> None:
 
 
 def _add_training_args(p: argparse.ArgumentParser) -> None:
+    from .likelihoods import likelihood_names
+
     p.add_argument("--layer", default=None, help="layer with raw counts (none: X)")
-    p.add_argument("--likelihood", default="zinb", choices=["zinb", "nb", "poisson", "gaussian"],
+    p.add_argument("--likelihood", default="zinb", choices=likelihood_names(),
                    help="likelihood of the VAE")
     p.add_argument("--n-latent", type=_at_least(1), default=10, help="latent dimensions (factors, topics)")
     p.add_argument("--n-top-genes", type=_at_least(0), default=2000,

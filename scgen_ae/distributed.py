@@ -51,8 +51,10 @@ class Distributed:
         self.device = self.fabric.device
 
     def wrap(self, module: torch.nn.Module, optimizer: torch.optim.Optimizer):
-        """DDP-wrap ``module``; its ``loss`` method goes through DDP's forward (gradient sync)."""
-        wrapped, optimizer = self.fabric.setup(module, optimizer)
+        """DDP-wrap ``module``; its ``loss`` method goes through DDP's forward (gradient sync)
+        and returns the :class:`~scgen_ae.losses.LossRecord`'s fields as a dict (Fabric walks a
+        forward's output and cannot rebuild a frozen dataclass; train.fit makes it a record)."""
+        wrapped, optimizer = self.fabric.setup(_FieldsOfLoss(module), optimizer)
         wrapped.mark_forward_method("loss")
         return wrapped, optimizer
 
@@ -73,6 +75,22 @@ class Distributed:
 
     def barrier(self) -> None:
         self.fabric.barrier()
+
+
+class _FieldsOfLoss(torch.nn.Module):
+    """``module`` whose ``loss`` returns the record's fields as a dict (tensors, None, a dict
+    of penalties), which DDP and Fabric can walk; the module's own parameters only."""
+
+    def __init__(self, module: torch.nn.Module):
+        super().__init__()
+        self.module = module
+
+    def loss(self, mb, kl_weight: float = 1.0) -> dict:
+        record = self.module.loss(mb, kl_weight)
+        if isinstance(record, torch.Tensor):  # a module that returns its objective alone
+            return {"total": record, "reconstruction": record}
+        return {"total": record.total, "reconstruction": record.reconstruction, "kl": record.kl,
+                "penalties": dict(record.penalties), "monitor": record.monitor}
 
 
 def shard(idx: np.ndarray, block: int, seed: int, epoch: int, rank: int, world: int) -> np.ndarray:

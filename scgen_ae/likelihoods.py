@@ -1,16 +1,19 @@
 """Observation likelihoods, written once and shared by every model.
 
-Each likelihood has two entry points:
+Each likelihood is one :class:`Likelihood` subclass, registered under its name when it is
+defined (:func:`get_likelihood`). The object says which decoder heads it needs and
+whether it models counts, turns decoder outputs into its parameters, and scores, averages
+and samples data; the models, the input checks, the fronts and the command line ask it
+instead of testing names. Two scores per likelihood:
 
-``log_prob(x, params)``
-    Element-wise log-density on dense tensors. This is the reference definition,
-    tested against ``scipy.stats`` / ``torch.distributions``.
+``log_prob(x, entries)``
+    Element-wise log-density of the parameters at single entries. This is the reference
+    definition, tested against ``scipy.stats`` / ``torch.distributions``.
 ``cell_log_prob(batch, params)``
     The per-cell sum over genes used in training. For the count likelihoods it
     exploits sparsity: the zero-count term is evaluated densely with cheap ops and
     the expensive ``lgamma`` terms only on the non-zero entries of the minibatch
-    (typically 5-30 % of a 10x matrix). Tests check it equals
-    ``log_prob(x).sum(-1)``.
+    (typically 5-30 % of a 10x matrix). Tests check it equals the element-wise sum.
 
 Parameters are passed on the log scale (``log_mu``, ``log_theta``) because that is
 what the decoder produces and it keeps ``log(theta + mu)`` numerically stable.
@@ -18,12 +21,10 @@ what the decoder produces and it keeps ``log(theta + mu)`` numerically stable.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
-
-LIKELIHOODS = ("zinb", "nb", "poisson", "gaussian")
-COUNT_LIKELIHOODS = ("zinb", "nb", "poisson")
 
 
 @dataclass
@@ -100,56 +101,29 @@ def gaussian_log_prob(x, mean, log_var):
     return -0.5 * (log_var + (x - mean) ** 2 / log_var.exp() + 1.8378770664093453)  # log(2 pi)
 
 
-def entry_log_prob(likelihood: str, x: torch.Tensor, out: dict[str, torch.Tensor], rows: torch.Tensor,
-                   cols: torch.Tensor) -> torch.Tensor:
+def entry_log_prob(likelihood: str | Likelihood, x: torch.Tensor, out: dict[str, torch.Tensor],
+                   rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
     """Log-probability ``(k,)`` of the counts ``x`` ``(k,)`` at the entries ``(rows, cols)`` of a
-    decoder output ``out`` (keys as in :func:`cell_log_prob`): held-out scoring of single
-    entries with the element-wise definitions above."""
-    if likelihood not in COUNT_LIKELIHOODS:
-        raise ValueError(f"entry_log_prob scores counts; likelihood={likelihood!r} is not a count likelihood.")
-    log_mu = out["log_mu"][rows, cols]
-    if likelihood == "poisson":
-        return poisson_log_prob(x, log_mu)
-    log_theta = out["log_theta"]
-    theta_row = out.get("theta_row")
-    if log_theta.dim() == 1:
-        log_theta = log_theta[None, :]
-    theta_rows = torch.zeros_like(rows) if theta_row is None else theta_row[rows]
-    log_theta = log_theta[theta_rows, cols]
-    if likelihood == "nb":
-        return nb_log_prob(x, log_mu, log_theta)
-    return zinb_log_prob(x, log_mu, log_theta, out["zi_logits"][rows, cols])
+    decoder output ``out``: held-out scoring of single entries with the element-wise
+    definitions (:meth:`Likelihood.entry_log_prob`); refused for likelihoods of non-counts."""
+    lik = get_likelihood(likelihood)
+    if not lik.counts:
+        raise ValueError(f"entry_log_prob scores counts; likelihood={lik.name!r} is not a count likelihood.")
+    return lik.entry_log_prob(x, out, rows, cols)
 
 
 # ----------------------------------------------------------------- per cell
 
 
-def cell_log_prob(likelihood: str, mb: Minibatch, out: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Per-cell log-likelihood ``(n,)`` of ``mb.x`` under the decoder output ``out``.
+def cell_log_prob(likelihood: str | Likelihood, mb: Minibatch, out: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Per-cell log-likelihood ``(n,)`` of ``mb`` under the decoder output ``out``
+    (:meth:`Likelihood.cell_log_prob` of the likelihood named ``likelihood``).
 
     ``out`` holds ``log_mu`` (n, g) for the count likelihoods, plus ``log_theta``
-    (g,) or (n, g) for ``nb``/``zinb`` and ``zi_logits`` (n, g) for ``zinb``; for
-    ``gaussian`` it holds ``mean`` and ``log_var``.
+    (g,), (rows, g) or (n, g) (with ``theta_row``, each cell's row) for ``nb``/``zinb``
+    and ``zi_logits`` (n, g) for ``zinb``; for ``gaussian`` it holds ``mean`` and ``log_var``.
     """
-    if likelihood == "gaussian":
-        return gaussian_log_prob(mb.x, out["mean"], out["log_var"]).sum(-1)
-    log_mu = out["log_mu"]
-    r, c, v = mb.nz_row, mb.nz_col, mb.nz_val
-    if likelihood == "poisson":
-        # sum_g x log mu - mu - lgamma(x+1); the x log mu term is zero off the support
-        return (
-            torch.zeros_like(mb.log_library[:, 0]).index_add(0, r, v * log_mu[r, c])
-            - log_mu.exp().sum(-1)
-            - mb.log_x_factorial
-        )
-    zi = out.get("zi_logits") if likelihood == "zinb" else None
-    log_theta = out["log_theta"]
-    theta_row = out.get("theta_row")  # (n,) row of the (B, g) theta table for each cell
-    if log_theta.dim() == 1:
-        log_theta = log_theta[None, :]
-    if theta_row is None:
-        theta_row = torch.zeros_like(mb.batch) if log_theta.shape[0] == 1 else torch.arange(len(mb.batch))
-    return _NBCellLogProb.apply(log_mu, log_theta, theta_row, zi, r, c, v) - mb.log_x_factorial
+    return get_likelihood(likelihood).cell_log_prob(mb, out)
 
 
 def _log_zero(zi: torch.Tensor, zt: torch.Tensor, pi: torch.Tensor) -> torch.Tensor:
@@ -242,3 +216,320 @@ class _NBCellLogProb(torch.autograd.Function):
         d_table = torch.zeros(ctx.table_shape, dtype=d_theta.dtype, device=d_theta.device)
         d_table.index_add_(0, theta_row, d_theta)
         return d_mu, d_table, None, d_zi, None, None, None
+
+
+# ---------------------------------------------------------------- likelihood objects
+
+_REGISTRY: dict[str, Likelihood] = {}
+
+
+class Likelihood:
+    """An observation model of the decoder's output, registered under its ``name``.
+
+    Defining a subclass that sets ``name`` registers one instance of it
+    (:func:`get_likelihood` returns it), and everything that depends on the likelihood --
+    the decoder heads, the loss, the checks of the data, expected values, samples, the
+    command line's choices -- asks that object, so a new likelihood is one class.
+
+    Attributes
+    ----------
+    name
+        The value of ``likelihood=`` that selects it.
+    counts
+        It models raw counts: the encoder reads log1p(counts), the data are checked to be
+        non-negative integers, and errors about non-count data give the count advice.
+    extra_heads
+        Names of the decoder heads it needs besides the expression head, in order (e.g.
+        ``("dropout",)``); :meth:`params` receives their outputs under these names.
+    uses_dispersion
+        It reads the model's per-gene dispersion table (log theta of the negative
+        binomials, the log variance of the Gaussian).
+    scvi_name
+        scvi-tools' ``gene_likelihood`` for the same model, or None where it has none.
+
+    Notes
+    -----
+    Two expectations are kept apart: :meth:`mean` is E[x] under the whole likelihood
+    (for the ZINB, (1 - pi) mu: the dropout zeros included), while :meth:`expression` is
+    the decoder's expression level, the mean of the count model before zero inflation
+    (mu: the NB mean), which is what scvi-tools' ``get_normalized_expression`` and
+    ``tl.denoise`` report. The two differ only for zero-inflated likelihoods.
+    """
+
+    name: ClassVar[str]
+    counts: ClassVar[bool] = True
+    extra_heads: ClassVar[tuple[str, ...]] = ()
+    uses_dispersion: ClassVar[bool] = False
+    scvi_name: ClassVar[str | None] = None
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "name" not in cls.__dict__:
+            return  # a shared base, not a likelihood of its own
+        known = _REGISTRY.get(cls.name)
+        if known is not None and type(known).__qualname__ != cls.__qualname__:
+            raise ValueError(f"likelihood name {cls.name!r} is taken by {type(known).__qualname__}.")
+        _REGISTRY[cls.name] = cls()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r})"
+
+    def params(self, expression: torch.Tensor, log_library: torch.Tensor, heads: dict[str, torch.Tensor],
+               log_dispersion: torch.Tensor | None, dispersion_row: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        """The parameters the other methods read, from the decoder's outputs.
+
+        Parameters
+        ----------
+        expression
+            ``(n, g)``: for count likelihoods the log expression shares (the model's link
+            applied, e.g. log-softmax); otherwise the expression head itself.
+        log_library
+            ``(n, 1)`` log library sizes.
+        heads
+            The :attr:`extra_heads`, each ``(n, g)``.
+        log_dispersion
+            A ``(rows, g)`` table (one row per batch, or per cell); ignored unless
+            :attr:`uses_dispersion`.
+        dispersion_row
+            ``(n,)`` each cell's row of ``log_dispersion``; None: its first row for every cell.
+        """
+        raise NotImplementedError
+
+    def cell_log_prob(self, mb: Minibatch, params: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Per-cell log-likelihood ``(n,)`` of the minibatch's data: what training sums."""
+        raise NotImplementedError
+
+    def entry_params(self, params: dict[str, torch.Tensor], rows: torch.Tensor,
+                     cols: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The parameters at the entries ``(rows, cols)``, each ``(k,)``."""
+        raise NotImplementedError
+
+    def log_prob(self, x: torch.Tensor, entries: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Element-wise log-density of ``x`` under :meth:`entry_params`' output (same shape)."""
+        raise NotImplementedError
+
+    def entry_log_prob(self, x: torch.Tensor, params: dict[str, torch.Tensor], rows: torch.Tensor,
+                       cols: torch.Tensor) -> torch.Tensor:
+        """Log-probability ``(k,)`` of the values ``x`` ``(k,)`` at the entries ``(rows, cols)``."""
+        return self.log_prob(x, self.entry_params(params, rows, cols))
+
+    def mean(self, params: dict[str, torch.Tensor]) -> torch.Tensor:
+        """E[x] ``(n, g)`` under the whole likelihood (see the class notes)."""
+        raise NotImplementedError
+
+    def expression(self, params: dict[str, torch.Tensor], library_size: float | str = "observed") -> torch.Tensor:
+        """The decoder's expression ``(n, g)``: for count likelihoods the count model's mean
+        before zero inflation, at the observed library size (``"observed"``) or as shares x
+        ``library_size``; otherwise the mean, whatever ``library_size``."""
+        if library_size == "observed":
+            return params["log_mu"].exp()
+        return params["log_scale"].exp() * float(library_size)
+
+    def sample(self, params: dict[str, torch.Tensor], generator: torch.Generator) -> torch.Tensor:
+        """One draw ``(n, g)`` of data from the likelihood."""
+        raise NotImplementedError
+
+
+def get_likelihood(name: str | Likelihood) -> Likelihood:
+    """The registered likelihood called ``name`` (a :class:`Likelihood` is returned as is);
+    ValueError, listing the registered names, for any other name."""
+    if isinstance(name, Likelihood):
+        return name
+    found = _REGISTRY.get(name) if isinstance(name, str) else None
+    if found is None:
+        raise ValueError(f"likelihood={name!r} is not a registered likelihood; choose one of {likelihood_names()}.")
+    return found
+
+
+def likelihood_names(counts: bool | None = None) -> tuple[str, ...]:
+    """Names of the registered likelihoods, in the order they were defined; ``counts``:
+    only those that model counts (True) or only those that do not (False)."""
+    return tuple(k for k, lik in _REGISTRY.items() if counts is None or lik.counts == counts)
+
+
+def models_counts(likelihood: str | None) -> bool:
+    """Whether data for ``likelihood`` must be counts: None and ``"counts"`` stand for
+    "counts, no likelihood named" (topic models, NMF on counts)."""
+    return likelihood in (None, "counts") or get_likelihood(likelihood).counts
+
+
+def __getattr__(name: str):
+    # the names as tuples for messages, read from the registry when asked (never stale)
+    if name == "LIKELIHOODS":
+        return likelihood_names()
+    if name == "COUNT_LIKELIHOODS":
+        return likelihood_names(counts=True)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _flat_at(t: torch.Tensor, lin: torch.Tensor) -> torch.Tensor:
+    return t.reshape(-1).take(lin)
+
+
+def _lin(params: dict[str, torch.Tensor], key: str, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    return rows * params[key].shape[1] + cols
+
+
+def _theta_table(params: dict[str, torch.Tensor], n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The (rows, g) log theta table and each of the ``n`` cells' row in it."""
+    log_theta = params["log_theta"]
+    if log_theta.dim() == 1:
+        log_theta = log_theta[None, :]
+    row = params.get("theta_row")
+    if row is None:
+        row = (torch.zeros(n, dtype=torch.long, device=log_theta.device) if log_theta.shape[0] == 1
+               else torch.arange(n, device=log_theta.device))
+    return log_theta, row
+
+
+class _CountLikelihood(Likelihood):
+    """What the count likelihoods share: a mean mu = shares x library on the log scale."""
+
+    def params(self, expression, log_library, heads, log_dispersion, dispersion_row):
+        return {"log_scale": expression, "log_mu": expression + log_library}
+
+    def entry_params(self, params, rows, cols):
+        return {"log_mu": _flat_at(params["log_mu"], _lin(params, "log_mu", rows, cols))}
+
+    def mean(self, params):
+        return params["log_mu"].exp()
+
+
+class _NegativeBinomialFamily(_CountLikelihood):
+    """NB and ZINB: a dispersion theta per gene (a row of the table per batch or cell)."""
+
+    uses_dispersion = True
+
+    def params(self, expression, log_library, heads, log_dispersion, dispersion_row):
+        out = super().params(expression, log_library, heads, log_dispersion, dispersion_row)
+        # the (rows, g) table and each cell's row in it: the likelihood gathers
+        out["log_theta"] = log_dispersion
+        out["theta_row"] = dispersion_row if dispersion_row is not None else torch.zeros(
+            len(expression), dtype=torch.long, device=expression.device)
+        return out
+
+    def _cell_log_prob(self, mb, params, zi):
+        log_theta, theta_row = _theta_table(params, len(mb.log_library))
+        return (_NBCellLogProb.apply(params["log_mu"], log_theta, theta_row, zi, mb.nz_row, mb.nz_col, mb.nz_val)
+                - mb.log_x_factorial)
+
+    def entry_params(self, params, rows, cols):
+        lin = _lin(params, "log_mu", rows, cols)
+        log_theta, theta_row = _theta_table(params, params["log_mu"].shape[0])
+        return {"log_mu": _flat_at(params["log_mu"], lin), "log_theta": _flat_at(log_theta[theta_row], lin)}
+
+    def _gamma_poisson(self, params, generator):
+        """NB counts on the CPU: Poisson(Gamma(theta, scale mu / theta))."""
+        mu = params["log_mu"].exp()
+        log_theta, theta_row = _theta_table(params, mu.shape[0])
+        theta = log_theta[theta_row].exp()
+        rate = torch._standard_gamma(theta.cpu()) * (mu / theta).cpu()
+        return torch.poisson(rate, generator=generator)
+
+
+class ZINB(_NegativeBinomialFamily):
+    """Zero-inflated negative binomial: a dropout head ``zi_logits`` on top of the NB."""
+
+    name = "zinb"
+    extra_heads = ("dropout",)
+    scvi_name = "zinb"
+
+    def params(self, expression, log_library, heads, log_dispersion, dispersion_row):
+        out = super().params(expression, log_library, heads, log_dispersion, dispersion_row)
+        out["zi_logits"] = heads["dropout"]
+        return out
+
+    def cell_log_prob(self, mb, params):
+        return self._cell_log_prob(mb, params, params["zi_logits"])
+
+    def entry_params(self, params, rows, cols):
+        out = super().entry_params(params, rows, cols)
+        out["zi_logits"] = _flat_at(params["zi_logits"], _lin(params, "zi_logits", rows, cols))
+        return out
+
+    def log_prob(self, x, entries):
+        return zinb_log_prob(x, entries["log_mu"], entries["log_theta"], entries["zi_logits"])
+
+    def mean(self, params):
+        # E[x] of the mixture: (1 - dropout probability) x the NB mean
+        return params["log_mu"].exp() * torch.sigmoid(-params["zi_logits"])
+
+    def sample(self, params, generator):
+        counts = self._gamma_poisson(params, generator)
+        dropout = torch.rand(counts.shape, generator=generator) < torch.sigmoid(params["zi_logits"].cpu())
+        return torch.where(dropout, torch.zeros_like(counts), counts).to(params["log_mu"].device)
+
+
+class NB(_NegativeBinomialFamily):
+    """Negative binomial with mean mu and inverse dispersion theta."""
+
+    name = "nb"
+    scvi_name = "nb"
+
+    def cell_log_prob(self, mb, params):
+        return self._cell_log_prob(mb, params, None)
+
+    def log_prob(self, x, entries):
+        return nb_log_prob(x, entries["log_mu"], entries["log_theta"])
+
+    def sample(self, params, generator):
+        return self._gamma_poisson(params, generator).to(params["log_mu"].device)
+
+
+class Poisson(_CountLikelihood):
+    """Poisson with mean mu (no dispersion)."""
+
+    name = "poisson"
+    scvi_name = "poisson"
+
+    def cell_log_prob(self, mb, params):
+        log_mu = params["log_mu"]
+        r, c, v = mb.nz_row, mb.nz_col, mb.nz_val
+        # sum_g x log mu - mu - lgamma(x+1); the x log mu term is zero off the support
+        return (
+            torch.zeros_like(mb.log_library[:, 0]).index_add(0, r, v * log_mu[r, c])
+            - log_mu.exp().sum(-1)
+            - mb.log_x_factorial
+        )
+
+    def log_prob(self, x, entries):
+        return poisson_log_prob(x, entries["log_mu"])
+
+    def sample(self, params, generator):
+        mu = params["log_mu"].exp()
+        return torch.poisson(mu.cpu(), generator=generator).to(mu.device)
+
+
+class Gaussian(Likelihood):
+    """Gaussian on log-normalised values: the decoder's mean and a per-gene log variance."""
+
+    name = "gaussian"
+    counts = False
+    uses_dispersion = True
+
+    def params(self, expression, log_library, heads, log_dispersion, dispersion_row):
+        log_var = log_dispersion[0] if dispersion_row is None else log_dispersion[dispersion_row]
+        return {"mean": expression, "log_var": log_var}
+
+    def cell_log_prob(self, mb, params):
+        return gaussian_log_prob(mb.x, params["mean"], params["log_var"]).sum(-1)
+
+    def entry_params(self, params, rows, cols):
+        lin = _lin(params, "mean", rows, cols)
+        log_var = params["log_var"]
+        return {"mean": _flat_at(params["mean"], lin),
+                "log_var": log_var[cols] if log_var.dim() == 1 else _flat_at(log_var.expand_as(params["mean"]), lin)}
+
+    def log_prob(self, x, entries):
+        return gaussian_log_prob(x, entries["mean"], entries["log_var"])
+
+    def mean(self, params):
+        return params["mean"]
+
+    def expression(self, params, library_size="observed"):
+        return params["mean"]
+
+    def sample(self, params, generator):
+        mean = params["mean"]
+        noise = torch.randn(mean.shape, generator=generator).to(mean.device)
+        return mean + noise * (0.5 * params["log_var"]).exp()

@@ -38,7 +38,7 @@ from anndata import AnnData
 
 from . import _validate as v
 from .data import CellData, iter_row_blocks, to_csr32
-from .likelihoods import COUNT_LIKELIHOODS, Minibatch
+from .likelihoods import Minibatch, models_counts
 
 CHUNK_CELLS = 256  # contiguous rows per read
 WINDOW_CHUNKS = 64  # chunks shuffled together (16,384 cells by default)
@@ -252,7 +252,7 @@ def _minibatch_bounds(n: int, batch_size: int, drop_last_if_tiny: bool) -> list[
 def counts_check(layer: str | None, likelihood: str | None, **advice) -> Callable[[sp.csr_matrix], None]:
     """The value check of ``training_data`` for one block: counts for count likelihoods
     (``advice``: ``needs`` / ``otherwise`` of :func:`scgen_ae._validate.check_counts`)."""
-    counts = likelihood in COUNT_LIKELIHOODS + (None, "counts")
+    counts = models_counts(likelihood)
     return lambda X: v.check_counts(X, layer, likelihood or "counts", **advice) if counts else None
 
 
@@ -298,7 +298,7 @@ def training_data(adata: AnnData, layer: str | None, batch_key: str | None, like
     codes, cats = v.batch_codes(adata, batch_key, allow_single=allow_single_batch)
     data = validated(adata, layer, counts_check(layer, likelihood, **advice))
     data.batch = codes
-    data.log1p_input = likelihood in COUNT_LIKELIHOODS or likelihood is None
+    data.log1p_input = models_counts(likelihood)
     return data, cats
 
 
@@ -311,7 +311,7 @@ def apply_data(adata: AnnData, var_names, batch_categories, batch_key, likelihoo
     codes, _ = v.batch_codes(adata, batch_key, batch_categories)
     if not np.array_equal(pos, np.arange(data.n_stored_genes)):
         data.columns = pos
-    counts = likelihood in COUNT_LIKELIHOODS + ("counts",)
-    library, _ = _scan(data, counts_check(None, likelihood if counts else "gaussian", **advice))
+    counts = models_counts(likelihood)
+    library, _ = _scan(data, counts_check(None, likelihood, **advice))
     data.batch, data.library, data.log1p_input = codes, library, counts
     return data

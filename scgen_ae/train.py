@@ -1,7 +1,9 @@
 """The one training loop every model uses.
 
-A model's torch module only has to provide ``loss(minibatch, kl_weight) -> loss``,
-the mean per-cell objective as a scalar tensor.
+A model's torch module only has to provide ``loss(minibatch, kl_weight)`` returning a
+:class:`~scgen_ae.losses.LossRecord` (the objective, its terms and what validation watches;
+a bare scalar tensor is read as the objective alone), and ``has_kl = False`` when it has no
+KL term (then no warm-up: every epoch counts for early stopping).
 Everything else -- epochs, minibatches, validation, early stopping, KL warm-up,
 gradient clipping, divergence detection, Ctrl-C, progress bar -- lives here.
 """
@@ -21,6 +23,8 @@ from ._settings import progress_bar_class, settings
 from .data import CellData, train_validation_split
 from .distributed import shard
 from .io import model_path
+from .likelihoods import get_likelihood
+from .losses import LossRecord
 
 
 class TrainingDivergedError(RuntimeError):
@@ -39,7 +43,7 @@ class TrainConfig:
     early_stopping: bool = True
     patience: int = 30
     min_delta: float = 0.0
-    kl_warmup_epochs: int | None = None  # None: a third of max_epochs, capped at 400
+    kl_warmup_epochs: int | None = None  # None: a third of max_epochs, capped at 400; ignored without a KL term
     grad_clip: float = 50.0
     seed: int = 0
     device: str = "auto"
@@ -73,7 +77,21 @@ def train_config(**options) -> TrainConfig:
 
 @dataclass
 class History:
-    """Per-epoch mean losses. Serialisable to ``uns`` via :meth:`as_dict`."""
+    """Per-epoch mean losses. Serialisable to ``uns`` via :meth:`as_dict`.
+
+    Attributes
+    ----------
+    train_loss, validation_loss
+        Per-epoch means over cells of the objective (``total``) in training and of the
+        watched value (``monitor``) on the validation cells.
+    kl_weight
+        The KL warm-up weight of each epoch (1 throughout for models without a KL term).
+    terms
+        The per-epoch means of each term of the :class:`~scgen_ae.losses.LossRecord`,
+        keyed ``train_<term>`` / ``validation_<term>`` (``train_reconstruction``,
+        ``train_kl``, ``train_alignment``, ...). A term a minibatch lacks counts as 0
+        there, so the terms combine to the total as in each minibatch.
+    """
 
     train_loss: list = field(default_factory=list)
     validation_loss: list = field(default_factory=list)
@@ -82,8 +100,28 @@ class History:
     stopped_early: bool = False
     interrupted: bool = False
     seconds: float = 0.0
+    terms: dict = field(default_factory=dict)
+
+    def add_terms(self, prefix: str, means: dict[str, float], n_epochs: int) -> None:
+        """Record one epoch's term means under ``<prefix>_<term>``; ``n_epochs``: the epochs
+        recorded under ``prefix`` with this one (a term first seen now is 0 before)."""
+        for name in means:
+            self.terms.setdefault(f"{prefix}_{name}", [0.0] * (n_epochs - 1))
+        for key, values in self.terms.items():
+            if key.startswith(prefix + "_"):
+                values.append(float(means.get(key[len(prefix) + 1:], 0.0)))
+
+    def restore(self, record: dict) -> None:
+        """Take the values of an :meth:`as_dict` record (e.g. from a checkpoint)."""
+        fields = set(self.__dataclass_fields__) - {"terms"}
+        for key, value in record.items():
+            if key in fields:
+                setattr(self, key, list(value) if isinstance(value, (list, np.ndarray)) else value)
+            else:
+                self.terms[key] = list(value)
 
     def as_dict(self) -> dict:
+        """Arrays and scalars by key: the fields, then the :attr:`terms`."""
         return {
             "train_loss": np.asarray(self.train_loss, dtype=np.float64),
             "validation_loss": np.asarray(self.validation_loss, dtype=np.float64),
@@ -92,6 +130,7 @@ class History:
             "stopped_early": bool(self.stopped_early),
             "interrupted": bool(self.interrupted),
             "seconds": float(self.seconds),
+            **{key: np.asarray(values, dtype=np.float64) for key, values in self.terms.items()},
         }
 
 
@@ -148,24 +187,55 @@ def _autocast(config: TrainConfig, device: torch.device):
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=use)
 
 
-def _loss_sum(module, data: CellData, idx, config, kl_weight, device) -> tuple[float, int]:
-    """(sum of per-cell losses, cells) over ``idx``, in eval mode (the unwrapped module: no DDP sync)."""
+def _record(loss) -> LossRecord:
+    """A module's loss as a record: a bare scalar is the objective alone; a dict holds the
+    record's fields (what the data-parallel wrapper returns)."""
+    if isinstance(loss, dict):
+        return LossRecord(**loss)
+    return loss if isinstance(loss, LossRecord) else LossRecord(total=loss, reconstruction=loss)
+
+
+def _add_terms(sums: dict[str, float], record: LossRecord, n: int) -> None:
+    for name, value in record.terms().items():
+        sums[name] = sums.get(name, 0.0) + float(value.detach()) * n
+
+
+def _loss_sum(module, data: CellData, idx, config, kl_weight, device) -> tuple[float, int, dict[str, float]]:
+    """(sum of per-cell watched losses, cells, sums of the terms) over ``idx``, in eval mode
+    (the unwrapped module: no DDP sync)."""
     module.eval()
-    total, n = 0.0, 0
+    total, n, terms = 0.0, 0, {}
     batch_size = config.batch_size
     with torch.no_grad(), _autocast(config, device):
         for mb in data.iterate(idx, max(batch_size, 1024), drop_last_if_tiny=False):
-            loss = module.loss(mb.to(device), kl_weight)
-            total += float(loss) * mb.x.shape[0]
+            record = _record(module.loss(mb.to(device), kl_weight))
+            total += float(record.monitor) * mb.x.shape[0]
+            _add_terms(terms, record, mb.x.shape[0])
             n += mb.x.shape[0]
-    return total, n
+    return total, n, terms
+
+
+def _epoch_terms(dist, sums: dict[str, float], n: int) -> dict[str, float]:
+    """Per-cell means of the term sums (summed over the processes first)."""
+    names = sorted(sums)
+    if dist:
+        *values, n = dist.all_sum([sums[k] for k in names] + [n])
+    else:
+        values = [sums[k] for k in names]
+    return {k: float(v) / max(n, 1) for k, v in zip(names, values)}
 
 
 def _divergence_message(epoch: int, lr: float, likelihood: str | None) -> str:
+    counts = False
+    if likelihood is not None:
+        try:
+            counts = get_likelihood(likelihood).counts
+        except ValueError:  # a name of no registered likelihood: no advice about it
+            pass
     hint = (
         "Count likelihoods need raw integer counts: if X holds log-normalised values pass "
         "layer='counts' (or likelihood='gaussian'). "
-        if likelihood in ("zinb", "nb", "poisson") else ""
+        if counts else ""
     )
     return (
         f"The training loss became NaN/Inf in epoch {epoch}. The model was restored to the last "
@@ -179,8 +249,7 @@ def _restore(path, module, optimizer, history: History, expect: dict, dist) -> t
     ckpt = checkpoint.load(path, expect)
     module.load_state_dict(ckpt["weights"])
     optimizer.load_state_dict(ckpt["optimizer"])
-    for key, value in ckpt["history"].items():
-        setattr(history, key, list(value) if isinstance(value, list) else value)
+    history.restore(ckpt["history"])
     torch.set_rng_state(torch.from_numpy(ckpt["torch_rng"][dist.rank if dist else 0].copy()))
     loop = ckpt["loop"]
     loop["best_state"] = ckpt["best_state"]
@@ -231,6 +300,8 @@ def fit(module: torch.nn.Module, data: CellData, config: TrainConfig, likelihood
         val_idx = np.array_split(val_idx, dist.world)[dist.rank]
     n_epochs = config.epochs_for(data.n_cells)
     warmup = config.kl_warmup_epochs if config.kl_warmup_epochs is not None else min(400, max(1, n_epochs // 3))
+    if not getattr(module, "has_kl", True):  # nothing to warm up: every epoch's loss is comparable
+        warmup = 0
     history = History()
     optimizer = torch.optim.Adam(module.parameters(), lr=config.lr, weight_decay=config.weight_decay, eps=0.01,
                                  fused=device.type in ("cpu", "cuda"))
@@ -257,14 +328,15 @@ def fit(module: torch.nn.Module, data: CellData, config: TrainConfig, likelihood
         for epoch in bar:
             kl_weight = min(1.0, (epoch + 1) / warmup) if warmup > 0 else 1.0
             module.train()
-            total, n = 0.0, 0
+            total, n, terms = 0.0, 0, {}
             idx, epoch_rng = train_idx, rng
             if dist:
                 idx = shard(train_idx, getattr(data, "chunk_size", 1), config.seed, epoch, dist.rank, dist.world)
                 epoch_rng = np.random.default_rng([config.seed, epoch, dist.rank])
             for mb in data.iterate(idx, config.batch_size, epoch_rng):
                 with _autocast(config, device):
-                    loss = runner.loss(mb.to(device), kl_weight)
+                    record = _record(runner.loss(mb.to(device), kl_weight))
+                loss = record.total
                 if dist is None and not torch.isfinite(loss):
                     module.load_state_dict(good_state)
                     raise TrainingDivergedError(_divergence_message(epoch, config.lr, likelihood))
@@ -276,15 +348,20 @@ def fit(module: torch.nn.Module, data: CellData, config: TrainConfig, likelihood
                     raise TrainingDivergedError(_divergence_message(epoch, config.lr, likelihood))
                 optimizer.step()
                 total += float(loss.detach()) * mb.x.shape[0]
+                _add_terms(terms, record, mb.x.shape[0])
                 n += mb.x.shape[0]
             good_state = {k: v.detach().clone() for k, v in module.state_dict().items()}
             history.train_loss.append(_epoch_loss(dist, total, n))
             history.kl_weight.append(kl_weight)
+            history.add_terms("train", _epoch_terms(dist, terms, n), len(history.train_loss))
             monitored = history.train_loss[-1]
             if len(train_idx) < data.n_cells:
-                # validation: the negative ELBO at full KL weight, z at the posterior mean
-                monitored = _epoch_loss(dist, *_loss_sum(module, data, val_idx, config, 1.0, device))
+                # validation: the module's monitor (the VAE's negative ELBO) at full KL weight,
+                # z at the posterior mean
+                val_total, val_n, val_terms = _loss_sum(module, data, val_idx, config, 1.0, device)
+                monitored = _epoch_loss(dist, val_total, val_n)
                 history.validation_loss.append(monitored)
+                history.add_terms("validation", _epoch_terms(dist, val_terms, val_n), len(history.validation_loss))
             bar.set_postfix(loss=f"{history.train_loss[-1]:.1f}",
                             val=f"{monitored:.1f}" if len(train_idx) < data.n_cells else "-",
                             refresh=False)  # drawn with the next update, at the bar's own pace

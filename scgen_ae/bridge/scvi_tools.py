@@ -20,6 +20,7 @@ import numpy as np
 from anndata import AnnData
 
 from .. import _validate as v
+from ..likelihoods import get_likelihood, likelihood_names
 from ..train import TrainConfig, resolve_device, seeded_threads
 
 INSTALL_HINT = ('backend="scvi-tools" needs scvi-tools, an optional extra: pip install "scgen-ae[scvi]" '
@@ -77,15 +78,17 @@ def vae_arguments(*, likelihood: str, dispersion: str, n_latent: int, n_hidden: 
                   dropout_rate: float, beta: float, encode_batch: bool, linear_decoder: bool,
                   train: TrainConfig, n_cells: int) -> tuple[dict, dict]:
     """Map tl.vae's arguments to (model kwargs, ``model.train`` kwargs) of SCVI / LinearSCVI."""
-    if likelihood not in ("zinb", "nb", "poisson"):
-        raise v.InputError(f"likelihood={likelihood!r} has no counterpart in scvi-tools' SCVI (zinb, nb, poisson); "
-                           "use backend='native' for a Gaussian likelihood.")
+    known = {name: get_likelihood(name).scvi_name for name in likelihood_names()}
+    if known.get(likelihood) is None:
+        paired = ", ".join(name for name, scvi in known.items() if scvi is not None)
+        raise v.InputError(f"likelihood={likelihood!r} has no counterpart in scvi-tools' SCVI ({paired}); "
+                           "use backend='native' for it.")
     if dispersion not in ("gene", "gene-batch"):
         raise ValueError(f"dispersion={dispersion!r}; choose 'gene' or 'gene-batch'.")
     if train.precision not in _PRECISION:
         raise ValueError(f"precision={train.precision!r}; choose one of {sorted(_PRECISION)}.")
     model = dict(n_latent=n_latent, n_hidden=n_hidden, n_layers=n_layers, dropout_rate=dropout_rate,
-                 dispersion=dispersion, gene_likelihood=likelihood)
+                 dispersion=dispersion, gene_likelihood=known[likelihood])
     if not linear_decoder:
         model["encode_covariates"] = bool(encode_batch)
     max_epochs = train.epochs_for(n_cells)  # the same heuristic as scvi-tools' own default
@@ -192,6 +195,10 @@ def _history(scvi_history: dict, recorder, max_epochs: int, train_key: str, vali
     """scvi-tools' logged history under the field names of :class:`scgen_ae.train.History`."""
     train = _column(scvi_history, train_key)
     validation = _column(scvi_history, validation_key)
+    # the loss terms scvi-tools logs, under History's term keys (it runs no penalties)
+    terms = {f"{ours}_{term}": _column(scvi_history, f"{theirs}_{mode}")
+             for ours, mode in (("train", "train"), ("validation", "validation"))
+             for term, theirs in (("reconstruction", "reconstruction_loss"), ("kl", "kl_local"))}
     return {
         "train_loss": train,
         "validation_loss": validation,
@@ -201,6 +208,7 @@ def _history(scvi_history: dict, recorder, max_epochs: int, train_key: str, vali
         "stopped_early": bool(len(train) < max_epochs),
         "interrupted": False,
         "seconds": float(recorder.seconds),
+        **{key: values for key, values in terms.items() if len(values)},
     }
 
 

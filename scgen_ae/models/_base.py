@@ -14,9 +14,9 @@ from anndata import AnnData
 from .. import _validate as v
 from ..covariates import CovariateSpec
 from ..data import CellData
-from ..spec import DataSpec
 from ..io import STRINGS, ModelFileError, header_fields, model_path, read_model_file, write_model_file
-from ..likelihoods import COUNT_LIKELIHOODS
+from ..likelihoods import models_counts
+from ..spec import DataSpec
 from ..train import History
 
 
@@ -51,7 +51,7 @@ class BaseModel:
     def __init__(self, config, var_names, batch_key, batch_categories, layer=None, history=None, module=None,
                  label_categories=(), label_key=None, covariates: CovariateSpec | None = None):
         self.config = config
-        counts = getattr(config, "likelihood", "counts") in COUNT_LIKELIHOODS + ("counts",)
+        counts = models_counts(getattr(config, "likelihood", "counts"))
         self.spec = DataSpec(tuple(var_names), layer, batch_key, tuple(batch_categories),
                              covariates if covariates is not None else CovariateSpec(),
                              "counts" if counts else "real")

@@ -10,39 +10,12 @@ import torch
 from anndata import AnnData
 
 from .. import _validate as v
-from ..likelihoods import cell_log_prob
 
 
 def _check_n_samples(n_samples) -> int:
     if not v._is_int(n_samples) or n_samples < 1:
         raise v.InputError(f"n_samples={n_samples!r}: it must be an integer >= 1 (1: the posterior mean of z).")
     return int(n_samples)
-
-
-def _decoded(module, out: dict, library_size) -> torch.Tensor:
-    """The decoder's expression: a gaussian mean, expected counts, or shares x ``library_size``."""
-    if module.cfg.likelihood == "gaussian":
-        return out["mean"]
-    if library_size == "observed":
-        return out["log_mu"].exp()
-    return out["log_scale"].exp() * float(library_size)
-
-
-def _sample_counts(likelihood: str, out: dict, generator: torch.Generator) -> torch.Tensor:
-    """One draw of the observation model given the decoder output (Gamma-Poisson for NB)."""
-    if likelihood == "gaussian":
-        noise = torch.randn(out["mean"].shape, generator=generator).to(out["mean"].device)
-        return out["mean"] + noise * (0.5 * out["log_var"]).exp()
-    mu = out["log_mu"].exp()
-    if likelihood == "poisson":
-        return torch.poisson(mu.cpu(), generator=generator).to(mu.device)
-    theta = out["log_theta"][out["theta_row"]].exp()
-    rate = torch._standard_gamma(theta.cpu()) * (mu / theta).cpu()  # Gamma(theta, scale mu / theta)
-    counts = torch.poisson(rate, generator=generator)
-    if likelihood == "zinb":
-        dropout = torch.rand(counts.shape, generator=generator) < torch.sigmoid(out["zi_logits"].cpu())
-        counts = torch.where(dropout, torch.zeros_like(counts), counts)
-    return counts.to(mu.device)
 
 
 class ScviToolsNames:
@@ -78,7 +51,9 @@ class ScviToolsNames:
             named keep each cell's own. The encoder always reads the cells' own values.
         library_size
             A number (counts per cell, default 1e4), or "observed" for the expected counts at
-            each cell's own library size. Ignored for gaussian.
+            each cell's own library size. For ``zinb`` these are the NB means, before the
+            dropout (scvi-tools' meaning; :meth:`~scgen_ae.likelihoods.Likelihood.expression`).
+            Ignored for gaussian.
         genes, gene_list
             Optional subset of gene names (``gene_list`` is scvi-tools' name).
         n_samples
@@ -115,8 +90,8 @@ class ScviToolsNames:
                     z = mean
                     if n_samples > 1:
                         z = mean + torch.randn(mean.shape, generator=gen).to(mean.device) * (0.5 * log_var).exp()
-                    total = total + _decoded(self.module, self.module.generative(z, batch, mb.log_library, covs),
-                                             library_size)
+                    out = self.module.generative(z, batch, mb.log_library, covs)
+                    total = total + self.module.likelihood.expression(out, library_size)
             res = total / (len(codes) * n_samples)
             res = (res if cols is None else res[:, cols.to(res.device)]).float().cpu().numpy()
             values[filled[0]:filled[0] + len(res)] = res
@@ -148,7 +123,7 @@ class ScviToolsNames:
             for _ in range(n_samples):
                 z = mean + torch.randn(mean.shape, generator=gen).to(mean.device) * (0.5 * log_var).exp()
                 out = self.module.generative(z, mb.batch, mb.log_library, mb.covs)
-                x = _sample_counts(self.config.likelihood, out, gen).cpu()
+                x = self.module.likelihood.sample(out, gen).cpu()
                 draws.append(x if cols is None else x[:, cols])
             return torch.stack(draws, -1)
 
@@ -166,7 +141,7 @@ class ScviToolsNames:
         def fn(mb):
             mean, _ = self.module.inference(mb.x, mb.batch, mb.covs)
             out = self.module.generative(mean.float(), mb.batch, mb.log_library, mb.covs)
-            return -cell_log_prob(self.config.likelihood, mb, out).cpu()
+            return -self.module.likelihood.cell_log_prob(mb, out).cpu()
 
         per_cell = self._per_cell(adata, fn, batch_size=batch_size, layer=layer, batch_key=batch_key,
                                   pad_missing=pad_missing)
@@ -180,7 +155,7 @@ class ScviToolsNames:
             mean, log_var = (t.float() for t in self.module.inference(mb.x, mb.batch, mb.covs))
             out = self.module.generative(mean, mb.batch, mb.log_library, mb.covs)
             kl = 0.5 * (log_var.exp() + mean**2 - 1.0 - log_var).sum(-1)
-            return (-cell_log_prob(self.config.likelihood, mb, out) + self.config.beta * kl).cpu()
+            return (-self.module.likelihood.cell_log_prob(mb, out) + self.config.beta * kl).cpu()
 
         return float(self._per_cell(adata, fn, batch_size=batch_size, layer=layer, batch_key=batch_key,
                                     pad_missing=pad_missing).mean())

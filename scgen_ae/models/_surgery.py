@@ -53,7 +53,12 @@ class _NewRowsOnly(nn.Module):
                 m.eval()  # running statistics belong to the reference
         return self
 
+    @property
+    def has_kl(self) -> bool:
+        return self.vae.has_kl
+
     def loss(self, mb, kl_weight: float = 1.0):
+        """The wrapped VAE's :class:`~scgen_ae.losses.LossRecord`."""
         return self.vae.loss(mb, kl_weight)
 
 

@@ -17,7 +17,8 @@ import torch.nn.functional as F
 from anndata import AnnData
 from torch import nn
 
-from ..likelihoods import COUNT_LIKELIHOODS, Minibatch, cell_log_prob, nb_log_prob, poisson_log_prob, zinb_log_prob
+from ..likelihoods import Minibatch, get_likelihood, likelihood_names
+from ..losses import LossRecord
 from ..nn import MLP, CountDecoder, Covs, check_covariate_sizes, checked_covs
 from ._base import BaseModel
 
@@ -70,8 +71,10 @@ class DAEConfig:
 
     def __post_init__(self):
         check_covariate_sizes(self)
-        choices = {"likelihood": COUNT_LIKELIHOODS, "dispersion": DISPERSIONS, "corruption": CORRUPTIONS,
-                   "mean_link": ("softmax", "exp")}
+        if not get_likelihood(self.likelihood).counts:  # unknown names are refused there, listing the known
+            raise ValueError(f"likelihood={self.likelihood!r}; the denoiser models counts: choose one of "
+                             f"{likelihood_names(counts=True)}.")
+        choices = {"dispersion": DISPERSIONS, "corruption": CORRUPTIONS, "mean_link": ("softmax", "exp")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name}={getattr(self, name)!r}; choose one of {allowed}.")
@@ -89,6 +92,7 @@ class DAEModule(nn.Module):
     def __init__(self, cfg: DAEConfig):
         super().__init__()
         self.cfg = cfg
+        self.likelihood = lik = get_likelihood(cfg.likelihood)
         n_cats = [cfg.n_batches] if cfg.n_batches > 1 else []
         # gene-batch: one row of log theta per batch; gene-cell: a decoder head instead (row unused)
         self.log_dispersion = nn.Parameter(torch.zeros(cfg.n_batches if cfg.dispersion == "gene-batch" else 1,
@@ -98,11 +102,11 @@ class DAEModule(nn.Module):
         self.encoder = MLP(cfg.n_genes, cfg.n_hidden, cfg.n_layers, n_cats if enc else [],
                            cfg.dropout_rate, cfg.norm, cov_cats if enc else (), n_cont if enc else 0)
         self.bottleneck = nn.Linear(cfg.n_hidden, cfg.n_latent)
-        heads = ["mean"] + ["dropout"] * (cfg.likelihood == "zinb") + \
-            ["dispersion"] * (cfg.dispersion == "gene-cell" and cfg.likelihood != "poisson")
+        # the heads besides the mean: the likelihood's own, then a per-cell dispersion (gene-cell)
+        self.extra_heads = lik.extra_heads + ("dispersion",) * (cfg.dispersion == "gene-cell" and lik.uses_dispersion)
         self.decoder = CountDecoder(cfg.n_latent, cfg.n_genes, cfg.n_hidden, cfg.n_layers, n_cats,
-                                    norm=cfg.norm, n_extra_heads=len(heads) - 1, gene_offsets=cfg.batch_gene_offsets,
-                                    n_cov_cats=cov_cats, n_cont=n_cont)
+                                    norm=cfg.norm, n_extra_heads=len(self.extra_heads),
+                                    gene_offsets=cfg.batch_gene_offsets, n_cov_cats=cov_cats, n_cont=n_cont)
 
     def _cats(self, batch: torch.Tensor):
         return [batch] if self.cfg.n_batches > 1 else []
@@ -145,27 +149,22 @@ class DAEModule(nn.Module):
         return self.bottleneck(self.encoder(x, self._cats(batch), covs))
 
     def decode(self, z: torch.Tensor, batch: torch.Tensor, log_library: torch.Tensor, covs: Covs | None = None) -> dict:
-        """Decoder output in the form :func:`cell_log_prob` reads (log scale, log mean, ...)."""
+        """The likelihood's parameters (:meth:`~scgen_ae.likelihoods.Likelihood.params`: log
+        scale, log mean, ...)."""
         cfg = self.cfg
         covs = checked_covs(cfg, covs)
-        heads = [h.float() for h in self.decoder(z, self._cats(batch), covs)]  # fp32 under bf16 autocast
-        head = heads.pop(0)
+        head, *rest = [h.float() for h in self.decoder(z, self._cats(batch), covs)]  # fp32 under bf16 autocast
+        heads = dict(zip(self.extra_heads, rest))
         if cfg.mean_link == "softmax":
             log_scale = F.log_softmax(head, dim=-1)
         else:  # DCA: exp(head) x size factor, free to sum above the library where zeros are dropouts
             log_scale = head - float(np.log(cfg.n_genes))
-        out = {"log_scale": log_scale, "log_mu": log_scale + log_library}
-        if cfg.likelihood == "zinb":
-            out["zi_logits"] = heads.pop(0)
-        if cfg.likelihood != "poisson":
-            if cfg.dispersion == "gene-cell":
-                # a per-cell table: row i of it belongs to cell i
-                out["log_theta"] = heads.pop(0).clamp(-10.0, 12.0)
-                out["theta_row"] = torch.arange(len(batch), device=batch.device)
-            else:
-                out["log_theta"] = self.log_dispersion
-                out["theta_row"] = batch if cfg.dispersion == "gene-batch" else torch.zeros_like(batch)
-        return out
+        if "dispersion" in heads:
+            # a per-cell table: row i of it belongs to cell i
+            table, row = heads.pop("dispersion").clamp(-10.0, 12.0), torch.arange(len(batch), device=batch.device)
+        else:
+            table, row = self.log_dispersion, batch if cfg.dispersion == "gene-batch" else None
+        return self.likelihood.params(log_scale, log_library, heads, table, row)
 
     def hidden_log_prob(self, mb: Minibatch, out: dict, hide: torch.Tensor, rate: float) -> torch.Tensor:
         """Per-cell log-likelihood of the entries flagged in ``hide`` (flat bool, zeros
@@ -173,16 +172,12 @@ class DAEModule(nn.Module):
         n, g = mb.x.shape
         lin = torch.nonzero(hide)[:, 0]
         x = torch.zeros(n * g, device=lin.device).index_copy_(0, mb.nz_row * g + mb.nz_col, mb.nz_val).take(lin)
-        log_mu = out["log_mu"].reshape(-1).take(lin)
-        if self.cfg.likelihood == "poisson":
-            lp = poisson_log_prob(x, log_mu)
-        else:
-            log_theta = out["log_theta"][out["theta_row"]].reshape(-1).take(lin)
-            lp = (nb_log_prob(x, log_mu, log_theta) if self.cfg.likelihood == "nb" else
-                  zinb_log_prob(x, log_mu, log_theta, out["zi_logits"].reshape(-1).take(lin)))
+        lp = self.likelihood.entry_log_prob(x, out, lin // g, lin % g)
         return torch.zeros(n, device=lp.device).index_add_(0, lin // g, lp) / rate
 
-    def loss(self, mb: Minibatch, kl_weight: float = 1.0):
+    has_kl = False  # no KL term: no warm-up, early stopping compares from the first epoch
+
+    def loss(self, mb: Minibatch, kl_weight: float = 1.0) -> LossRecord:
         """Training: mean negative log-likelihood of the clean counts given the corrupted
         input (with ``hidden_loss_weight``, partly or only on the hidden entries).
 
@@ -199,7 +194,8 @@ class DAEModule(nn.Module):
             hide = torch.rand(n * g, generator=gen, device=mb.x.device) < VALIDATION_HIDDEN
             x = self.encoder_input(mb, keep=~hide[mb.nz_row * g + mb.nz_col])
             out = self.decode(self.encode(x, mb.batch, mb.covs), mb.batch, mb.log_library, mb.covs)
-            return -self.hidden_log_prob(mb, out, hide, VALIDATION_HIDDEN).mean()
+            held_out = -self.hidden_log_prob(mb, out, hide, VALIDATION_HIDDEN).mean()
+            return LossRecord(total=held_out, reconstruction=held_out)
         hidden = w > 0 and self.cfg.corruption == "mask"
         if hidden:
             hide = torch.rand(n * g, device=mb.x.device) < self.cfg.corruption_rate
@@ -207,10 +203,11 @@ class DAEModule(nn.Module):
         else:
             x = self.corrupted_input(mb)
         out = self.decode(self.encode(x, mb.batch, mb.covs), mb.batch, mb.log_library, mb.covs)
-        log_prob = cell_log_prob(self.cfg.likelihood, mb, out)
+        log_prob = self.likelihood.cell_log_prob(mb, out)
         if hidden:
             log_prob = (1 - w) * log_prob + w * self.hidden_log_prob(mb, out, hide, self.cfg.corruption_rate)
-        return -log_prob.mean()
+        loss = -log_prob.mean()
+        return LossRecord(total=loss, reconstruction=loss)
 
 
 def _expected(module: DAEModule, z: torch.Tensor, batch: torch.Tensor, log_library: torch.Tensor,

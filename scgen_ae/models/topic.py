@@ -4,7 +4,7 @@ Encoder: log1p(counts) (+ batch) -> Gaussian q(z|x) in the logistic-normal space
 topic proportions are theta = softmax(z). Decoder (product of experts, as ProdLDA):
     log p(gene | cell) = log_softmax_g( theta @ beta + background_g + batch_background[b, g] )
 Counts follow a multinomial over genes with that p, written as a Poisson with mean
-p * library (same gradients, a per-cell constant apart) through ``likelihoods.cell_log_prob``.
+p * library (same gradients, a per-cell constant apart) through the ``poisson`` likelihood object.
 The batch background (scETM's idea) absorbs each batch's gene-wise capture bias, so the
 topics and their proportions do not have to encode it.
 """
@@ -22,7 +22,8 @@ from anndata import AnnData
 from torch import nn
 
 from ..data import CellData, iter_row_blocks
-from ..likelihoods import Minibatch, cell_log_prob
+from ..likelihoods import Minibatch, get_likelihood
+from ..losses import LossRecord
 from ..nn import GaussianEncoder
 from ._base import BaseModel
 from .vae import batch_alignment
@@ -122,18 +123,24 @@ class TopicModule(nn.Module):
             logits = logits + self.batch_background[batch]
         return F.log_softmax(logits, dim=-1)
 
-    def loss(self, mb: Minibatch, kl_weight: float = 1.0) -> torch.Tensor:
+    has_kl = True  # the KL warm-up applies (train.fit)
+
+    def loss(self, mb: Minibatch, kl_weight: float = 1.0) -> LossRecord:
+        """Mean negative ELBO (reconstruction + ``kl_weight`` x KL to the logistic-normal prior)
+        plus, in training, the weighted ``alignment`` penalty."""
         mean, log_var = (t.float() for t in self.inference(mb.x, mb.batch))
         z = mean + torch.randn_like(mean) * (0.5 * log_var).exp() if self.training else mean
         log_p = self.generative(F.softmax(z, dim=-1), mb.batch)
-        reconstruction = -cell_log_prob("poisson", mb, {"log_mu": log_p + mb.log_library})
+        reconstruction = -get_likelihood("poisson").cell_log_prob(mb, {"log_mu": log_p + mb.log_library})
         plv = self.prior_log_var
         kl = 0.5 * ((log_var - plv).exp() + mean**2 / plv.exp() - 1.0 - log_var + plv).sum(-1)
         loss = (reconstruction + kl_weight * kl).mean()
+        penalties = {}
         if self.training and self.cfg.mmd_weight > 0 and self.cfg.n_batches > 1:
-            mmd = batch_alignment(z, mb.batch, mb.x, self.cfg.mmd_mnn_k)
-            loss = loss + self.cfg.mmd_weight * kl_weight * mmd * mb.x.shape[1]
-        return loss
+            penalties["alignment"] = (self.cfg.mmd_weight * kl_weight * batch_alignment(z, mb.batch, mb.x,
+                                      self.cfg.mmd_mnn_k) * mb.x.shape[1])
+            loss = loss + penalties["alignment"]
+        return LossRecord(total=loss, reconstruction=reconstruction.mean(), kl=kl.mean(), penalties=penalties)
 
 
 def cell_count_log_likelihood(X: sp.csr_matrix, log_p: np.ndarray) -> np.ndarray:

@@ -11,7 +11,8 @@ from anndata import AnnData
 from torch import nn
 
 from .. import _validate as v
-from ..likelihoods import LIKELIHOODS, Minibatch, cell_log_prob
+from ..likelihoods import Minibatch, get_likelihood
+from ..losses import LossRecord
 from ..nn import CountDecoder, Covs, GaussianEncoder, check_covariate_sizes, checked_covs
 from ._base import BaseModel
 from ._scvi_names import ScviToolsNames
@@ -76,8 +77,7 @@ class VAEConfig:
 
     def __post_init__(self):
         check_covariate_sizes(self)
-        if self.likelihood not in LIKELIHOODS:
-            raise ValueError(f"likelihood={self.likelihood!r}; choose one of {LIKELIHOODS}.")
+        get_likelihood(self.likelihood)  # an unknown name is refused here, listing the registered ones
         if self.dispersion not in ("gene", "gene-batch"):
             raise ValueError(f"dispersion={self.dispersion!r}; choose 'gene' or 'gene-batch'.")
         for name in ("n_genes", "n_latent", "n_hidden", "n_layers", "n_batches"):
@@ -175,11 +175,13 @@ class VAEModule(nn.Module):
         self.encoder = GaussianEncoder(cfg.n_genes, cfg.n_latent, cfg.n_hidden, cfg.n_layers,
                                        cats if enc else (), cfg.dropout_rate, cfg.norm,
                                        cov_cats if enc else (), n_cont if enc else 0)
-        n_extra = 1 if cfg.likelihood == "zinb" else 0
+        self.likelihood = get_likelihood(cfg.likelihood)
+        n_extra = len(self.likelihood.extra_heads)
         self.decoder = CountDecoder(cfg.n_latent, cfg.n_genes, cfg.n_hidden, cfg.n_layers, cats, 0.0,
                                     cfg.norm, n_extra, cfg.batch_gene_offsets, cov_cats, n_cont)
         n_disp = cfg.n_batches if cfg.dispersion == "gene-batch" else 1
-        # log theta for nb/zinb, log variance for gaussian; unused by poisson
+        # the likelihood's dispersion (log theta for nb/zinb, log variance for gaussian); always
+        # allocated, so every model file holds the same weights whatever the likelihood
         self.log_dispersion = nn.Parameter(torch.zeros(n_disp, cfg.n_genes))
         # the label classifier reads the posterior mean of z: the latent space the user sees
         self.classifier = None
@@ -204,38 +206,39 @@ class VAEModule(nn.Module):
 
     def generative(self, z: torch.Tensor, batch: torch.Tensor, log_library: torch.Tensor,
                    covs: Covs | None = None) -> dict:
+        """The likelihood's parameters (:meth:`~scgen_ae.likelihoods.Likelihood.params`) of ``z``."""
         covs = checked_covs(self.cfg, covs)
         heads = [h.float() for h in self.decoder(z, self._cats(batch), covs)]  # fp32 even under bf16 autocast
-        if self.cfg.likelihood == "gaussian":
-            disp = self.log_dispersion[batch] if self.cfg.dispersion == "gene-batch" else self.log_dispersion[0]
-            return {"mean": heads[0], "log_var": disp}
-        out = {"log_scale": F.log_softmax(heads[0], dim=-1)}
-        out["log_mu"] = out["log_scale"] + log_library
-        if self.cfg.likelihood in ("nb", "zinb"):
-            # the (1 or n_batches, g) table and each cell's row in it (the likelihood gathers)
-            out["log_theta"] = self.log_dispersion
-            out["theta_row"] = batch if self.cfg.dispersion == "gene-batch" else torch.zeros_like(batch)
-        if self.cfg.likelihood == "zinb":
-            out["zi_logits"] = heads[1]
-        return out
+        lik = self.likelihood
+        # counts: the expression head gives shares of the library; other data: the values
+        expression = F.log_softmax(heads[0], dim=-1) if lik.counts else heads[0]
+        row = batch if self.cfg.dispersion == "gene-batch" else None
+        return lik.params(expression, log_library, dict(zip(lik.extra_heads, heads[1:])), self.log_dispersion, row)
 
-    def loss(self, mb: Minibatch, kl_weight: float = 1.0):
+    has_kl = True  # the KL warm-up applies (train.fit)
+
+    def loss(self, mb: Minibatch, kl_weight: float = 1.0) -> LossRecord:
+        """The minibatch's mean negative ELBO (reconstruction + beta x ``kl_weight`` x KL) plus,
+        in training, the weighted ``alignment`` and ``classification`` penalties."""
         mean, log_var = (t.float() for t in self.inference(mb.x, mb.batch, mb.covs))
         z = mean + torch.randn_like(mean) * (0.5 * log_var).exp() if self.training else mean
         out = self.generative(z, mb.batch, mb.log_library, mb.covs)
-        reconstruction = -cell_log_prob(self.cfg.likelihood, mb, out)
+        reconstruction = -self.likelihood.cell_log_prob(mb, out)
         kl = 0.5 * (log_var.exp() + mean**2 - 1.0 - log_var).sum(-1)
         loss = (reconstruction + self.cfg.beta * kl_weight * kl).mean()
+        penalties = {}
         # the penalty shapes training only: evaluation (validation loss) reports the plain negative ELBO
         if self.training and self.cfg.mmd_weight > 0 and self.cfg.n_batches > 1:
             mmd = batch_alignment(z, mb.batch, mb.x, self.cfg.mmd_mnn_k)
-            loss = loss + self.cfg.mmd_weight * kl_weight * mmd * mb.x.shape[1]
+            penalties["alignment"] = self.cfg.mmd_weight * kl_weight * mmd * mb.x.shape[1]
+            loss = loss + penalties["alignment"]
         # like the alignment penalty, a training term only: validation reports the negative ELBO
         if self.training and self.classifier is not None and mb.label is not None:
             known = (mb.label >= 0).sum().clamp_min(1)  # cells labelled -1 contribute nothing
             ce = F.cross_entropy(self.classify(mean), mb.label, ignore_index=-1, reduction="sum") / known
-            loss = loss + self.cfg.classification_weight * ce
-        return loss
+            penalties["classification"] = self.cfg.classification_weight * ce
+            loss = loss + penalties["classification"]
+        return LossRecord(total=loss, reconstruction=reconstruction.mean(), kl=kl.mean(), penalties=penalties)
 
 
 class VAE(ScviToolsNames, BaseModel):

@@ -10,7 +10,7 @@ import pandas as pd
 import scipy.sparse as sp
 from anndata import AnnData
 
-from .._validate import MissingKeyError
+from .._validate import InputError, MissingKeyError
 from ._embedding import cached_embedding, check_embedding
 from ._show import METHOD_NAMES, basis_name, embedding_axes, finish, key_name
 
@@ -141,12 +141,54 @@ def draw_history(ax, hist, key: str) -> None:
     ax.legend(frameon=False)
 
 
+#: history keys of whole losses: the rest under these prefixes are per-term means
+_TOTALS = ("train_loss", "validation_loss")
+
+
+def history_terms(hist, terms) -> list[str]:
+    """The loss terms to draw from ``hist``: ``terms=True`` all it recorded, else the names
+    given (a string or a list of them); InputError for a name it did not record."""
+    recorded = list(dict.fromkeys(k.split("_", 1)[1] for k in hist
+                                  if k.startswith(("train_", "validation_")) and k not in _TOTALS))
+    if not recorded:
+        raise InputError("This history records no loss terms (models trained with an earlier version, and NMF, "
+                         "keep totals only); draw it with terms=False, or train the model again.")
+    wanted = recorded if terms is True else [terms] if isinstance(terms, str) else list(terms)
+    unknown = [t for t in wanted if t not in recorded]
+    if unknown or not wanted:
+        raise InputError(f"terms={terms!r} names no recorded loss term{f' {unknown}' if unknown else ''}; "
+                         f"this history has {recorded} (or pass terms=True for all of them).")
+    return wanted
+
+
+def draw_terms(ax, hist, terms: list[str], key: str) -> None:
+    """Each loss term's per-epoch mean onto ``ax``: training solid, validation dashed."""
+    for i, term in enumerate(terms):
+        for prefix, style in (("train", "-"), ("validation", "--")):
+            values = np.asarray(hist.get(f"{prefix}_{term}", []), dtype=np.float64)
+            if len(values):
+                ax.plot(np.arange(1, len(values) + 1), values, color=f"C{i % 10}", ls=style,
+                        label=f"{term} ({prefix})")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("mean per cell")
+    ax.set_title(f"Loss terms ({key})")
+    ax.legend(frameon=False)
+
+
 @show_doc
-def history(adata_or_model, *, key: str = "vae", save=None, show: bool | None = None, return_fig: bool = False):
+def history(adata_or_model, *, key: str = "vae", terms: bool | str | Sequence[str] = False, save=None,
+            show: bool | None = None, return_fig: bool = False):
     """Training and validation loss per epoch from ``uns[key]["history"]`` (or a model).
 
     Parameters
     ----------
+    key
+        The ``uns`` record of the model (an AnnData given).
+    terms
+        Also draw the loss's terms in a second panel: True for every term the history
+        recorded (``reconstruction``, ``kl``, penalties such as ``alignment``), or the names
+        of some (e.g. ``["reconstruction", "kl"]``). The KL is drawn before its weights
+        (``beta``, the warm-up's ``kl_weight``); penalties as added to the loss.
     SHOW_PARAMS
     """
     if isinstance(adata_or_model, AnnData):
@@ -158,7 +200,10 @@ def history(adata_or_model, *, key: str = "vae", save=None, show: bool | None = 
         hist = record["history"]
     else:
         hist = adata_or_model.history
-    fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    draw_history(ax, hist, key)
+    chosen = [] if terms is False or terms is None else history_terms(hist, terms)
+    fig, axes = plt.subplots(1, 2 if chosen else 1, figsize=(12.4 if chosen else 6.4, 4.4), squeeze=False)
+    draw_history(axes[0, 0], hist, key)
+    if chosen:
+        draw_terms(axes[0, 1], hist, chosen, key)
     fig.tight_layout()
-    return finish(fig, [ax], name="history", save=save, show=show, return_fig=return_fig)
+    return finish(fig, list(axes.flat), name="history", save=save, show=show, return_fig=return_fig)

@@ -12,8 +12,8 @@ from .. import _validate as v
 from .. import ondisk
 from ..covariates import CovariateSpec
 from ..data import CellData
-from ..likelihoods import COUNT_LIKELIHOODS
 from .._results import get_model, keep_model, params_record, returned, write_results  # noqa: F401
+from ..likelihoods import models_counts
 from ..train import TrainConfig, train_config
 
 TRAIN_FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
@@ -40,7 +40,7 @@ def training_data(adata: AnnData, layer: str | None, batch_key: str | None, like
                                           allow_single_batch=allow_single_batch)
     else:
         X = v.get_matrix(adata, layer)
-        counts = likelihood in COUNT_LIKELIHOODS or likelihood is None
+        counts = models_counts(likelihood)
         if counts:
             v.check_counts(X, layer, likelihood or "counts", needs=needs, otherwise=otherwise)
         v.check_not_empty(X, layer)

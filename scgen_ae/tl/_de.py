@@ -10,6 +10,7 @@ from anndata import AnnData
 
 from .. import _validate as v
 from ..data import iter_row_blocks
+from ..likelihoods import likelihood_names
 from ..de import MODES, balanced_draws, de_table, log2_ratio, rank_genes_groups_record, raw_stats, summarize_lfc
 from ..models.dae import DAE
 from ..models.vae import VAE
@@ -24,10 +25,10 @@ def _check_options(model, *, mode, delta, fdr_target, n_samples, pseudocount, ch
     if not isinstance(model, (VAE, DAE)):
         raise v.InputError(f"model must be a trained sa.VAE (sa.tl.vae) or DAE (sa.tl.denoise), got "
                            f"{type(model).__name__}; train one first, e.g. model = sa.tl.vae(adata, batch_key=...).")
-    if getattr(model.config, "likelihood", None) == "gaussian":
-        raise v.InputError("model was trained with likelihood='gaussian' (log-normalised data): its decoder has no "
-                           "normalised expression scale to compare. Train it on counts (likelihood='zinb', 'nb' or "
-                           "'poisson').")
+    if not model.module.likelihood.counts:
+        raise v.InputError(f"model was trained with likelihood={model.config.likelihood!r} (log-normalised data): its "
+                           "decoder has no normalised expression scale to compare. Train it on counts (likelihood="
+                           f"{' or '.join(map(repr, likelihood_names(counts=True)))}).")
     checks = [
         (mode in MODES, f"mode={mode!r}", "choose 'change' (P(|LFC| > delta)) or 'vanilla' (P(group 1 higher))"),
         (v._is_number(delta) and delta >= 0, f"delta={delta!r}", "pass a log2 fold change >= 0, e.g. delta=0.25"),

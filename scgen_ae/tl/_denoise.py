@@ -12,6 +12,7 @@ from .. import _validate as v
 from .._settings import logger
 from ..covariates import CovariateSpec
 from ..models.dae import DAE, DAEConfig, DAEModule
+from ..likelihoods import get_likelihood, likelihood_names
 from ..models.vae import VAE
 from ..train import fit, seeded_threads
 from ._common import params_record, returned, split_kwargs, training_data, write_results
@@ -69,8 +70,10 @@ def _check_request(adata: AnnData, *, method, layer, batch_key, transform_batch,
     if return_info and method == "vae":
         raise ValueError("return_info=True is available for method='dae' only (the VAE front does not expose "
                          "dropout probabilities); use method='dae' or return_info=False.")
-    if return_info and likelihood == "poisson":
-        raise ValueError("return_info=True needs likelihood='zinb' or 'nb': a Poisson has no dispersion or dropout.")
+    if return_info and not get_likelihood(likelihood).uses_dispersion:
+        with_dispersion = [n for n in likelihood_names(counts=True) if get_likelihood(n).uses_dispersion]
+        raise ValueError(f"return_info=True needs a likelihood with a dispersion ({', '.join(with_dispersion)}): "
+                         f"a {type(get_likelihood(likelihood)).__name__} has no dispersion or dropout.")
     if layer_added is None and genes is not None:
         raise ValueError("layer_added=None (write to adata.X) needs all genes; pass genes=None or a layer_added name.")
     holds_counts = layer_added == layer  # None == None: both name adata.X
@@ -113,8 +116,6 @@ def _train_dae(adata, layer, batch_key, likelihood, kwargs, covariates: Covariat
     arch = {k: rest.pop(k) for k in list(rest) if k in DAE_FIELDS}
     if rest:
         raise TypeError(f"denoise() got unexpected keyword arguments {sorted(rest)}.")
-    if "kl_warmup_epochs" not in kwargs:  # no KL term: compare validation losses from the first epoch
-        train_cfg = dataclasses.replace(train_cfg, kl_warmup_epochs=0)
     if "patience" not in kwargs:  # the validation loss is a held-out error: it turns within ~10 epochs
         train_cfg = dataclasses.replace(train_cfg, patience=10)
     if "max_epochs" not in kwargs:
@@ -354,8 +355,8 @@ def denoise(
                                                               dtype=out_dtype, **apply),
                       "latent": model.get_latent(adata, **apply)}
         else:
-            outputs = ("mean", "latent") + (("dropout",) if return_info and model.config.likelihood == "zinb"
-                                            else ()) + (("dispersion",) if return_info else ())
+            outputs = ("mean", "latent") + (("dropout",) if return_info and "dropout" in model.module.likelihood
+                                            .extra_heads else ()) + (("dispersion",) if return_info else ())
             values = model.predict(adata, **transform, library_size=library_size, genes=pick,
                                    outputs=outputs, dtype=out_dtype, **apply)
     if out_dtype == np.float16:

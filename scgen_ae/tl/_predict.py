@@ -45,8 +45,9 @@ def _latents(model, adata: AnnData, layer, batch_key):
 def _decode(model, data, rows: np.ndarray, z: np.ndarray) -> np.ndarray:
     """Decode latents ``z`` (len(rows), n_latent) in the batch and library of cells ``rows``.
 
-    Count likelihoods: expected counts at the cell's observed library size (for zinb
-    including the zero inflation); gaussian: the mean.
+    The likelihood's mean E[x] (:meth:`~scgen_ae.likelihoods.Likelihood.mean`): for count
+    likelihoods expected counts at the cell's observed library size (for zinb including the
+    zero inflation, (1 - pi) mu); for gaussian the mean.
     """
     module = model.module.eval()
     z = np.asarray(z, dtype=np.float32)
@@ -55,13 +56,7 @@ def _decode(model, data, rows: np.ndarray, z: np.ndarray) -> np.ndarray:
         part = slice(start, start + 1024)
         mb = data.minibatch(rows[part]).to(model.device)
         res = module.generative(torch.from_numpy(z[part]).to(model.device), mb.batch, mb.log_library, mb.covs)
-        if model.config.likelihood == "gaussian":
-            mean = res["mean"]
-        elif "zi_logits" in res:  # the mean of a ZINB is (1 - dropout probability) x the NB mean
-            mean = res["log_mu"].exp() * torch.sigmoid(-res["zi_logits"])
-        else:
-            mean = res["log_mu"].exp()
-        out.append(mean.cpu().numpy())
+        out.append(module.likelihood.mean(res).cpu().numpy())
     return np.concatenate(out).astype(np.float32) if out else np.zeros((0, len(model.var_names)), np.float32)
 
 
@@ -181,7 +176,7 @@ def predict(
                                 predict=predict, balance=balance, seed=seed,
                                 layer=model.layer if layer == "model" else layer),
         "delta": delta.astype(np.float32),
-        "scale": "log" if model.config.likelihood == "gaussian" else "counts",
+        "scale": "counts" if model.module.likelihood.counts else "log",
         "cell_types_used": np.asarray(sorted(set(types[used])) if cell_type_key is not None else [], dtype=str),
         "n_cells": {"ctrl": int(len(zc)), "stim": int(len(zs))},
     }
