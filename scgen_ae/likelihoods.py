@@ -23,6 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -423,8 +424,11 @@ class _NegativeBinomialFamily(_CountLikelihood):
         mu = params["log_mu"].exp()
         log_theta, theta_row = _theta_table(params, mu.shape[0])
         theta = log_theta[theta_row].exp()
-        rate = torch._standard_gamma(theta.cpu()) * (mu / theta).cpu()
-        return torch.poisson(rate, generator=generator)
+        # numpy's Gamma, seeded from ``generator``: torch's takes no generator, so its draws
+        # would follow the global RNG and seed= would not reproduce them
+        gamma_rng = np.random.default_rng(int(torch.randint(2**62, (1,), generator=generator)))
+        gamma = torch.from_numpy(gamma_rng.standard_gamma(theta.detach().cpu().double().numpy()).astype(np.float32))
+        return torch.poisson(gamma * (mu / theta).cpu(), generator=generator)
 
 
 class ZINB(_NegativeBinomialFamily):

@@ -387,6 +387,11 @@ def test_posterior_predictive_sample_draws_counts(vae_sim):
     # zero inflation only removes counts: the draws' mean is below the model's expected counts
     expected = model.get_normalized_expression(adata, library_size="observed", n_samples=5, return_numpy=True)
     assert 0 < one.mean() < expected.mean()
+    # seed= reproduces the draws whatever the global torch RNG did in between (the Gamma too)
+    torch.manual_seed(123)
+    again = model.posterior_predictive_sample(adata)
+    assert np.array_equal(again, one)
+    assert not np.array_equal(model.posterior_predictive_sample(adata, seed=1), one)
 
 
 def test_posterior_predictive_draws_average_to_the_models_expected_counts(sim_session):
