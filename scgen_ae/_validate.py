@@ -171,6 +171,14 @@ def refuse_empty(cell_zero: int, gene_zero: int, layer: str | None) -> None:
     )
 
 
+def present_categories(col: pd.Series) -> list[str]:
+    """The values of an ``obs`` column that occur, as strings, in its categorical order (sorted
+    for other dtypes): how batches and categorical covariates learn their categories."""
+    values = set(col.astype(str))
+    order = list(col.cat.categories.astype(str)) if isinstance(col.dtype, pd.CategoricalDtype) else sorted(values)
+    return [c for c in order if c in values]
+
+
 def batch_codes(
     adata: AnnData,
     batch_key: str | None,
@@ -203,8 +211,7 @@ def batch_codes(
         )
     values = col.astype(str).to_numpy()
     if categories is None:
-        cats = list(col.cat.categories.astype(str)) if isinstance(col.dtype, pd.CategoricalDtype) else sorted(set(values))
-        cats = [c for c in cats if c in set(values)]
+        cats = present_categories(col)
         if len(cats) < 2 and not allow_single:
             raise InputError(
                 f"adata.obs[{batch_key!r}] has a single category ({cats[0]!r}); there is no batch effect to "

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from ._validate import InputError, MissingKeyError
+from ._validate import InputError, MissingKeyError, present_categories
 
 
 def _keys(value, name: str) -> tuple[str, ...]:
@@ -109,11 +109,7 @@ class CovariateSpec:
             if col.isna().any():
                 raise InputError(f"adata.obs[{key!r}] has {int(col.isna().sum())} missing values; assign those cells "
                                  "a category or drop them.")
-            values = col.astype(str)
-            present = set(values)
-            order = (list(col.cat.categories.astype(str)) if isinstance(col.dtype, pd.CategoricalDtype)
-                     else sorted(present))
-            cats = tuple(c for c in order if c in present)
+            cats = tuple(present_categories(col))
             if len(cats) < 2:
                 raise InputError(f"adata.obs[{key!r}] has a single category ({cats[0]!r}) over all cells: as a "
                                  "covariate it would explain nothing. Leave it out.")
@@ -206,10 +202,7 @@ class CovariateSpec:
             if col.isna().any():
                 raise InputError(f"query.obs[{key!r}] has {int(col.isna().sum())} missing values; assign those cells "
                                  "a category or drop them.")
-            present = set(col.astype(str))
-            order = (list(col.cat.categories.astype(str)) if isinstance(col.dtype, pd.CategoricalDtype)
-                     else sorted(present))
-            added = [c for c in order if c in present and c not in cats]
+            added = [c for c in present_categories(col) if c not in cats]
             if added:
                 new[key] = added
             categories.append(tuple(cats) + tuple(added))

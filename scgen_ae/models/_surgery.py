@@ -29,7 +29,6 @@ import dataclasses
 import warnings
 
 import numpy as np
-import pandas as pd
 import torch
 from anndata import AnnData
 from torch import nn
@@ -119,11 +118,8 @@ def _query_categories(adata: AnnData, batch_key: str, known: list[str]) -> tuple
     if col.isna().any():
         raise v.InputError(f"query.obs[{batch_key!r}] has {int(col.isna().sum())} missing values; assign those "
                            "cells a batch or drop them.")
-    values = col.astype(str)
-    order = list(col.cat.categories.astype(str)) if isinstance(col.dtype, pd.CategoricalDtype) else sorted(set(values))
-    present = set(values)
-    new = [c for c in order if c in present and c not in known]
-    counts = values.value_counts()
+    new = [c for c in v.present_categories(col) if c not in known]
+    counts = col.astype(str).value_counts()
     small = {c: int(counts[c]) for c in new if counts[c] < 3}
     if small:
         raise v.InputError(f"query.obs[{batch_key!r}] has new batches with fewer than 3 cells: {small}. Merge them "
