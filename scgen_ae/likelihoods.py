@@ -61,6 +61,10 @@ class Minibatch:
         """(categorical codes, continuous values): what the modules condition on besides the batch."""
         return self.cat_covs, self.cont_covs
 
+    def covs_of(self, rows: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """:attr:`covs` of the cells ``rows`` (repeats allowed)."""
+        return tuple(None if c is None else c[rows] for c in self.covs)
+
     def to(self, device: torch.device) -> "Minibatch":
         moved = (getattr(self, f) for f in self.__dataclass_fields__)
         return Minibatch(*(t if t is None else t.to(device, non_blocking=True) for t in moved))

@@ -310,5 +310,5 @@ class DAE(BaseModel):
         differential expression sees only the variation between cells."""
         module = self.module.eval()
         z = module.encode(module.encoder_input(mb), mb.batch, mb.covs)[pick]
-        covs = tuple(None if c is None else c[pick] for c in mb.covs)
+        covs = mb.covs_of(pick)
         return module.decode(z, batch, torch.zeros(len(z), 1, device=z.device), covs)["log_scale"]

@@ -323,8 +323,7 @@ class VAE(ScviToolsNames, BaseModel):
         mean, log_var = (t.float()[pick] for t in self.module.eval().inference(mb.x, mb.batch, mb.covs))
         noise = torch.randn(mean.shape, generator=generator).to(mean.device)
         z = mean + noise * (0.5 * log_var).exp()
-        covs = tuple(None if c is None else c[pick] for c in mb.covs)
-        covs = checked_covs(self.module.cfg, covs)
+        covs = checked_covs(self.module.cfg, mb.covs_of(pick))
         head = self.module.decoder.first_head(z, self.module._cats(batch), covs)
         return F.log_softmax(head.float(), dim=-1)
 
