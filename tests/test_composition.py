@@ -98,6 +98,50 @@ def test_mutual_pairs_leave_out_a_type_other_batches_lack():
     assert (kind[rows] == kind[cols]).all() and (batch.numpy()[rows] != batch.numpy()[cols]).all()
 
 
+def _two_batches_one_unique_type():
+    """Types A and B in both batches (batch 1 shifted by +1.5 in y), type C in batch 0 only."""
+    import torch
+
+    gen = torch.Generator().manual_seed(0)
+    centres = {"A": torch.tensor([0.0, 0.0]), "B": torch.tensor([10.0, 0.0]), "C": torch.tensor([5.0, 8.0])}
+    cells, batch, kind = [], [], []
+    for b, types in ((0, "ABC"), (1, "AB")):
+        for t in types:
+            cells.append(centres[t] + torch.randn(20, 2, generator=gen) + torch.tensor([0.0, 1.5 * b]))
+            batch += [b] * 20
+            kind += [t] * 20
+    return torch.cat(cells), torch.tensor(batch), np.array(kind)
+
+
+def test_mnn_correction_moves_neighbourhoods_not_a_batch_unique_type():
+    """The smoothed correction draws unpaired cells of shared types along their neighbours' pairs
+    (toward the other batch), which the pair attraction cannot; the batch-unique type gets no pull."""
+    import torch
+
+    from scgen_ae.models.vae import _mnn_pairs, mnn_attraction, mnn_correction
+
+    z, batch, kind = _two_batches_one_unique_type()
+    x = torch.cat([z, torch.full((len(z), 1), 5.0)], 1)  # an input whose cosine follows z
+    paired = _mnn_pairs(z, batch, x, 3)[1].any(1).numpy()
+    assert paired[kind != "C"].mean() > 0.2 and not paired[kind == "C"].any()
+    shared_unpaired = (kind != "C") & ~paired
+    for penalty, moves_unpaired in ((lambda t: mnn_correction(t, batch, x, 3, 0.5), True),
+                                    (lambda t: mnn_attraction(t, batch, x, 3), False)):
+        leaf = z.clone().requires_grad_(True)
+        penalty(leaf).backward()
+        grad = leaf.grad.numpy()
+        assert np.abs(grad[kind == "C"]).max() < 1e-6
+        moved = np.abs(grad[shared_unpaired]).sum(1) > 1e-8
+        if moves_unpaired:
+            assert moved.mean() > 0.8
+            # gradient descent moves batch 1 down (toward batch 0) and batch 0 up
+            b = batch.numpy()
+            assert (grad[shared_unpaired & (b == 1), 1] > 0).mean() > 0.8
+            assert (grad[shared_unpaired & (b == 0), 1] < 0).mean() > 0.8
+        else:
+            assert not moved.any()
+
+
 def _purity(z, labels, of, k=15):
     from sklearn.neighbors import NearestNeighbors
 
@@ -168,6 +212,31 @@ def test_vae_auto_alignment_without_labels_refits_what_the_clusters_call_balance
         direct = cellbench_hvg2000.copy()
         sa.tl.vae(direct, batch_key="batch", mmd_mnn_k=0, seed=0, n_threads=1, progress=False, max_epochs=3)
         np.testing.assert_allclose(adata.obsm["X_vae"], direct.obsm["X_vae"], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("bad", [-0.5, float("nan"), float("inf"), "wide", True])
+def test_vae_refuses_a_bad_mnn_bandwidth_before_any_work(cellbench_hvg2000, bad):
+    adata = cellbench_hvg2000.copy()
+    with pytest.raises(ValueError, match="mnn_bandwidth"):
+        sa.tl.vae(adata, batch_key="batch", mnn_bandwidth=bad, progress=False)
+    assert "vae" not in adata.uns and "X_vae" not in adata.obsm
+
+
+def test_model_files_without_mnn_bandwidth_load_with_the_pair_attraction(tmp_path, cellbench_hvg2000):
+    """Files written before the smoothed correction were trained with the pair attraction
+    (bandwidth 0): they must load saying so, so that further training (map_query) matches."""
+    from scgen_ae.io import read_model_file, write_model_file
+
+    model = sa.tl.vae(cellbench_hvg2000.copy(), batch_key="batch", seed=0, n_threads=1, progress=False,
+                      max_epochs=1)
+    assert model.config.mnn_bandwidth == 0.5
+    path = model.save(tmp_path / "old.scgen")
+    header, arrays = read_model_file(path)  # rewrite the file as one written before the field
+    del header["config"]["mnn_bandwidth"]
+    write_model_file(path, {k: v for k, v in header.items() if k not in ("format", "format_version", "sha256")},
+                     arrays)
+    old = sa.models.VAE.load(path)
+    assert old.config.mnn_bandwidth == 0.0 and old.config.mmd_mnn_k == model.config.mmd_mnn_k
 
 
 @pytest.mark.parametrize("bad", [-1, 2.5, "mnn", True])

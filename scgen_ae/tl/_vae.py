@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import warnings
 
 from anndata import AnnData
@@ -15,20 +16,23 @@ from ._common import (HVG_IF_PRESENT, mask_name, params_record, returned, split_
 from ._composition import check_label_key, composition as composition_report, composition_record
 
 _COMPOSITION_CONTROL = (
-    "The default alignment (mmd_mnn_k > 0) only pulls together mutual nearest neighbours of different batches, "
-    "which leaves such groups apart; check that they stay apart (e.g. sc.pl.umap coloured by batch), and see "
+    "The default alignment (mmd_mnn_k > 0) only moves cells near mutual nearest neighbours of different "
+    "batches, which leaves such groups apart; check that they stay apart (e.g. sc.pl.umap coloured by batch), and see "
     "uns[uns_key]['composition']. mmd_weight=0 turns the alignment off; mmd_mnn_k=0 aligns whole batches "
     "(only for batches that hold the same cell types).")
 
-#: the pairs per batch of the MNN attraction that ``mmd_mnn_k="auto"`` uses where the batches differ
+#: the pairs per batch of the MNN alignment that ``mmd_mnn_k="auto"`` uses where the batches differ
 AUTO_MNN_K = 3
 
 
-def _check_mnn_k(mmd_mnn_k) -> None:
-    if mmd_mnn_k == "auto":
-        return
-    if isinstance(mmd_mnn_k, bool) or not isinstance(mmd_mnn_k, int) or mmd_mnn_k < 0:
+def _check_alignment(mmd_mnn_k, mnn_bandwidth) -> None:
+    """Refuse a bad ``mmd_mnn_k`` / ``mnn_bandwidth`` before any pass over the data."""
+    if mmd_mnn_k != "auto" and (isinstance(mmd_mnn_k, bool) or not isinstance(mmd_mnn_k, int) or mmd_mnn_k < 0):
         raise ValueError(f"mmd_mnn_k={mmd_mnn_k!r}; choose an integer >= 0 or 'auto'.")
+    if (isinstance(mnn_bandwidth, bool) or not isinstance(mnn_bandwidth, (int, float))
+            or not math.isfinite(mnn_bandwidth) or mnn_bandwidth < 0):
+        raise ValueError(f"mnn_bandwidth={mnn_bandwidth!r}; choose a finite number >= 0 (0: pull the mutual "
+                         "nearest neighbours only).")
 
 
 def vae(
@@ -52,6 +56,7 @@ def vae(
     batch_gene_offsets: bool = True,
     mmd_weight: float = 1.0,
     mmd_mnn_k: int | str = 3,
+    mnn_bandwidth: float = 0.5,
     key_added: str = "X_vae",
     uns_key: str = "vae",
     copy: bool = False,
@@ -129,17 +134,27 @@ def vae(
     mmd_mnn_k
         How batches are aligned. > 0 (default 3): cells of different batches that are
         mutual nearest neighbours (``mmd_mnn_k`` per batch, within a minibatch) both in the
-        latent space and in the input (cosine) are pulled together. A cell type that some
-        batches lack has no such neighbours there and stays apart, and batches that hold
-        the shared types in other proportions are not distorted. 0: an MMD penalty between
-        each batch's and the pooled latent distribution (the default before; it assumes all
-        batches hold the same cell types in similar proportions and merged batch-unique
-        types on the CellBench designs of BENCHMARKS.md). "auto": the composition check
-        decides. With ``label_key`` (every cell labelled) it counts the labels before
-        training; otherwise the model is trained with the MNN attraction (k = 3) and the
-        check clusters its latent space. Batches that hold the same groups are then aligned
-        with the global MMD (retrained, so a balanced file costs two fits), others keep the
-        MNN attraction. ``uns[uns_key]["alignment"]`` records the choice.
+        latent space and in the input (cosine) say where the batches meet; each pair's
+        displacement is smoothed over the cells around it (``mnn_bandwidth``, the idea of
+        fastMNN), and every cell is drawn by the correction of its neighbourhood. A cell
+        type that some batches lack has no such pairs near it and stays where it is, and
+        batches that hold the shared types in other proportions are not distorted. 0: an
+        MMD penalty between each batch's and the pooled latent distribution (it assumes
+        all batches hold the same cell types in similar proportions and merged
+        batch-unique types on the CellBench designs of BENCHMARKS.md). "auto": the
+        composition check decides. With ``label_key`` (every cell labelled) it counts the
+        labels before training; otherwise the model is trained with the MNN alignment
+        (k = 3) and the check clusters its latent space. Batches that hold the same groups
+        are then aligned with the global MMD (retrained, so a balanced file costs two
+        fits), others keep the MNN alignment. ``uns[uns_key]["alignment"]`` records the
+        choice.
+    mnn_bandwidth
+        With ``mmd_mnn_k > 0``: how far a pair's correction reaches. The squared width of
+        the Gaussian that smooths the correction vectors over a batch's cells is this times
+        a cell's squared distance to its ``mmd_mnn_k``-th neighbour in its batch (default
+        0.5; larger moves wider neighbourhoods as one). 0: only the paired cells are pulled
+        together (the default before; it mixes three or more protocols less, see
+        BENCHMARKS.md).
     key_added
         ``obsm`` key of the latent space.
     uns_key
@@ -230,7 +245,7 @@ def vae(
     check_target(adata, copy, "sa.tl.vae")
     v.check_anndata(adata)
     covariates = CovariateSpec.learn(adata.obs, categorical_covariate_keys, continuous_covariate_keys, batch_key)
-    _check_mnn_k(mmd_mnn_k)
+    _check_alignment(mmd_mnn_k, mnn_bandwidth)
     if backend == "scvi-tools" and mask_var is not HVG_IF_PRESENT and var_mask(adata, mask_var) is not None:
         raise ValueError("mask_var needs backend='native'; for scvi-tools subset first: adata[:, mask].copy().")
     if backend == "scvi-tools":
@@ -286,7 +301,7 @@ def vae(
         n_genes=train_on.n_vars, n_batches=len(cats), likelihood=likelihood, n_latent=n_latent,
         n_hidden=n_hidden, n_layers=n_layers, dropout_rate=dropout_rate, dispersion=dispersion,
         beta=beta, encode_batch=encode_batch, batch_gene_offsets=batch_gene_offsets,
-        mmd_weight=mmd_weight, mmd_mnn_k=mmd_mnn_k, n_labels=len(classes),
+        mmd_weight=mmd_weight, mmd_mnn_k=mmd_mnn_k, mnn_bandwidth=mnn_bandwidth, n_labels=len(classes),
         classification_weight=classification_weight, n_covariate_categories=covariates.n_categories,
         n_continuous_covariates=covariates.n_continuous,
     )
@@ -317,7 +332,7 @@ def vae(
     if classes:
         result["label_categories"] = list(classes)
     if alignment is not None:
-        alignment["used"] = "global MMD" if config.mmd_mnn_k == 0 else f"MNN attraction (k={config.mmd_mnn_k})"
+        alignment["used"] = _alignment_name(config)
         result["alignment"] = alignment
     composition = composition_record(adata, batch_key=batch_key, label_key=groups_key, embedding=latent,
                                      use_rep=key_added, seed=train_cfg.seed, front="tl.vae",
@@ -327,6 +342,14 @@ def vae(
     target = adata.copy() if copy else adata
     write_results(target, obsm={key_added: latent}, uns={uns_key: result})
     return returned(target, model, copy=copy, uns_key=uns_key)
+
+
+def _alignment_name(config: VAEConfig) -> str:
+    if config.mmd_mnn_k == 0:
+        return "global MMD"
+    if config.mnn_bandwidth > 0:
+        return f"MNN correction (k={config.mmd_mnn_k}, bandwidth={config.mnn_bandwidth:g})"
+    return f"MNN attraction (k={config.mmd_mnn_k})"
 
 
 def _batch_names(adata: AnnData, batch_key: str):

@@ -48,7 +48,7 @@ def vae_scvi_tools(adata: AnnData, *, batch_key: str | None, layer: str | None, 
         batch_key=batch_key, layer=layer, n_genes=adata.n_vars, n_batches=len(cats), likelihood=likelihood,
         n_latent=n_latent, n_hidden=n_hidden, n_layers=n_layers, dropout_rate=dropout_rate,
         dispersion=dispersion, beta=beta, encode_batch=encode_batch, batch_gene_offsets=batch_gene_offsets,
-        mmd_weight=mmd_weight, mmd_mnn_k=0, label_key=label_key, **dataclasses.asdict(train_cfg),
+        mmd_weight=mmd_weight, mmd_mnn_k=0, mnn_bandwidth=0.0, label_key=label_key, **dataclasses.asdict(train_cfg),
         unlabeled_category=None, n_labels=0, classification_weight=0.0,  # no classifier on this backend
         norm="batch",  # scvi-tools' default batch norm in the hidden layers, as the native VAEConfig.norm
         mask_var=None,  # scvi-tools trains on every gene of adata
