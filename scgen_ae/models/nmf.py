@@ -73,11 +73,6 @@ class NMFConfig:
         if self.lam < 0 or self.target_sum <= 0:
             raise ValueError(f"lam must be >= 0 and target_sum > 0, got lam={self.lam!r}, target_sum={self.target_sum!r}.")
 
-    @property
-    def likelihood(self) -> str:
-        """What BaseModel checks new data against: counts for "log1p", anything numeric otherwise."""
-        return "poisson" if self.transform == "log1p" else "gaussian"
-
 
 class NMFModule(nn.Module):
     def __init__(self, cfg: NMFConfig):
@@ -217,6 +212,11 @@ class NMF(BaseModel):
 
     module_class = NMFModule
     config_class = NMFConfig
+
+    @classmethod
+    def input_kind_of(cls, config: NMFConfig) -> str:
+        """Counts for transform="log1p" (it normalises counts), any non-negative values otherwise."""
+        return "counts" if config.transform == "log1p" else "real"
 
     def set_factors(self, H: np.ndarray, V: np.ndarray) -> None:
         with torch.no_grad():

@@ -28,7 +28,7 @@ def _classic_options(rest: dict, batch_key: str | None) -> dict:
             f"method='classic' is the textbook LDA without batch covariates, but batch_key={batch_key!r} was "
             "given. Use method='prodlda' (the default) for batch-corrected topics, or pass batch_key=None."
         )
-    known = {f.name for f in dataclasses.fields(VBLDAConfig)} - {"n_genes", "n_batches", "n_topics", "likelihood"}
+    known = {f.name for f in dataclasses.fields(VBLDAConfig)} - {"n_genes", "n_batches", "n_topics"}
     unknown = sorted(set(rest) - known)
     if unknown:
         raise TypeError(f"lda(method='classic') got unexpected keyword arguments {unknown}.")
