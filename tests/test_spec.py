@@ -41,6 +41,25 @@ def test_the_spec_aligns_genes_by_name_and_codes_batches_with_the_training_categ
         model.spec.cells(renamed)
 
 
+def test_learn_gives_the_spec_a_model_records_and_the_cells_that_spec_reads(trained_sim, tmp_path):
+    adata, model = trained_sim
+    spec, cells = DataSpec.learn(adata, batch_key="batch")
+    assert spec == model.spec
+    applied = spec.cells(adata)
+    assert (cells.X != applied.X).nnz == 0 and np.array_equal(cells.batch, applied.batch)
+    assert np.array_equal(cells.library, applied.library) and cells.log1p_input and applied.log1p_input
+    adata.write_h5ad(tmp_path / "a.h5ad")  # X on disk: the same spec, the same codes and library sizes
+    disk_spec, disk = DataSpec.learn(sa.read_backed(tmp_path / "a.h5ad"), batch_key="batch")
+    assert isinstance(disk, sa.ondisk.OnDiskCellData) and disk_spec == spec
+    assert np.array_equal(disk.batch, cells.batch) and np.array_equal(disk.library, cells.library)
+    real, real_cells = DataSpec.learn(adata, batch_key="batch", input_kind="real")
+    assert real.input_kind == "real" and real_cells.log1p_input is False
+    halved = adata.copy()
+    halved.X = halved.X * 0.5  # odd counts become halves
+    with pytest.raises(sa.InputError, match="non-integer values .* models raw counts"):
+        DataSpec.learn(halved, needs="this test", batch_key="batch")
+
+
 def test_the_input_kind_follows_the_likelihood(sim):
     import scanpy as sc
 

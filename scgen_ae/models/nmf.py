@@ -98,6 +98,12 @@ def preprocess(X: sp.csr_matrix, transform: str, target_sum: float) -> sp.csr_ma
     return sp.csr_matrix((np.log1p(X.data * scale).astype(np.float32), X.indices, X.indptr), shape=X.shape)
 
 
+def input_kind(transform: str) -> str:
+    """What NMF with ``transform`` reads: counts for "log1p" (it normalises counts), any
+    non-negative values ("real") for "none"."""
+    return "counts" if transform == "log1p" else "real"
+
+
 def check_nonnegative(X: sp.csr_matrix, layer: str | None) -> None:
     if X.nnz and X.data.min() < 0:
         where = f"adata.layers[{layer!r}]" if layer is not None else "adata.X"
@@ -215,8 +221,7 @@ class NMF(BaseModel):
 
     @classmethod
     def input_kind_of(cls, config: NMFConfig) -> str:
-        """Counts for transform="log1p" (it normalises counts), any non-negative values otherwise."""
-        return "counts" if config.transform == "log1p" else "real"
+        return input_kind(config.transform)
 
     def set_factors(self, H: np.ndarray, V: np.ndarray) -> None:
         with torch.no_grad():
