@@ -1,6 +1,8 @@
 """DataSpec: what a trained model reads from an AnnData, learnt once and applied to new cells."""
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -68,5 +70,8 @@ def test_the_input_kind_follows_the_likelihood(sim):
     model = sa.tl.vae(sim, batch_key="batch", likelihood="gaussian", n_latent=2, n_hidden=16, max_epochs=1, **FAST)
     assert model.spec.input_kind == "real"
     assert model.spec.cells(sim).log1p_input is False  # log-normalised values are read as they are
+    nmf = sa.tl.nmf(sim, n_components=2, transform="none", max_iter=2)  # NMF: by its transform
+    assert nmf.spec.input_kind == "real"
+    assert sa.NMF.input_kind_of(dataclasses.replace(nmf.config, transform="log1p")) == "counts"
     with pytest.raises(ValueError, match="input_kind"):
         DataSpec(("g",), input_kind="logcounts")
