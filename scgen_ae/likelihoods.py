@@ -354,7 +354,7 @@ def likelihood_names(counts: bool | None = None) -> tuple[str, ...]:
 
 def models_counts(likelihood: str | None) -> bool:
     """Whether data for ``likelihood`` must be counts: None and ``"counts"`` stand for
-    "counts, no likelihood named" (topic models, NMF on counts)."""
+    "counts, no likelihood named" (the topic models' training data)."""
     return likelihood in (None, "counts") or get_likelihood(likelihood).counts
 
 

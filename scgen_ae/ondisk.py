@@ -38,7 +38,7 @@ from anndata import AnnData
 
 from . import _validate as v
 from .data import CellData, iter_row_blocks, to_csr32
-from .likelihoods import Minibatch, models_counts
+from .likelihoods import Minibatch
 
 CHUNK_CELLS = 256  # contiguous rows per read
 WINDOW_CHUNKS = 64  # chunks shuffled together (16,384 cells by default)
@@ -249,13 +249,6 @@ def _minibatch_bounds(n: int, batch_size: int, drop_last_if_tiny: bool) -> list[
 
 # ---------------------------------------------------------------- validation, streamed
 
-def counts_check(layer: str | None, likelihood: str | None, **advice) -> Callable[[sp.csr_matrix], None]:
-    """The value check of ``training_data`` for one block: counts for count likelihoods
-    (``advice``: ``needs`` / ``otherwise`` of :func:`scgen_ae._validate.check_counts`)."""
-    counts = models_counts(likelihood)
-    return lambda X: v.check_counts(X, layer, likelihood or "counts", **advice) if counts else None
-
-
 def _scan(data: OnDiskCellData, check: Callable[[sp.csr_matrix], None]) -> tuple[np.ndarray, np.ndarray]:
     """One sequential pass: NaN / Inf and ``check`` (raising InputError) per block of rows,
     library sizes, and which genes have any count. Returns (library, gene_has_counts)."""
@@ -290,28 +283,15 @@ def validated(adata: AnnData, layer: str | None, check: Callable[[sp.csr_matrix]
     return data
 
 
-def training_data(adata: AnnData, layer: str | None, batch_key: str | None, likelihood: str | None, *,
-                  allow_single_batch: bool = False, **advice):
-    """Out-of-core counterpart of :func:`scgen_ae.tl._common.training_data`: the same checks,
-    streamed over the file once (nothing is kept but library sizes)."""
-    # obs is in memory: cheap, and the clearest error first
-    codes, cats = v.batch_codes(adata, batch_key, allow_single=allow_single_batch)
-    data = validated(adata, layer, counts_check(layer, likelihood, **advice))
-    data.batch = codes
-    data.log1p_input = models_counts(likelihood)
-    return data, cats
-
-
-def apply_data(adata: AnnData, var_names, batch_categories, batch_key, likelihood: str, pad_missing: bool,
-               **advice):
-    """Out-of-core counterpart of :meth:`scgen_ae.spec.DataSpec.cells`: cells to apply a trained model to
-    (``advice``: ``needs`` / ``otherwise`` of :func:`scgen_ae._validate.check_counts`)."""
+def apply_data(adata: AnnData, var_names, batch_categories, batch_key, check: Callable[[sp.csr_matrix], None],
+               pad_missing: bool, log1p_input: bool = True):
+    """Out-of-core cells to apply a trained model to (see :meth:`scgen_ae.spec.DataSpec.cells`):
+    genes aligned, batches coded, then one streamed pass of NaN / Inf and ``check`` per block."""
     data = _open(adata, None)
     pos, _ = v.align_genes(adata, var_names, pad_missing)
     codes, _ = v.batch_codes(adata, batch_key, batch_categories)
     if not np.array_equal(pos, np.arange(data.n_stored_genes)):
         data.columns = pos
-    counts = models_counts(likelihood)
-    library, _ = _scan(data, counts_check(None, likelihood, **advice))
-    data.batch, data.library, data.log1p_input = codes, library, counts
+    library, _ = _scan(data, check)
+    data.batch, data.library, data.log1p_input = codes, library, log1p_input
     return data

@@ -152,6 +152,37 @@ def test_transform_new_cells_reordered_genes_and_files(fixture, request, tmp_pat
         sa.VAE.load(path)
 
 
+def _with_config_field(path, name, value):
+    """The model file at ``path`` rewritten with ``config[name] = value``, re-hashed the way
+    :func:`scgen_ae.io.write_model_file` hashes it (what a file of an older version holds)."""
+    import json
+
+    from scgen_ae import io as sio
+
+    with np.load(path, allow_pickle=False) as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    header = json.loads(arrays.pop("__header__").tobytes().decode("utf-8"))
+    header["config"][name] = value
+    header["sha256"] = sio._digest(header, arrays)
+    np.savez(path, __header__=np.frombuffer(json.dumps(header).encode("utf-8"), dtype=np.uint8), **arrays)
+    return path
+
+
+@pytest.mark.parametrize("fixture, written", [("lda_batch", "poisson"), ("lda_classic", "counts")])
+def test_files_written_with_a_likelihood_field_still_load(fixture, written, request, tmp_path):
+    # topic model configs carried a likelihood they do not have, for the shared input checks;
+    # files saved then hold it in their config
+    adata, model = request.getfixturevalue(fixture)
+    sub = adata[:40].copy()
+    old = _with_config_field(model.save(tmp_path / "old.npz"), "likelihood", written)
+    loaded = sa.LDA.load(old)
+    assert type(loaded) is type(model) and loaded.config == model.config and loaded.spec == model.spec
+    np.testing.assert_array_equal(loaded.transform(sub), model.transform(sub))
+    edited = _with_config_field(model.save(tmp_path / "edited.npz"), "likelihood", "gaussian")
+    with pytest.raises(sa.ModelFileError, match="only ever held"):
+        sa.LDA.load(edited)
+
+
 # ---------------------------------------------------------------- errors leave adata unchanged
 
 def test_classic_with_batch_key_refused(cellbench_3protocols, snapshot):

@@ -1,6 +1,8 @@
 """DataSpec: what a trained model reads from an AnnData, learnt once and applied to new cells."""
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -41,6 +43,25 @@ def test_the_spec_aligns_genes_by_name_and_codes_batches_with_the_training_categ
         model.spec.cells(renamed)
 
 
+def test_learn_gives_the_spec_a_model_records_and_the_cells_that_spec_reads(trained_sim, tmp_path):
+    adata, model = trained_sim
+    spec, cells = DataSpec.learn(adata, batch_key="batch")
+    assert spec == model.spec
+    applied = spec.cells(adata)
+    assert (cells.X != applied.X).nnz == 0 and np.array_equal(cells.batch, applied.batch)
+    assert np.array_equal(cells.library, applied.library) and cells.log1p_input and applied.log1p_input
+    adata.write_h5ad(tmp_path / "a.h5ad")  # X on disk: the same spec, the same codes and library sizes
+    disk_spec, disk = DataSpec.learn(sa.read_backed(tmp_path / "a.h5ad"), batch_key="batch")
+    assert isinstance(disk, sa.ondisk.OnDiskCellData) and disk_spec == spec
+    assert np.array_equal(disk.batch, cells.batch) and np.array_equal(disk.library, cells.library)
+    real, real_cells = DataSpec.learn(adata, batch_key="batch", input_kind="real")
+    assert real.input_kind == "real" and real_cells.log1p_input is False
+    halved = adata.copy()
+    halved.X = halved.X * 0.5  # odd counts become halves
+    with pytest.raises(sa.InputError, match="non-integer values .* models raw counts"):
+        DataSpec.learn(halved, needs="this test", batch_key="batch")
+
+
 def test_the_input_kind_follows_the_likelihood(sim):
     import scanpy as sc
 
@@ -49,5 +70,8 @@ def test_the_input_kind_follows_the_likelihood(sim):
     model = sa.tl.vae(sim, batch_key="batch", likelihood="gaussian", n_latent=2, n_hidden=16, max_epochs=1, **FAST)
     assert model.spec.input_kind == "real"
     assert model.spec.cells(sim).log1p_input is False  # log-normalised values are read as they are
+    nmf = sa.tl.nmf(sim, n_components=2, transform="none", max_iter=2)  # NMF: by its transform
+    assert nmf.spec.input_kind == "real"
+    assert sa.NMF.input_kind_of(dataclasses.replace(nmf.config, transform="log1p")) == "counts"
     with pytest.raises(ValueError, match="input_kind"):
         DataSpec(("g",), input_kind="logcounts")

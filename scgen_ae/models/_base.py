@@ -15,7 +15,6 @@ from .. import _validate as v
 from ..covariates import CovariateSpec
 from ..data import CellData
 from ..io import STRINGS, ModelFileError, header_fields, model_path, read_model_file, write_model_file
-from ..likelihoods import models_counts
 from ..spec import DataSpec
 from ..train import History
 
@@ -41,20 +40,25 @@ class BaseModel:
     registry: ClassVar[dict[str, type]] = {}
     # how the error for data that are not counts names what needs them, and the alternative it
     # offers (see _validate.check_counts): advice must be something this model can do
-    counts_needs: ClassVar[str | None] = None  # None: "likelihood=<the model's>"
+    counts_needs: ClassVar[str | None] = None  # None: "likelihood=<the model's>" (models with a likelihood)
     counts_otherwise: ClassVar[str | None] = "train a model with likelihood='gaussian' for log-normalised data"
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
         BaseModel.registry[cls.__name__] = cls
 
+    @classmethod
+    def input_kind_of(cls, config) -> str:
+        """What a model with ``config`` reads: "counts" or "real"
+        (:data:`~scgen_ae.spec.INPUT_KINDS`). Counts unless a model family says otherwise
+        (the VAE by its likelihood, NMF by its transform)."""
+        return "counts"
+
     def __init__(self, config, var_names, batch_key, batch_categories, layer=None, history=None, module=None,
                  label_categories=(), label_key=None, covariates: CovariateSpec | None = None):
         self.config = config
-        counts = models_counts(getattr(config, "likelihood", "counts"))
         self.spec = DataSpec(tuple(var_names), layer, batch_key, tuple(batch_categories),
-                             covariates if covariates is not None else CovariateSpec(),
-                             "counts" if counts else "real")
+                             covariates if covariates is not None else CovariateSpec(), self.input_kind_of(config))
         # the spec's lists as lists (callers index and compare them), built once: the spec is frozen
         self._var_names, self._batch_categories = list(self.spec.var_names), list(self.spec.batch_categories)
         self.label_categories = [str(c) for c in label_categories]
@@ -83,8 +87,8 @@ class BaseModel:
                    sorted_indices: bool = True) -> CellData:
         """``adata`` validated against the model's :attr:`spec` (:meth:`~scgen_ae.spec.DataSpec.cells`)."""
         return self.spec.cells(adata, layer=layer, batch_key=batch_key, pad_missing=pad_missing,
-                               sorted_indices=sorted_indices, needs=self.counts_needs, otherwise=self.counts_otherwise,
-                               what=getattr(self.config, "likelihood", "counts"))
+                               sorted_indices=sorted_indices, otherwise=self.counts_otherwise,
+                               needs=self.counts_needs or f"likelihood={self.config.likelihood!r}")
 
     def _transformed_covs(self, transform_covariates):
         """A function of a minibatch's ``covs`` that puts the values of ``transform_covariates``
@@ -205,7 +209,7 @@ class BaseModel:
         try:
             # fields added later take the value files written before them were trained with
             legacy = getattr(model_cls.config_class, "LEGACY_DEFAULTS", {})
-            config = model_cls.config_class(**{**legacy, **header["config"]})
+            config = model_cls.config_class(**{**legacy, **_without_dropped(model_cls.config_class, header["config"])})
             # the weights' shapes follow the config; these lists must match it too, or genes,
             # batches and labels would be silently mislabelled (files written before the label
             # classifier have no label fields: none)
@@ -241,3 +245,15 @@ class BaseModel:
         if adata is not None:
             v.align_genes(adata, model.var_names)
         return model
+
+
+def _without_dropped(config_class, stored: dict) -> dict:
+    """A file's config without the fields its config class has since dropped
+    (``LEGACY_DROPPED``: each field and the one value files ever held; another value means
+    the file was edited, refused as ValueError)."""
+    stored = dict(stored)
+    for name, written in getattr(config_class, "LEGACY_DROPPED", {}).items():
+        value = stored.pop(name, written)
+        if value != written:
+            raise ValueError(f"config {name}={value!r}, but files of this model only ever held {written!r}")
+    return stored

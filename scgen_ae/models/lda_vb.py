@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import scipy.sparse as sp
@@ -48,7 +49,9 @@ class VBLDAConfig:
     mean_change_tol: float = 1e-3
     # E-step sweeps per EM iteration while fitting (from a random gamma each time)
     fit_doc_update_iter: int = 10
-    likelihood: str = "counts"  # read by the shared input checks
+
+    #: a field files once held (see :class:`~scgen_ae.models.topic.TopicConfig`)
+    LEGACY_DROPPED: ClassVar[dict] = {"likelihood": "counts"}
 
     def __post_init__(self):
         if int(self.n_topics) < 2:

@@ -73,11 +73,6 @@ class NMFConfig:
         if self.lam < 0 or self.target_sum <= 0:
             raise ValueError(f"lam must be >= 0 and target_sum > 0, got lam={self.lam!r}, target_sum={self.target_sum!r}.")
 
-    @property
-    def likelihood(self) -> str:
-        """What BaseModel checks new data against: counts for "log1p", anything numeric otherwise."""
-        return "poisson" if self.transform == "log1p" else "gaussian"
-
 
 class NMFModule(nn.Module):
     def __init__(self, cfg: NMFConfig):
@@ -101,6 +96,12 @@ def preprocess(X: sp.csr_matrix, transform: str, target_sum: float) -> sp.csr_ma
     lib = np.asarray(X.sum(1), dtype=np.float64).ravel()
     scale = np.repeat(target_sum / np.maximum(lib, 1e-12), np.diff(X.indptr))
     return sp.csr_matrix((np.log1p(X.data * scale).astype(np.float32), X.indices, X.indptr), shape=X.shape)
+
+
+def input_kind(transform: str) -> str:
+    """What NMF with ``transform`` reads: counts for "log1p" (it normalises counts), any
+    non-negative values ("real") for "none"."""
+    return "counts" if transform == "log1p" else "real"
 
 
 def check_nonnegative(X: sp.csr_matrix, layer: str | None) -> None:
@@ -217,6 +218,10 @@ class NMF(BaseModel):
 
     module_class = NMFModule
     config_class = NMFConfig
+
+    @classmethod
+    def input_kind_of(cls, config: NMFConfig) -> str:
+        return input_kind(config.transform)
 
     def set_factors(self, H: np.ndarray, V: np.ndarray) -> None:
         with torch.no_grad():

@@ -63,7 +63,9 @@ class TopicConfig:
 
     #: what a model file without a field was trained with (files predate the field)
     LEGACY_DEFAULTS: ClassVar[dict] = {"mmd_mnn_k": 0}
-    likelihood: str = "poisson"  # multinomial up to a constant; read by the shared input checks
+    #: fields files once held and this config no longer has, with the one value written
+    #: (the input checks read a model's input kind now, not a likelihood it does not have)
+    LEGACY_DROPPED: ClassVar[dict] = {"likelihood": "poisson"}
 
     def __post_init__(self):
         for name in ("n_genes", "n_topics", "n_hidden", "n_layers", "n_batches"):

@@ -313,6 +313,11 @@ class VAE(ScviToolsNames, BaseModel):
     module_class = VAEModule
     config_class = VAEConfig
 
+    @classmethod
+    def input_kind_of(cls, config: VAEConfig) -> str:
+        """Counts for the count likelihoods, real values (log-normalised) for ``gaussian``."""
+        return "counts" if get_likelihood(config.likelihood).counts else "real"
+
     @torch.no_grad()
     def _apply(self, adata, layer, batch_key, batch_size, pad_missing, fn, constants: bool = False) -> list:
         """``fn`` of each minibatch, in the order of the cells. Rows are only densified, so the

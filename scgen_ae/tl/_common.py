@@ -9,11 +9,10 @@ import numpy as np
 from anndata import AnnData
 
 from .. import _validate as v
-from .. import ondisk
 from ..covariates import CovariateSpec
-from ..data import CellData
 from .._results import get_model, keep_model, params_record, returned, write_results  # noqa: F401
 from ..likelihoods import models_counts
+from ..spec import DataSpec
 from ..train import TrainConfig, train_config
 
 TRAIN_FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
@@ -22,33 +21,18 @@ TRAIN_FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
 def training_data(adata: AnnData, layer: str | None, batch_key: str | None, likelihood: str | None, *,
                   needs: str | None = None, otherwise: str | None = v.GAUSSIAN_ADVICE,
                   allow_single_batch: bool = False, covariates: CovariateSpec | None = None):
-    """Validate ``adata`` for training; return (CellData, batch categories).
+    """The validated training cells of ``adata`` for a model of ``likelihood`` (None or
+    "counts": counts, no likelihood named) and their batch categories: (cells, categories).
 
-    When ``X`` is a CSR or dense matrix on disk (a backed AnnData, however opened) the data
-    source is an :class:`~scgen_ae.ondisk.OnDiskCellData` that streams it instead; a
-    ``layer`` is in memory even then (anndata's backed mode reads layers whole).
-    ``needs`` / ``otherwise`` word the error for data that are not counts
-    (see :func:`scgen_ae._validate.check_counts`); ``allow_single_batch``: a ``batch_key`` with
-    one category is accepted (see :func:`scgen_ae._validate.batch_codes`); ``covariates``: the
-    spec learnt from ``adata.obs`` (:meth:`~scgen_ae.covariates.CovariateSpec.learn`), whose
-    codes the cells carry.
+    The cells come from :meth:`~scgen_ae.spec.DataSpec.learn`, which also streams ``X`` from
+    disk; ``needs`` / ``otherwise`` word the error for data that are not counts (see
+    :func:`scgen_ae._validate.check_counts`), ``allow_single_batch`` and ``covariates`` as there.
     """
-    if isinstance(adata, AnnData):
-        v.check_unique_genes(adata)
-    if ondisk.is_on_disk(adata, layer):
-        data, cats = ondisk.training_data(adata, layer, batch_key, likelihood, needs=needs, otherwise=otherwise,
-                                          allow_single_batch=allow_single_batch)
-    else:
-        X = v.get_matrix(adata, layer)
-        counts = models_counts(likelihood)
-        if counts:
-            v.check_counts(X, layer, likelihood or "counts", needs=needs, otherwise=otherwise)
-        v.check_not_empty(X, layer)
-        codes, cats = v.batch_codes(adata, batch_key, allow_single=allow_single_batch)
-        data = CellData(X, codes, np.asarray(X.sum(1)).ravel(), log1p_input=counts)
-    if covariates:
-        data.cat_covs, data.cont_covs = covariates.encode(adata.obs)
-    return data, cats
+    spec, data = DataSpec.learn(adata, layer=layer, batch_key=batch_key,
+                                input_kind="counts" if models_counts(likelihood) else "real", covariates=covariates,
+                                allow_single_batch=allow_single_batch, needs=needs, otherwise=otherwise,
+                                what=likelihood or "counts")
+    return data, list(spec.batch_categories)
 
 
 def split_kwargs(kwargs: dict) -> tuple[TrainConfig, dict]:

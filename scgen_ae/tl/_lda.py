@@ -28,7 +28,7 @@ def _classic_options(rest: dict, batch_key: str | None) -> dict:
             f"method='classic' is the textbook LDA without batch covariates, but batch_key={batch_key!r} was "
             "given. Use method='prodlda' (the default) for batch-corrected topics, or pass batch_key=None."
         )
-    known = {f.name for f in dataclasses.fields(VBLDAConfig)} - {"n_genes", "n_batches", "n_topics", "likelihood"}
+    known = {f.name for f in dataclasses.fields(VBLDAConfig)} - {"n_genes", "n_batches", "n_topics"}
     unknown = sorted(set(rest) - known)
     if unknown:
         raise TypeError(f"lda(method='classic') got unexpected keyword arguments {unknown}.")
@@ -170,7 +170,7 @@ def lda(
         # batch VB revisits every cell's counts in each of its E-steps: it is not a streaming method
         raise v.InputError("adata.X is on disk (a backed .h5ad / zarr store), but method='classic' needs X in "
                            "memory: call adata.to_memory() first, or use method='prodlda', which streams it.")
-    data, cats = training_data(adata, layer, batch_key, "poisson", **COUNTS_ADVICE)
+    data, cats = training_data(adata, layer, batch_key, None, **COUNTS_ADVICE)
     check_label_key(adata, label_key)
     v.check_n_latent(n_topics, adata.n_vars, "n_topics")
     with seeded_threads(train_cfg.seed, train_cfg.n_threads):
@@ -238,7 +238,7 @@ def _lda_scvi_tools(adata: AnnData, *, n_topics, method, batch_key, layer, n_hid
     unknown = sorted(set(train_kwargs) - set(SCVI_LDA_OPTIONS))
     if unknown:
         raise TypeError(f"lda(backend='scvi-tools') does not map {unknown}; it maps {list(SCVI_LDA_OPTIONS)}.")
-    training_data(adata, layer, None, "poisson", **COUNTS_ADVICE)  # the native checks and errors, before scvi-tools
+    training_data(adata, layer, None, None, **COUNTS_ADVICE)  # the native checks and errors, before scvi-tools
     v.check_n_latent(n_topics, adata.n_vars, "n_topics")
     result = bridge.fit_amortized_lda(adata, n_topics=n_topics, layer=layer, n_hidden=n_hidden, **train_kwargs)
     scvi = bridge.import_scvi()

@@ -9,7 +9,9 @@ from .. import _validate as v
 from .. import ondisk
 from ..models import _nmf_solver
 from ..models._nmf_data import StreamedChunks
-from ..models.nmf import NMF, NMFConfig, check_nonnegative, fit_alignment, apply_alignment, preprocess, split_by_batch
+from ..models.nmf import (NMF, NMFConfig, apply_alignment, check_nonnegative, fit_alignment, input_kind, preprocess,
+                          split_by_batch)
+from ..spec import DataSpec
 from ..train import resolve_device, seeded_threads
 from ._common import params_record, returned, write_results
 
@@ -186,19 +188,17 @@ def nmf(
     _check_options(loss, solver, init, batch_key, n_components, max_iter, tol, batch_size, n_quantiles, min_cells,
                    min_match)
     if isinstance(adata, AnnData):
-        v.check_unique_genes(adata)
+        v.check_unique_genes(adata)  # before the advice on backed data
     on_disk = ondisk.is_on_disk(adata, layer)
     if on_disk and batch_size is None:
         raise v.InputError("adata.X is on disk (a backed .h5ad / zarr store): pass batch_size= (e.g. 4096) to "
                            "stream it with online updates, or call adata.to_memory() for full-batch updates.")
-    if on_disk:
-        codes, cats = v.batch_codes(adata, batch_key)  # obs is in memory: checked before the pass over X
-        data = ondisk.validated(adata, layer, lambda block: _check_values(block, layer, transform))
-    else:
-        X = v.get_matrix(adata, layer, sorted_indices=False)  # the products take any order
-        _check_values(X, layer, transform)
-        v.check_not_empty(X, layer)
-        codes, cats = v.batch_codes(adata, batch_key)
+    # NMF's own value checks and messages; in memory, indices left unsorted: the products take any order
+    spec, data = DataSpec.learn(adata, layer=layer, batch_key=batch_key, input_kind=input_kind(transform),
+                                check=lambda block: _check_values(block, layer, transform), sorted_indices=False)
+    codes, cats = data.batch, list(spec.batch_categories)
+    if not on_disk:
+        X = data.X
     k = int(n_components)
     if k > min(adata.shape):
         raise v.InputError(f"n_components={k} is more than min(n_cells, n_genes) = {min(adata.shape)}; "
