@@ -5,38 +5,82 @@ import warnings
 
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 from anndata import AnnData
+from sklearn.preprocessing import normalize
 
 from .. import _validate as v
+from ..data import iter_row_blocks
+from ..models.vae import INPUT_PAIR_BOUND, MIN_CORRECTION_WEIGHT
 from ._common import params_record, write_results
 from ._predict import _check_model, _decode, _latents, _obs_values
 
 
-def _mnn_shift(z_move: np.ndarray, z_ref: np.ndarray, k: int, n_smooth: int) -> np.ndarray | None:
+#: squared width of the Gaussian that smooths the pairs' vectors: this times a cell's squared
+#: distance to its ``n_neighbors``-th neighbour in its batch (z)
+SHIFT_BANDWIDTH = 2.0
+
+
+def _unit_input(data) -> sp.csr_matrix:
+    """The model's input rows (log1p of counts, or the values) scaled to unit length: distances
+    between them are the cosine view of the input in which pairs are checked."""
+    blocks = []
+    for _, _, X in iter_row_blocks(data):
+        X = X.astype(np.float64)
+        if data.log1p_input:
+            X.data = np.log1p(X.data)
+        blocks.append(X)
+    return normalize(sp.vstack(blocks).tocsr())
+
+
+def _mutual(a, b, k: int) -> set:
+    """Pairs (i in a, j in b) that are among each other's ``k`` nearest neighbours."""
+    from sklearn.neighbors import NearestNeighbors
+
+    near_b = NearestNeighbors(n_neighbors=min(k, b.shape[0])).fit(b).kneighbors(a, return_distance=False)
+    near_a = NearestNeighbors(n_neighbors=min(k, a.shape[0])).fit(a).kneighbors(b, return_distance=False)
+    of_b = [set(r) for r in near_a]
+    return {(i, j) for i in range(a.shape[0]) for j in near_b[i] if i in of_b[j]}
+
+
+def _kth_sq(a, k: int) -> np.ndarray:
+    """Squared distance of each row of ``a`` to its ``k``-th nearest other row."""
+    from sklearn.neighbors import NearestNeighbors
+
+    dist, _ = NearestNeighbors(n_neighbors=min(k + 1, a.shape[0])).fit(a).kneighbors(a)
+    return dist[:, -1] ** 2
+
+
+def _mnn_shift(z_move, z_ref, x_move, x_ref, k: int, n_smooth: int) -> np.ndarray | None:
     """Per-cell shift of ``z_move`` towards ``z_ref`` from mutual nearest neighbours.
 
-    Each MNN pair (i in move, j in ref) gives the vector z_ref[j] - z_move[i]; every
-    cell of ``z_move`` gets the Gaussian-weighted mean of the vectors of its
-    ``n_smooth`` nearest paired cells (scale: its median distance to them), so the
-    correction varies smoothly across cell states without any label. None: no pairs.
+    A pair (i in move, j in ref) must be mutual ``k`` nearest neighbours in ``z`` and in the
+    input (``x``: unit rows), and no farther apart in the input than either cell is from its
+    ``k``-th neighbour in its own batch (the VAE's rule, ``INPUT_PAIR_BOUND``): in ``z`` alone
+    a type one batch lacks pairs with the nearest other type. Each pair gives the vector
+    z_ref[j] - z_move[i]; every cell gets the Gaussian-weighted mean of the vectors of its
+    ``n_smooth`` nearest paired cells, and a cell far from all of them (weights summing to
+    less than ``MIN_CORRECTION_WEIGHT``) is not moved. None: no pairs.
     """
     from sklearn.neighbors import NearestNeighbors
 
-    k_mr, k_rm = min(k, len(z_ref)), min(k, len(z_move))
-    nn_ref = NearestNeighbors(n_neighbors=k_mr).fit(z_ref).kneighbors(z_move, return_distance=False)
-    nn_move = NearestNeighbors(n_neighbors=k_rm).fit(z_move).kneighbors(z_ref, return_distance=False)
-    ref_sets = [set(r) for r in nn_move]  # ref cell j -> its nearest move cells
-    pairs = [(i, j) for i in range(len(z_move)) for j in nn_ref[i] if i in ref_sets[j]]
-    if not pairs:
+    pairs = _mutual(z_move, z_ref, k) & _mutual(x_move, x_ref, k)
+    if pairs:
+        i_idx, j_idx = np.asarray(sorted(pairs)).T
+        gap = 2.0 - 2.0 * np.asarray(x_move[i_idx].multiply(x_ref[j_idx]).sum(1)).ravel()
+        keep = gap <= INPUT_PAIR_BOUND * np.maximum(_kth_sq(x_move, k)[i_idx], _kth_sq(x_ref, k)[j_idx])
+        i_idx, j_idx = i_idx[keep], j_idx[keep]
+    if not pairs or len(i_idx) == 0:
         return None
-    i_idx, j_idx = np.asarray(pairs).T
     anchors = np.unique(i_idx)
     vectors = np.stack([(z_ref[j_idx[i_idx == a]].mean(0) - z_move[a]) for a in anchors])
-    m = min(n_smooth, len(anchors))
-    dist, near = NearestNeighbors(n_neighbors=m).fit(z_move[anchors]).kneighbors(z_move)
-    scale = np.median(dist, axis=1, keepdims=True)
-    w = np.exp(-0.5 * (dist / np.where(scale > 0, scale, 1.0)) ** 2)
-    return (w[:, :, None] * vectors[near]).sum(1) / w.sum(1, keepdims=True)
+    dist, near = NearestNeighbors(n_neighbors=min(n_smooth, len(anchors))).fit(z_move[anchors]).kneighbors(z_move)
+    width2 = SHIFT_BANDWIDTH * np.maximum(_kth_sq(z_move, k), 1e-12)
+    weight = np.exp(-0.5 * dist**2 / width2[:, None])
+    total = weight.sum(1, keepdims=True)
+    shift = (weight[:, :, None] * vectors[near]).sum(1) / np.maximum(total, 1e-300)
+    shift[total[:, 0] < MIN_CORRECTION_WEIGHT] = 0.0
+    return shift
 
 
 def remove_batch(
@@ -45,7 +89,7 @@ def remove_batch(
     *,
     batch_key: str,
     cell_type_key: str | None = None,
-    n_neighbors: int = 20,
+    n_neighbors: int = 10,
     n_smooth: int = 30,
     layer="model",
     key_added: str = "X_vae_corrected",
@@ -60,11 +104,14 @@ def remove_batch(
     - With ``cell_type_key`` (scGen's label-aware variant): within each cell type, the
       batch moves by the difference of the two latent means.
     - Without labels: the shift is local, from mutual nearest neighbours between the
-      batch and the merged cells in the latent space (as fastMNN, but on the VAE's z):
-      every MNN pair gives a vector, and every cell moves by the Gaussian-weighted mean
-      of the vectors of its ``n_smooth`` nearest paired cells. Cell states present in one
-      batch only still move with their nearest shared neighbours. If no pairs exist,
-      the batch moves by the difference of means (with a warning).
+      batch and the merged cells (as fastMNN, on the VAE's z): a pair must be mutual
+      neighbours in z and in the input (cosine of log1p counts), and close in the input
+      compared with each cell's own batch, the rule ``tl.vae``'s alignment uses. Every pair
+      gives a vector, and every cell moves by the Gaussian-weighted mean of the vectors of
+      its ``n_smooth`` nearest paired cells; a cell far from every paired cell (a type the
+      merged cells lack) stays where it is. If no pairs exist, the batch moves by the
+      difference of means (with a warning). The input view reads the cells' values into
+      memory once (sparse).
 
     Meant for a model trained with ``batch_key=None`` (scGen's setting), whose z still
     holds the batch effect; it works on a conditional model too.
@@ -80,7 +127,9 @@ def remove_batch(
     cell_type_key
         Optional ``obs`` column of cell types (label-aware variant).
     n_neighbors, n_smooth
-        kNN size for the MNN pairs; paired cells averaged per cell (label-free only).
+        kNN size for the MNN pairs (default 10: with 20, pairs formed between a type one
+        batch lacks and the nearest other type, BENCHMARKS.md); paired cells averaged per
+        cell (label-free only).
     layer
         Defaults to the model's training layer.
     key_added
@@ -109,10 +158,11 @@ def remove_batch(
     order = pd.Series(batches).value_counts(sort=True).index.tolist()
     corrected = z.astype(np.float64).copy()
     merged = batches == order[0]
+    unit = _unit_input(data) if labels is None and len(order) > 1 else None
     for b in order[1:]:
         rows = batches == b
         if labels is None:
-            shift = _mnn_shift(corrected[rows], corrected[merged], n_neighbors, n_smooth)
+            shift = _mnn_shift(corrected[rows], corrected[merged], unit[rows], unit[merged], n_neighbors, n_smooth)
             if shift is None:
                 warnings.warn(f"No mutual nearest neighbours between batch {b!r} and the merged cells: moved by the "
                               "difference of means.", UserWarning, stacklevel=2)
