@@ -73,31 +73,6 @@ def test_front_refuses_missing_inputs_and_leaves_adata_unchanged(cellbench, snap
 
 # ---------------------------------------------------------------- the alignment keeps batch-unique types apart
 
-def test_mutual_pairs_leave_out_a_type_other_batches_lack():
-    """Two batches share types A and B; type C is in batch 0 only. C has no mutual neighbours,
-    and every pair joins cells of one type."""
-    import torch
-
-    from scgen_ae.models.vae import mutual_pairs
-
-    gen = torch.Generator().manual_seed(0)
-    centres = {"A": torch.tensor([0.0, 0.0]), "B": torch.tensor([10.0, 0.0]), "C": torch.tensor([5.0, 8.0])}
-    cells, batch, kind = [], [], []
-    for b, types in ((0, "ABC"), (1, "AB")):
-        for t in types:
-            cells.append(centres[t] + torch.randn(20, 2, generator=gen) + torch.tensor([0.0, 1.5 * b]))
-            batch += [b] * 20
-            kind += [t] * 20
-    z, batch, kind = torch.cat(cells), torch.tensor(batch), np.array(kind)
-    d2 = torch.cdist(z, z) ** 2
-    pairs = mutual_pairs(d2, batch, 3).numpy()
-    paired = pairs.any(1)
-    assert not paired[kind == "C"].any()
-    assert paired[kind != "C"].mean() > 0.2
-    rows, cols = np.nonzero(pairs)
-    assert (kind[rows] == kind[cols]).all() and (batch.numpy()[rows] != batch.numpy()[cols]).all()
-
-
 def _two_batches_one_unique_type():
     """Types A and B in both batches (batch 1 shifted by +1.5 in y), type C in batch 0 only."""
     import torch
@@ -111,6 +86,23 @@ def _two_batches_one_unique_type():
             batch += [b] * 20
             kind += [t] * 20
     return torch.cat(cells), torch.tensor(batch), np.array(kind)
+
+
+def test_mutual_pairs_leave_out_a_type_other_batches_lack():
+    """Two batches share types A and B; type C is in batch 0 only. C has no mutual neighbours,
+    and every pair joins cells of one type."""
+    import torch
+
+    from scgen_ae.models.vae import mutual_pairs
+
+    z, batch, kind = _two_batches_one_unique_type()
+    d2 = torch.cdist(z, z) ** 2
+    pairs = mutual_pairs(d2, batch, 3).numpy()
+    paired = pairs.any(1)
+    assert not paired[kind == "C"].any()
+    assert paired[kind != "C"].mean() > 0.2
+    rows, cols = np.nonzero(pairs)
+    assert (kind[rows] == kind[cols]).all() and (batch.numpy()[rows] != batch.numpy()[cols]).all()
 
 
 def test_mnn_correction_moves_neighbourhoods_not_a_batch_unique_type():
