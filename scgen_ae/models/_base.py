@@ -180,7 +180,6 @@ class BaseModel:
         :func:`~scgen_ae.likelihoods.cell_log_prob`), each cell decoded in its own batch."""
         raise NotImplementedError(f"{type(self).__name__} predicts no count distribution.")
 
-    @torch.no_grad()
     def entry_log_prob(self, adata: AnnData, rows, cols, counts, *, layer="model", batch_key="model",
                        batch_size: int = 1024) -> np.ndarray:
         """Log-probability of ``counts[i]`` at cell ``rows[i]``, gene ``cols[i]`` under the
@@ -205,20 +204,21 @@ class BaseModel:
             raise v.InputError(f"rows must index the {data.n_cells} cells and cols the {len(self.var_names)} "
                                "model genes.")
         order = np.argsort(rows, kind="stable")
-        bounds = np.searchsorted(rows[order], np.arange(0, data.n_cells + batch_size, batch_size))
+        sorted_rows = rows[order]
         result = np.empty(len(rows))
-        self.module.eval()
-        for i, start in enumerate(range(0, data.n_cells, batch_size)):
-            pick = order[bounds[i]:bounds[i + 1]]
-            if not len(pick):
-                continue
-            stop = min(start + batch_size, data.n_cells)
-            mb = data.minibatch(np.arange(start, stop), constants=False).to(self.device)
+        as_tensor = lambda a: torch.as_tensor(a, device=self.device)  # noqa: E731
+
+        def fn(mb, part):
+            lo, hi = np.searchsorted(sorted_rows, (part.start, part.stop))
+            pick = order[lo:hi]  # the entries of the cells of mb, in the order of the argsort
+            if not len(pick):  # no entry to score in these cells: no decoding
+                return
             out = self._decoder_output(mb)
-            as_tensor = lambda a: torch.as_tensor(a, device=self.device)  # noqa: E731
             lp = entry_log_prob(self.config.likelihood, as_tensor(counts[pick]), out,
-                                as_tensor(rows[pick] - start), as_tensor(cols[pick]))
+                                as_tensor(rows[pick] - part.start), as_tensor(cols[pick]))
             result[pick] = lp.double().cpu().numpy()
+
+        self._apply(data, fn, batch_size, with_part=True)
         return result
 
     # ------------------------------------------------------------ files
