@@ -181,13 +181,10 @@ class LDA(BaseModel):
         Columns are non-negative and sum to 1; genes rank by enrichment over the background."""
         return F.softmax(self.module.topic_gene.detach().float(), dim=-1).T.cpu().numpy()
 
-    @torch.no_grad()
     def _proportions(self, data: CellData, batch_size: int = 1024) -> np.ndarray:
         """(n_cells, n_topics) softmax of the posterior mean of z."""
-        self.module.eval()
-        out = [F.softmax(self.module.inference(mb.x.to(self.device), mb.batch.to(self.device))[0].float(), -1).cpu()
-               for mb in data.iterate(np.arange(data.n_cells), batch_size, drop_last_if_tiny=False)]
-        return torch.cat(out).numpy()
+        fn = lambda mb: F.softmax(self.module.inference(mb.x, mb.batch)[0].float(), -1).cpu()  # noqa: E731
+        return torch.cat(self._apply(data, fn, batch_size)).numpy()
 
     @torch.no_grad()
     def _log_probs(self, theta: torch.Tensor, batch: torch.Tensor) -> torch.Tensor:
