@@ -371,6 +371,23 @@ class VAE(ScviToolsNames, BaseModel):
         best = pd.Categorical.from_codes(proba.argmax(1), categories=self.label_categories)
         return pd.Series(best, index=index, name="predicted_labels")
 
+    def _decode_latent(self, cells, z: np.ndarray, rows: np.ndarray | None = None,
+                       batch_size: int = 1024) -> np.ndarray:
+        """The likelihood's mean E[x] (:meth:`~scgen_ae.likelihoods.Likelihood.mean`) of latents
+        ``z`` ``(len(rows), n_latent)``, each decoded in the batch, library size and covariates
+        of its cell ``rows[i]`` of the validated ``cells`` (default: all, in order); float32
+        ``(len(rows), n_genes)``. For count likelihoods expected counts at the cell's observed
+        library size (for zinb including the zero inflation, (1 - pi) mu); for gaussian the mean.
+        """
+        z = np.asarray(z, dtype=np.float32)
+
+        def fn(mb, part):
+            out = self.module.generative(torch.from_numpy(z[part]).to(self.device), mb.batch, mb.log_library, mb.covs)
+            return self.module.likelihood.mean(out).cpu().numpy()
+
+        out = self._apply(cells, fn, batch_size, rows=rows, with_part=True)
+        return np.concatenate(out).astype(np.float32) if out else np.zeros((0, len(self.var_names)), np.float32)
+
     def _decoder_output(self, mb) -> dict:
         mean, _ = self.module.inference(mb.x, mb.batch, mb.covs)
         return self.module.generative(mean.float(), mb.batch, mb.log_library, mb.covs)
