@@ -106,7 +106,7 @@ class BaseModel:
             also with the ``slice`` of the cells visited (of ``rows``, or of all cells)
             that it holds, so per-cell inputs (latents, proportions) can be matched to it.
         batch_size
-            Cells per minibatch; blocks start at multiples of it.
+            Cells per minibatch: minibatch i holds the visited cells i * batch_size onwards.
         rows
             The cells to visit, in this order (default: all, in order).
         constants
