@@ -205,10 +205,12 @@ class OnDiskCellData:
         return self.in_memory(np.asarray(idx)).minibatch(np.arange(len(idx)), constants=constants)
 
     def epoch_order(self, idx: np.ndarray, rng: np.random.Generator | None) -> np.ndarray:
-        """``idx`` in visiting order: chunks in random order, cells shuffled within each window."""
-        idx = np.sort(np.asarray(idx))
+        """``idx`` in visiting order: chunks in random order, cells shuffled within each window;
+        without ``rng``, ``idx`` as given (as :meth:`CellData.iterate`: applying a model to some
+        cells returns their results in the order asked)."""
         if rng is None:
-            return idx
+            return np.asarray(idx)
+        idx = np.sort(np.asarray(idx))
         chunks = idx // self.chunk_size
         starts = np.flatnonzero(np.r_[True, chunks[1:] != chunks[:-1]])
         pieces = np.split(idx, starts[1:])

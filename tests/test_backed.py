@@ -160,3 +160,17 @@ def test_bad_values_in_a_backed_x_refused_and_the_file_unchanged(written, tmp_pa
     assert _keys(backed) == keys and ondisk.is_on_disk(backed) and max(spy["span"]) <= WINDOW
     backed.file.close()
     assert _digest(tmp_path / "bad.h5ad") == before
+
+
+def test_applying_a_model_to_some_backed_cells_keeps_their_order(written, spy):
+    """BaseModel._apply over cells in any order, read from disk a window at a time, gives what
+    it gives in memory, row for row (here: decoding latents, as tl.predict does)."""
+    adata, paths = written
+    model = sa.tl.vae(adata.copy(), max_epochs=1, **SMALL)
+    rows = np.random.default_rng(0).permutation(adata.n_obs)[:300]
+    z = np.random.default_rng(1).normal(size=(len(rows), 4)).astype(np.float32)
+    backed = ad.read_h5ad(paths["csr"], backed="r")
+    on_disk, memory = (model._decode_latent(model._cell_data(a), z, rows, batch_size=50) for a in (backed, adata))
+    assert ondisk.is_on_disk(backed) and on_disk.shape == (300, adata.n_vars)
+    np.testing.assert_allclose(on_disk, memory, rtol=1e-5, atol=1e-6)
+    backed.file.close()

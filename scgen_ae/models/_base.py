@@ -90,6 +90,52 @@ class BaseModel:
                                sorted_indices=sorted_indices, otherwise=self.counts_otherwise,
                                needs=self.counts_needs or f"likelihood={self.config.likelihood!r}")
 
+    @torch.no_grad()
+    def _apply(self, cells, fn, batch_size: int = 1024, *, rows: np.ndarray | None = None,
+               constants: bool = False, with_part: bool = False) -> list:
+        """``fn`` of each minibatch of ``cells``, the module in eval mode: the one loop every
+        model runs to apply itself to cells.
+
+        Parameters
+        ----------
+        cells
+            Validated cells (:meth:`_cell_data`): a :class:`~scgen_ae.data.CellData`, or an
+            :class:`~scgen_ae.ondisk.OnDiskCellData` read a window at a time.
+        fn
+            Called with each minibatch, moved to the model's device; with ``with_part``,
+            also with the ``slice`` of the cells visited (of ``rows``, or of all cells)
+            that it holds, so per-cell inputs (latents, proportions) can be matched to it.
+        batch_size
+            Cells per minibatch: minibatch i holds the visited cells i * batch_size onwards.
+        rows
+            The cells to visit, in this order (default: all, in order).
+        constants
+            Give the minibatches the likelihood's per-cell constants (computed for every
+            cell first): only for ``fn`` that score whole-cell likelihoods.
+
+        Returns
+        -------
+        list
+            ``fn``'s results, one per minibatch, in the order of the cells visited.
+        """
+        order = np.arange(cells.n_cells) if rows is None else np.asarray(rows, dtype=np.int64)
+        self.module.eval()
+        device = self.device
+        out, start = [], 0
+        for mb in cells.iterate(order, batch_size, drop_last_if_tiny=False, constants=constants):
+            stop = start + len(mb.batch)
+            mb = mb.to(device)
+            out.append(fn(mb, slice(start, stop)) if with_part else fn(mb))
+            start = stop
+        return out
+
+    def _apply_adata(self, adata: AnnData, fn, batch_size: int = 1024, *, layer="model", batch_key="model",
+                     pad_missing: bool = False, constants: bool = False, with_part: bool = False) -> list:
+        """:meth:`_apply` to all cells of ``adata``. Rows are only densified, so the counts are
+        not copied to sort their indices."""
+        data = self._cell_data(adata, layer, batch_key, pad_missing, sorted_indices=False)
+        return self._apply(data, fn, batch_size, constants=constants, with_part=with_part)
+
     def _transformed_covs(self, transform_covariates):
         """A function of a minibatch's ``covs`` that puts the values of ``transform_covariates``
         (checked here, before any work) in place of each cell's own: decoding "as if"."""
@@ -134,7 +180,6 @@ class BaseModel:
         :func:`~scgen_ae.likelihoods.cell_log_prob`), each cell decoded in its own batch."""
         raise NotImplementedError(f"{type(self).__name__} predicts no count distribution.")
 
-    @torch.no_grad()
     def entry_log_prob(self, adata: AnnData, rows, cols, counts, *, layer="model", batch_key="model",
                        batch_size: int = 1024) -> np.ndarray:
         """Log-probability of ``counts[i]`` at cell ``rows[i]``, gene ``cols[i]`` under the
@@ -159,20 +204,21 @@ class BaseModel:
             raise v.InputError(f"rows must index the {data.n_cells} cells and cols the {len(self.var_names)} "
                                "model genes.")
         order = np.argsort(rows, kind="stable")
-        bounds = np.searchsorted(rows[order], np.arange(0, data.n_cells + batch_size, batch_size))
+        sorted_rows = rows[order]
         result = np.empty(len(rows))
-        self.module.eval()
-        for i, start in enumerate(range(0, data.n_cells, batch_size)):
-            pick = order[bounds[i]:bounds[i + 1]]
-            if not len(pick):
-                continue
-            stop = min(start + batch_size, data.n_cells)
-            mb = data.minibatch(np.arange(start, stop), constants=False).to(self.device)
+        as_tensor = lambda a: torch.as_tensor(a, device=self.device)  # noqa: E731
+
+        def fn(mb, part):
+            lo, hi = np.searchsorted(sorted_rows, (part.start, part.stop))
+            pick = order[lo:hi]  # the entries of the cells of mb, in the order of the argsort
+            if not len(pick):  # no entry to score in these cells: no decoding
+                return
             out = self._decoder_output(mb)
-            as_tensor = lambda a: torch.as_tensor(a, device=self.device)  # noqa: E731
             lp = entry_log_prob(self.config.likelihood, as_tensor(counts[pick]), out,
-                                as_tensor(rows[pick] - start), as_tensor(cols[pick]))
+                                as_tensor(rows[pick] - part.start), as_tensor(cols[pick]))
             result[pick] = lp.double().cpu().numpy()
+
+        self._apply(data, fn, batch_size, with_part=True)
         return result
 
     # ------------------------------------------------------------ files

@@ -80,7 +80,7 @@ class ScviToolsNames:
         cols = None if genes is None else torch.as_tensor([self.var_names.index(g) for g in genes], dtype=torch.long)
         gen = torch.Generator().manual_seed(seed)
 
-        def fn(mb):
+        def fn(mb, part):
             mean, log_var = (t.float() for t in self.module.inference(mb.x, mb.batch, mb.covs))
             covs = decode_covs(mb.covs)
             total = 0.0
@@ -94,12 +94,11 @@ class ScviToolsNames:
                     total = total + self.module.likelihood.expression(out, library_size)
             res = total / (len(codes) * n_samples)
             res = (res if cols is None else res[:, cols.to(res.device)]).float().cpu().numpy()
-            values[filled[0]:filled[0] + len(res)] = res
-            filled[0] += len(res)
+            values[part] = res
 
         values = np.empty((adata.n_obs, self.config.n_genes if cols is None else len(cols)), dtype=dtype)
-        filled = [0]  # rows written so far: the chunks come in the order of the cells
-        self._apply(adata, layer, batch_key, batch_size, pad_missing, fn)
+        self._apply_adata(adata, fn, batch_size, layer=layer, batch_key=batch_key, pad_missing=pad_missing,
+                          with_part=True)
         if return_numpy:
             return values
         return pd.DataFrame(values, index=pd.Index(adata.obs_names), columns=list(genes or self.var_names))
@@ -127,12 +126,14 @@ class ScviToolsNames:
                 draws.append(x if cols is None else x[:, cols])
             return torch.stack(draws, -1)
 
-        values = torch.cat(self._apply(adata, layer, batch_key, batch_size, pad_missing, fn)).numpy()
+        values = torch.cat(self._apply_adata(adata, fn, batch_size, layer=layer, batch_key=batch_key,
+                                             pad_missing=pad_missing)).numpy()
         return values[..., 0] if n_samples == 1 else values
 
     def _per_cell(self, adata, fn, *, batch_size, layer, batch_key, pad_missing) -> np.ndarray:
         """Per-cell likelihood scores: the minibatches carry the likelihood's constants."""
-        return torch.cat(self._apply(adata, layer, batch_key, batch_size, pad_missing, fn, constants=True)).numpy()
+        return torch.cat(self._apply_adata(adata, fn, batch_size, layer=layer, batch_key=batch_key,
+                                           pad_missing=pad_missing, constants=True)).numpy()
 
     def get_reconstruction_error(self, adata: AnnData, *, batch_size: int = 1024, layer="model", batch_key="model",
                                  pad_missing: bool = False) -> dict[str, float]:

@@ -232,7 +232,6 @@ class DAE(BaseModel):
     module_class = DAEModule
     config_class = DAEConfig
 
-    @torch.no_grad()
     def predict(self, adata: AnnData, *, transform_batch: str | None = None, library_size: float | str = "observed",
                 genes=None, layer="model", batch_key="model", batch_size: int = 1024, pad_missing: bool = False,
                 outputs=("mean", "latent"), dtype=np.float32,
@@ -270,10 +269,9 @@ class DAE(BaseModel):
         n_out = self.config.n_genes if cols is None else len(cols)
         shapes = {"mean": n_out, "latent": self.config.n_latent, "dropout": n_out, "dispersion": n_out}
         res = {k: np.empty((data.n_cells, shapes[k]), dtype=np.float32 if k == "latent" else dtype) for k in outputs}
-        module, device = self.module.eval(), self.device
-        start = 0
-        for mb in data.iterate(np.arange(data.n_cells), batch_size, drop_last_if_tiny=False, constants=False):
-            mb = mb.to(device)
+        module = self.module
+
+        def fn(mb, part):
             z = module.encode(module.encoder_input(mb), mb.batch, mb.covs)
             batch = mb.batch if b is None else torch.full_like(mb.batch, b)
             covs = decode_covs(mb.covs)
@@ -291,13 +289,13 @@ class DAE(BaseModel):
                 values["dropout"] = torch.sigmoid(out["zi_logits"])
             if "dispersion" in outputs:
                 values["dispersion"] = out["log_theta"][out["theta_row"]].exp()
-            stop = start + mb.x.shape[0]
             for k in outputs:
                 val = values[k]
                 if k != "latent" and cols is not None:
                     val = val[:, torch.as_tensor(cols, device=val.device)]
-                res[k][start:stop] = val.float().cpu().numpy()
-            start = stop
+                res[k][part] = val.float().cpu().numpy()
+
+        self._apply(data, fn, batch_size, with_part=True)
         return res
 
     def _decoder_output(self, mb) -> dict:

@@ -149,9 +149,14 @@ def cell_count_log_likelihood(X: sp.csr_matrix, log_p: np.ndarray) -> np.ndarray
     """Per cell, sum over genes of x_cg log p_cg ``(n,)``: the multinomial log-likelihood
     without its combinatorial constant, which is the same for every model of the same counts."""
     X = X.tocsr()
-    rows = np.repeat(np.arange(X.shape[0]), np.diff(X.indptr))
-    terms = X.data.astype(np.float64) * np.asarray(log_p, dtype=np.float64)[rows, X.indices]
-    return np.bincount(rows, weights=terms, minlength=X.shape[0])
+    return _nonzero_log_likelihood(np.repeat(np.arange(X.shape[0]), np.diff(X.indptr)), X.indices, X.data, log_p)
+
+
+def _nonzero_log_likelihood(rows: np.ndarray, cols: np.ndarray, counts: np.ndarray, log_p: np.ndarray) -> np.ndarray:
+    """:func:`cell_count_log_likelihood` of the non-zero counts ``counts`` at ``(rows, cols)``
+    of ``log_p``'s cells, summed in their order."""
+    terms = counts.astype(np.float64) * np.asarray(log_p, dtype=np.float64)[rows, cols]
+    return np.bincount(rows, weights=terms, minlength=len(log_p))
 
 
 def perplexity_from_probs(X: sp.csr_matrix, probs: np.ndarray) -> float:
@@ -181,32 +186,33 @@ class LDA(BaseModel):
         Columns are non-negative and sum to 1; genes rank by enrichment over the background."""
         return F.softmax(self.module.topic_gene.detach().float(), dim=-1).T.cpu().numpy()
 
-    @torch.no_grad()
     def _proportions(self, data: CellData, batch_size: int = 1024) -> np.ndarray:
         """(n_cells, n_topics) softmax of the posterior mean of z."""
-        self.module.eval()
-        out = [F.softmax(self.module.inference(mb.x.to(self.device), mb.batch.to(self.device))[0].float(), -1).cpu()
-               for mb in data.iterate(np.arange(data.n_cells), batch_size, drop_last_if_tiny=False)]
-        return torch.cat(out).numpy()
+        fn = lambda mb: F.softmax(self.module.inference(mb.x, mb.batch)[0].float(), -1).cpu()  # noqa: E731
+        return torch.cat(self._apply(data, fn, batch_size)).numpy()
 
     @torch.no_grad()
     def _log_probs(self, theta: torch.Tensor, batch: torch.Tensor) -> torch.Tensor:
         """(n, n_topics) proportions and (n,) batch codes -> (n, n_genes) log p(gene | cell)."""
         return self.module.generative(theta.to(self.device), batch.to(self.device)).cpu()
 
-    def _chunks(self, data: CellData, proportions: np.ndarray, chunk: int = 1024):
-        """(rows, log p) over chunks of cells: (n, genes) is never formed for all cells at once."""
-        for s in range(0, data.n_cells, chunk):
-            rows = np.arange(s, min(s + chunk, data.n_cells))
-            theta = torch.from_numpy(np.ascontiguousarray(proportions[rows], dtype=np.float32))
-            yield rows, self._log_probs(theta, torch.from_numpy(data.batch[rows])).numpy()
+    def _per_block(self, data: CellData, proportions: np.ndarray, fn, chunk: int = 1024) -> list:
+        """``fn(mb, log_p)`` per minibatch of ``chunk`` cells (:meth:`_apply`), ``log_p`` their
+        ``(n, n_genes)`` log p(gene | cell) from ``proportions``: never formed for all cells at once."""
+        def block(mb, part):
+            theta = torch.from_numpy(np.ascontiguousarray(proportions[part], dtype=np.float32))
+            return fn(mb, self._log_probs(theta, mb.batch).numpy())
+
+        return self._apply(data, block, chunk, with_part=True)
 
     def _cell_log_lik(self, data: CellData, proportions: np.ndarray, chunk: int = 1024) -> np.ndarray:
-        """Per cell, sum_g x log p(gene | cell) ``(n,)``; counts read block by block (also from disk)."""
-        out = np.zeros(data.n_cells)
-        for (rows, log_p), (_, _, X) in zip(self._chunks(data, proportions, chunk), iter_row_blocks(data, chunk)):
-            out[rows] = cell_count_log_likelihood(X, log_p)
-        return out
+        """Per cell, sum_g x log p(gene | cell) ``(n,)``, from each minibatch's non-zero counts."""
+        def fn(mb, log_p):
+            rows, cols, counts = (t.cpu().numpy() for t in (mb.nz_row, mb.nz_col, mb.nz_val))
+            return _nonzero_log_likelihood(rows, cols, counts, log_p)
+
+        parts = self._per_block(data, proportions, fn, chunk)
+        return np.concatenate(parts) if parts else np.zeros(0)
 
     def transform(self, adata: AnnData, *, layer="model", batch_key="model", pad_missing: bool = False) -> np.ndarray:
         """Topic proportions ``(n_cells, n_topics)`` of the cells in ``adata`` (rows sum to 1).
@@ -219,7 +225,7 @@ class LDA(BaseModel):
         """Each cell's predicted gene distribution ``(n_cells, n_genes)``, rows summing to 1,
         from its inferred topic proportions (and, with batches, its batch's background)."""
         data = self._cell_data(adata, layer, batch_key, pad_missing)
-        return np.exp(np.concatenate([lp for _, lp in self._chunks(data, self._proportions(data))]))
+        return np.exp(np.concatenate(self._per_block(data, self._proportions(data), lambda mb, log_p: log_p)))
 
     def perplexity(self, adata: AnnData, *, layer="model", batch_key="model", pad_missing: bool = False) -> float:
         """Per-count perplexity of ``adata``'s counts: exp(- sum x log p / sum x) with p from

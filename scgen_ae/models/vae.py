@@ -318,19 +318,6 @@ class VAE(ScviToolsNames, BaseModel):
         """Counts for the count likelihoods, real values (log-normalised) for ``gaussian``."""
         return "counts" if get_likelihood(config.likelihood).counts else "real"
 
-    @torch.no_grad()
-    def _apply(self, adata, layer, batch_key, batch_size, pad_missing, fn, constants: bool = False) -> list:
-        """``fn`` of each minibatch, in the order of the cells. Rows are only densified, so the
-        counts are not copied to sort their indices; ``constants``: the likelihood's per-cell
-        constants, computed for every cell first (only for ``fn`` that score likelihoods)."""
-        data = self._cell_data(adata, layer, batch_key, pad_missing, sorted_indices=False)
-        self.module.eval()
-        device = self.device
-        out = []
-        for mb in data.iterate(np.arange(data.n_cells), batch_size, drop_last_if_tiny=False, constants=constants):
-            out.append(fn(mb.to(device)))
-        return out
-
     def get_latent(self, adata: AnnData, *, layer="model", batch_key="model", give_mean: bool = True,
                    batch_size: int = 1024, pad_missing: bool = False, seed: int = 0) -> np.ndarray:
         """Latent representation ``(n_cells, n_latent)``: the posterior mean, or one sample.
@@ -346,7 +333,8 @@ class VAE(ScviToolsNames, BaseModel):
             noise = torch.randn(mean.shape, generator=gen).to(mean.device)
             return (mean + noise * (0.5 * log_var).exp()).cpu()
 
-        return torch.cat(self._apply(adata, layer, batch_key, batch_size, pad_missing, fn)).numpy()
+        return torch.cat(self._apply_adata(adata, fn, batch_size, layer=layer, batch_key=batch_key,
+                                           pad_missing=pad_missing)).numpy()
 
     def predict(self, adata: AnnData, *, soft: bool = False, layer="model", batch_key="model",
                 batch_size: int = 1024, pad_missing: bool = False):
@@ -375,12 +363,30 @@ class VAE(ScviToolsNames, BaseModel):
             mean, _ = self.module.inference(mb.x, mb.batch, mb.covs)
             return torch.softmax(self.module.classify(mean.float()), dim=-1).cpu()
 
-        proba = torch.cat(self._apply(adata, layer, batch_key, batch_size, pad_missing, fn)).numpy()
+        proba = torch.cat(self._apply_adata(adata, fn, batch_size, layer=layer, batch_key=batch_key,
+                                           pad_missing=pad_missing)).numpy()
         index = pd.Index(adata.obs_names)
         if soft:
             return pd.DataFrame(proba, index=index, columns=pd.Index(self.label_categories))
         best = pd.Categorical.from_codes(proba.argmax(1), categories=self.label_categories)
         return pd.Series(best, index=index, name="predicted_labels")
+
+    def _decode_latent(self, cells, z: np.ndarray, rows: np.ndarray | None = None,
+                       batch_size: int = 1024) -> np.ndarray:
+        """The likelihood's mean E[x] (:meth:`~scgen_ae.likelihoods.Likelihood.mean`) of latents
+        ``z`` ``(len(rows), n_latent)``, each decoded in the batch, library size and covariates
+        of its cell ``rows[i]`` of the validated ``cells`` (default: all, in order); float32
+        ``(len(rows), n_genes)``. For count likelihoods expected counts at the cell's observed
+        library size (for zinb including the zero inflation, (1 - pi) mu); for gaussian the mean.
+        """
+        z = np.asarray(z, dtype=np.float32)
+
+        def fn(mb, part):
+            out = self.module.generative(torch.from_numpy(z[part]).to(self.device), mb.batch, mb.log_library, mb.covs)
+            return self.module.likelihood.mean(out).cpu().numpy()
+
+        out = self._apply(cells, fn, batch_size, rows=rows, with_part=True)
+        return np.concatenate(out).astype(np.float32) if out else np.zeros((0, len(self.var_names)), np.float32)
 
     def _decoder_output(self, mb) -> dict:
         mean, _ = self.module.inference(mb.x, mb.batch, mb.covs)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
-import torch
 from anndata import AnnData
 
 from .. import _validate as v
@@ -41,23 +40,10 @@ def _latents(model, adata: AnnData, layer, batch_key):
     return data, model.get_latent(adata, layer=layer, batch_key=batch_key)
 
 
-@torch.no_grad()
 def _decode(model, data, rows: np.ndarray, z: np.ndarray) -> np.ndarray:
-    """Decode latents ``z`` (len(rows), n_latent) in the batch and library of cells ``rows``.
-
-    The likelihood's mean E[x] (:meth:`~scgen_ae.likelihoods.Likelihood.mean`): for count
-    likelihoods expected counts at the cell's observed library size (for zinb including the
-    zero inflation, (1 - pi) mu); for gaussian the mean.
-    """
-    module = model.module.eval()
-    z = np.asarray(z, dtype=np.float32)
-    out = []
-    for start in range(0, len(rows), 1024):
-        part = slice(start, start + 1024)
-        mb = data.minibatch(rows[part]).to(model.device)
-        res = module.generative(torch.from_numpy(z[part]).to(model.device), mb.batch, mb.log_library, mb.covs)
-        out.append(module.likelihood.mean(res).cpu().numpy())
-    return np.concatenate(out).astype(np.float32) if out else np.zeros((0, len(model.var_names)), np.float32)
+    """Decode latents ``z`` (len(rows), n_latent) in the batch and library of cells ``rows``
+    (:meth:`~scgen_ae.models.vae.VAE._decode_latent`: the likelihood's mean)."""
+    return model._decode_latent(data, z, rows)
 
 
 def _balanced_mean(z: np.ndarray, groups: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
