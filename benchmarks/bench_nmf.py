@@ -102,11 +102,11 @@ def worker(spec: dict) -> dict:
         W, H = adata.obsm["X_nmf"], adata.varm["nmf_loadings"].T
         hist = model.history
         out.update(n_iter=int(hist["n_iter"]), version=f"torch {torch.__version__}")
-        overhead = out["seconds"] - float(hist["seconds"][-1])
+        overhead = out["seconds"] - float(hist["seconds"])
         target = spec.get("target_loss")
         if target is not None:
             hit = np.flatnonzero(np.asarray(hist["train_loss"]) <= target)
-            out["seconds_to_target"] = overhead + float(hist["seconds"][hit[0]]) if len(hit) else float("nan")
+            out["seconds_to_target"] = overhead + float(hist["pass_seconds"][hit[0]]) if len(hit) else float("nan")
     if tool != "sa_inmf":  # iNMF's aligned factors are not a reconstruction of X
         out["loss"] = frobenius_loss(X, np.asarray(W), np.asarray(H))
     np.save(spec["embedding"], np.asarray(W, dtype=np.float32))

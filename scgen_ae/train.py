@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import math
 import sys
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -91,6 +92,14 @@ class History:
         keyed ``train_<term>`` / ``validation_<term>`` (``train_reconstruction``,
         ``train_kl``, ``train_alignment``, ...). A term a minibatch lacks counts as 0
         there, so the terms combine to the total as in each minibatch.
+    info
+        Values particular to one model, written by :meth:`as_dict` as given after the
+        terms (NMF: ``loss_label``, ``n_iter``, ``converged``, ``pass_seconds``, ...; see
+        :func:`scgen_ae.tl.nmf`). Empty for the neural models.
+
+    Models fitted by passes over all cells (NMF, classic LDA) record one entry per pass:
+    ``best_epoch`` is the last pass, and ``stopped_early`` means the fit converged (its
+    stopping rule held) before its ``max_iter`` passes (classic LDA has no such rule: False).
     """
 
     train_loss: list = field(default_factory=list)
@@ -101,6 +110,7 @@ class History:
     interrupted: bool = False
     seconds: float = 0.0
     terms: dict = field(default_factory=dict)
+    info: dict = field(default_factory=dict)
 
     def add_terms(self, prefix: str, means: dict[str, float], n_epochs: int) -> None:
         """Record one epoch's term means under ``<prefix>_<term>``; ``n_epochs``: the epochs
@@ -113,12 +123,14 @@ class History:
 
     def restore(self, record: dict) -> None:
         """Take the values of an :meth:`as_dict` record (e.g. from a checkpoint)."""
-        fields = set(self.__dataclass_fields__) - {"terms"}
+        fields = set(self.__dataclass_fields__) - {"terms", "info"}
         for key, value in record.items():
             if key in fields:
                 setattr(self, key, list(value) if isinstance(value, (list, np.ndarray)) else value)
-            else:
+            elif key.startswith(("train_", "validation_")):
                 self.terms[key] = list(value)
+            else:
+                self.info[key] = value
 
     def as_dict(self) -> dict:
         """Arrays and scalars by key: the fields, then the :attr:`terms`."""
@@ -131,7 +143,25 @@ class History:
             "interrupted": bool(self.interrupted),
             "seconds": float(self.seconds),
             **{key: np.asarray(values, dtype=np.float64) for key, values in self.terms.items()},
+            **self.info,
         }
+
+
+def warn_interrupted(holds: str, verb: str = "Training", stacklevel: int = 3) -> None:
+    """The warning of every front whose fit was stopped by Ctrl-C (``History.interrupted``):
+    ``adata`` was left unchanged, and the returned model holds ``holds``."""
+    warnings.warn(f"{verb} was interrupted (Ctrl-C): adata was left unchanged. The returned model holds {holds}",
+                  stacklevel=stacklevel)
+
+
+def progress_bar(iterable, desc: str, unit: str, requested: bool = True, hidden: bool = False):
+    """The progress bar of every fit: tqdm's (see :func:`~scgen_ae._settings.progress_bar_class`),
+    drawn when ``requested`` and ``sa.settings`` allow it (:meth:`~scgen_ae._settings.Settings.show_progress`)
+    and not ``hidden`` (e.g. on the ranks other than 0 of a data-parallel run)."""
+    # in a log file (CI, nohup) each refresh is a new line: refresh every 30 s there, not 10x/s
+    interactive = getattr(sys.stderr, "isatty", lambda: False)() or "ipykernel" in sys.modules
+    return progress_bar_class()(iterable, desc=desc, unit=unit, leave=False, mininterval=0.1 if interactive else 30.0,
+                                disable=not settings.show_progress(requested) or hidden)
 
 
 def resolve_device(device: str) -> torch.device:
@@ -319,11 +349,8 @@ def fit(module: torch.nn.Module, data: CellData, config: TrainConfig, likelihood
     good_state = copy.deepcopy(module.state_dict())
     start = time.perf_counter() - history.seconds
     first = loop["epoch"] + 1 if not history.stopped_early else n_epochs
-    # in a log file (CI, nohup) each refresh is a new line: refresh every 30 s there, not 10x/s
-    interactive = getattr(sys.stderr, "isatty", lambda: False)() or "ipykernel" in sys.modules
-    bar = progress_bar_class()(range(first, n_epochs), desc="training", unit="epoch", leave=False,
-                               mininterval=0.1 if interactive else 30.0,
-                               disable=not settings.show_progress(config.progress) or (dist is not None and dist.rank != 0))
+    bar = progress_bar(range(first, n_epochs), "training", "epoch", config.progress,
+                       hidden=dist is not None and dist.rank != 0)
     try:
         for epoch in bar:
             kl_weight = min(1.0, (epoch + 1) / warmup) if warmup > 0 else 1.0

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 import scgen_ae as sa
+from scgen_ae.models import _nmf_solver, lda_vb
 from scgen_ae.models.vae import VAEModule
 
 from .conftest import FAST
@@ -62,6 +63,38 @@ def test_ctrl_c_mid_epoch_keeps_best_model_and_adata(sim, snapshot, monkeypatch)
     monkeypatch.setattr(VAEModule, "loss", original)
     z = model.get_latent(sim)
     assert z.shape == (sim.n_obs, 10) and np.isfinite(z).all()
+
+
+def _interrupt_on_call(monkeypatch, owner, name: str, n: int) -> None:
+    """Make ``owner.name`` raise KeyboardInterrupt on its ``n``-th call (Ctrl-C mid-fit)."""
+    original, calls = getattr(owner, name), {"n": 0}
+
+    def interrupting(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == n:
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, interrupting)
+
+
+@pytest.mark.parametrize("front", ["nmf", "classic_lda"])
+def test_ctrl_c_in_nmf_and_classic_lda_as_in_the_neural_fronts(sim, snapshot, monkeypatch, front):
+    """Ctrl-C in the third pass / iteration: the shared warning, adata unchanged, and the
+    returned model's History marks the interruption and keeps the two finished passes."""
+    snap = snapshot(sim)
+    if front == "nmf":
+        _interrupt_on_call(monkeypatch, _nmf_solver, "_end_of_pass", 3)
+        with pytest.warns(UserWarning, match="interrupted .*adata was left unchanged"):
+            model = sa.tl.nmf(sim, n_components=4, max_iter=50, tol=0.0)
+    else:
+        _interrupt_on_call(monkeypatch, lda_vb, "e_step", 3)
+        with pytest.warns(UserWarning, match="interrupted .*adata was left unchanged"):
+            model = sa.tl.lda(sim, n_topics=4, method="classic", max_iter=50)
+    snap.assert_unchanged(sim)
+    assert model.history["interrupted"] and not model.history["stopped_early"]
+    assert len(model.history["train_loss"]) == 2 and model.history["best_epoch"] == 1
+    assert np.isfinite(model.transform(sim)).all()
 
 
 def test_sigint_to_training_process_then_save(tmp_path):

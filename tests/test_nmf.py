@@ -10,6 +10,7 @@ import torch
 import scgen_ae as sa
 from scgen_ae.cli import main
 from scgen_ae.models import _nmf_data, _nmf_solver
+from scgen_ae.train import History
 
 from .conftest import Snapshot, fit_copy
 
@@ -52,9 +53,21 @@ def test_plain_nmf_writes_documented_keys(plain, cellbench_hvg):
     assert u["key_added"] == "X_nmf" and u["varm_key"] == "nmf_loadings"
     assert u["params"]["n_components"] == K and u["params"]["batch_key"] == "None"
     hist = u["history"]
-    assert len(hist["train_loss"]) == hist["n_iter"] == len(hist["seconds"])
+    assert len(hist["train_loss"]) == hist["n_iter"] == len(hist["pass_seconds"])
+    assert hist["seconds"] == hist["pass_seconds"][-1] and hist["stopped_early"] == hist["converged"]
     assert hist["sketch_at"] == _nmf_solver.SKETCH_AFTER and len(hist["sketch_loss"]) > 1
     assert "X_nmf" not in cellbench_hvg.obsm  # copy=True left the input alone
+
+
+def test_history_is_the_record_of_a_train_history(plain):
+    """uns["nmf"]["history"] is a History.as_dict(): restored into a History it gives itself back."""
+    hist = plain[0].uns["nmf"]["history"]
+    again = History()
+    again.restore(hist)
+    assert set(again.as_dict()) == set(hist)
+    for key, value in again.as_dict().items():
+        np.testing.assert_array_equal(value, hist[key], err_msg=key)
+    assert hist["best_epoch"] == len(hist["train_loss"]) - 1 and not hist["interrupted"]
 
 
 def test_history_is_the_reconstruction_error(plain, cellbench_hvg):

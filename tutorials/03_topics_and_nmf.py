@@ -146,7 +146,7 @@ nmf_batch = sa.tl.nmf(adata, n_components=N_TOPICS, batch_key="batch", seed=0, n
 nmf_plain = sa.tl.nmf(adata, n_components=N_TOPICS, seed=0, n_threads=1, key_added="X_nmf_plain",
                       varm_key="nmf_plain_loadings", uns_key="nmf_plain")
 history = adata.uns["nmf"]["history"]
-print(f"iNMF: {history['n_iter']} passes in {history['seconds'][-1]:.1f} s, converged: {history['converged']}")
+print(f"iNMF: {history['n_iter']} passes in {history['seconds']:.1f} s, converged: {history['converged']}")
 sa.pl.top_genes(adata, key="nmf", n_genes=8)
 
 # %% [markdown]

@@ -26,6 +26,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from ..train import History
 from ._nmf_data import Chunk, make_chunks, sketch_chunks
 
 _EPS = 1e-10
@@ -171,6 +172,22 @@ class Fit:
     sketch_loss: list = field(default_factory=list)
     sketch_at: int = 0  # passes over X (in ``loss``) before those over the sketch
     interrupted: bool = False  # Ctrl-C: the factors are those of the last finished update
+
+    def history(self, loss_label: str) -> History:
+        """The fit as a :class:`~scgen_ae.train.History`, one entry per pass over the cells:
+        ``train_loss`` the objective, ``best_epoch`` the last pass, ``stopped_early`` whether
+        it converged (a pass improved by less than ``tol``) before ``max_iter`` passes,
+        ``seconds`` the whole fit's time, and in ``info`` ``pass_seconds`` (cumulative time
+        at the end of each pass) and the NMF records ``converged`` (= ``stopped_early``),
+        ``n_iter``, ``shared_passes``, ``sketch_loss``, ``sketch_at``, ``loss_label``."""
+        return History(
+            train_loss=list(self.loss), kl_weight=[1.0] * len(self.loss), best_epoch=len(self.loss) - 1,
+            stopped_early=bool(self.converged), interrupted=bool(self.interrupted),
+            seconds=float(self.seconds[-1]) if self.seconds else 0.0,
+            info={"loss_label": loss_label, "pass_seconds": np.asarray(self.seconds, dtype=np.float64),
+                  "n_iter": len(self.loss), "shared_passes": int(self.shared_passes),
+                  "sketch_loss": np.asarray(self.sketch_loss, dtype=np.float64), "sketch_at": int(self.sketch_at),
+                  "converged": bool(self.converged)})
 
 
 def fit(blocks: list[sp.csr_matrix], k: int, *, chunk_size: int | None = None,

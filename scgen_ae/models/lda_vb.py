@@ -28,8 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data import CellData, transpose_pattern
-from .._settings import logger
-from ..train import History
+from ..train import History, progress_bar
 from .topic import LDA
 
 
@@ -161,7 +160,8 @@ def e_step(X: sp.csr_matrix | _Sparse, exp_elog_beta: torch.Tensor, alpha: float
 def fit_vb(module: VBLDAModule, data: CellData, seed: int, progress: bool = False) -> tuple[History, torch.Tensor]:
     """Batch variational Bayes EM on all cells of ``data`` (in place); returns the History
     and the cells' gamma ``(n_cells, k)`` from the last E-step (a start for their final
-    proportions)."""
+    proportions). ``progress``: the progress bar of :func:`scgen_ae.train.progress_bar`.
+    Ctrl-C ends the fit on the topics of the last finished iteration (``History.interrupted``)."""
     cfg = module.cfg
     start = time.perf_counter()
     X = _Sparse(data.X)
@@ -173,17 +173,22 @@ def fit_vb(module: VBLDAModule, data: CellData, seed: int, progress: bool = Fals
         lam = lam.sample()
     history, gamma = History(), None
     restarts = np.random.default_rng(int(torch.randint(2**31 - 1, (1,), generator=gen)))
-    for it in range(cfg.max_iter):
-        exp_elog_beta = _exp_dirichlet_expectation(lam)
-        # sklearn's random start of every E-step: gamma ~ Gamma(100, 1/100)
-        start_gamma = torch.from_numpy(restarts.gamma(100.0, 0.01, (X.shape[0], cfg.n_topics)).astype(np.float32))
-        gamma, sstats, data_term = e_step(X, exp_elog_beta, cfg.alpha, start_gamma, cfg.fit_doc_update_iter,
-                                          cfg.mean_change_tol)
-        lam = cfg.eta + exp_elog_beta * sstats
-        history.train_loss.append(data_term)
-        history.kl_weight.append(1.0)
-        if progress:
-            logger.info("classic LDA iteration %d/%d: %.1f per cell", it + 1, cfg.max_iter, history.train_loss[-1])
+    bar = progress_bar(range(cfg.max_iter), "classic LDA", "iteration", progress)
+    try:
+        for _ in bar:
+            exp_elog_beta = _exp_dirichlet_expectation(lam)
+            # sklearn's random start of every E-step: gamma ~ Gamma(100, 1/100)
+            start_gamma = torch.from_numpy(restarts.gamma(100.0, 0.01, (X.shape[0], cfg.n_topics)).astype(np.float32))
+            gamma, sstats, data_term = e_step(X, exp_elog_beta, cfg.alpha, start_gamma, cfg.fit_doc_update_iter,
+                                              cfg.mean_change_tol)
+            lam = cfg.eta + exp_elog_beta * sstats
+            history.train_loss.append(data_term)
+            history.kl_weight.append(1.0)
+            bar.set_postfix(loss=f"{data_term:.1f}", refresh=False)
+    except KeyboardInterrupt:  # as train.fit: keep what the finished iterations fitted
+        history.interrupted = True
+    finally:
+        bar.close()
     module.topic_word.data.copy_(lam)
 
     history.best_epoch = len(history.train_loss) - 1

@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import dataclasses
-import warnings
 
 import numpy as np
 from anndata import AnnData
@@ -11,7 +10,7 @@ from .. import ondisk
 from ..data import CellData, train_validation_split
 from ..models.lda_vb import ClassicLDA, VBLDAConfig, VBLDAModule, fit_vb
 from ..models.topic import LDA, TopicConfig, TopicModule
-from ..train import fit, seeded_threads
+from ..train import fit, seeded_threads, warn_interrupted
 from ._common import params_record, returned, split_kwargs, training_data, write_results
 from ._composition import check_label_key, composition_record
 
@@ -39,12 +38,18 @@ def _subset(data: CellData, idx: np.ndarray) -> CellData:
     return CellData(data.X[idx], data.batch[idx], data.library[idx])
 
 
+_LDA_HOLDS = "the best weights so far; use model.transform(adata) or model.save(path), or train again."
+
+
 def _fit_classic(config, data, cats, adata, layer, train_cfg, train_idx, val_idx):
     """Batch VB on the training cells; proportions of every cell: the held-out ones from a
-    full E-step, the training ones continued to convergence from their last fitted gamma."""
+    full E-step, the training ones continued to convergence from their last fitted gamma.
+    Ctrl-C: (the model with the topics of the last finished iteration, None)."""
     module = VBLDAModule(config)
     history, gamma = fit_vb(module, _subset(data, train_idx), train_cfg.seed, train_cfg.progress)
     model = ClassicLDA(config, adata.var_names, None, cats, layer, history.as_dict(), module)
+    if history.interrupted:
+        return model, None
     proportions = np.zeros((data.n_cells, config.n_topics), dtype=np.float32)
     proportions[train_idx] = model._proportions(_subset(data, train_idx), init=gamma)
     if len(val_idx):
@@ -127,13 +132,15 @@ def lda(
         start: a lower held-out perplexity than sklearn's 10 iterations of up to 100
         sweeps), ``max_doc_update_iter`` (100, for transforms),
         ``mean_change_tol`` (1e-3), ``doc_topic_prior`` / ``topic_word_prior`` (1 / k),
-        plus ``seed``, ``n_threads``, ``validation_fraction`` (0.1), ``progress``.
+        plus ``seed``, ``n_threads``, ``validation_fraction`` (0.1), ``progress`` (False:
+        True draws the progress bar of ``tl.vae``, one step per iteration, as ``sa.settings`` allow).
 
     Returns
     -------
     The trained :class:`~scgen_ae.models.LDA` (a ``ClassicLDA`` for ``method="classic"``),
     or, with ``copy=True``, the annotated copy of ``adata`` (the model:
-    :func:`~scgen_ae.tl.get_model`). Errors leave ``adata`` unchanged.
+    :func:`~scgen_ae.tl.get_model`). Errors leave ``adata`` unchanged; so does Ctrl-C (with a
+    warning; the model so far is returned, ``model.history["interrupted"]`` True), both methods.
     Sets
 
     - ``adata.obsm[key_added]``: (n_cells, n_topics) topic proportions, rows sum to 1
@@ -180,6 +187,10 @@ def lda(
         if method == "classic":
             config = VBLDAConfig(n_genes=adata.n_vars, n_topics=n_topics, **rest)
             model, proportions = _fit_classic(config, data, cats, adata, layer, train_cfg, train_idx, val_idx)
+            if proportions is None:
+                warn_interrupted("the topics of the last finished iteration; use model.transform(adata) or "
+                                 "model.save(path), or train again.", stacklevel=3)
+                return model
         else:
             config = TopicConfig(n_genes=adata.n_vars, n_batches=len(cats), n_topics=n_topics, n_hidden=n_hidden,
                                  topic_prior=topic_prior, encode_batch=encode_batch,
@@ -190,11 +201,7 @@ def lda(
             history = fit(module, data, train_cfg, "poisson")
             model = LDA(config, adata.var_names, batch_key, cats, layer, history.as_dict(), module)
             if history.interrupted:
-                warnings.warn(
-                    "Training was interrupted (Ctrl-C): adata was left unchanged. The returned model holds the "
-                    "best weights so far; use model.transform(adata) or model.save(path), or train again.",
-                    stacklevel=2,
-                )
+                warn_interrupted(_LDA_HOLDS, stacklevel=3)
                 return model
             proportions = model._proportions(data)
         log_lik = model._cell_log_lik(data, proportions)

@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 from anndata import AnnData
 
@@ -12,7 +10,7 @@ from ..models._nmf_data import StreamedChunks
 from ..models.nmf import (NMF, NMFConfig, apply_alignment, check_nonnegative, fit_alignment, input_kind, preprocess,
                           split_by_batch)
 from ..spec import DataSpec
-from ..train import resolve_device, seeded_threads
+from ..train import resolve_device, seeded_threads, warn_interrupted
 from ._common import params_record, returned, write_results
 
 SOLVERS = ("hals", "mu")
@@ -172,14 +170,17 @@ def nmf(
     - ``adata.varm[varm_key]``: (n_genes, k) non-negative shared gene loadings, each
       factor (column) with unit L2 norm.
     - ``adata.uns[uns_key]["params"]``: the arguments used.
-    - ``adata.uns[uns_key]["history"]``: ``train_loss`` (objective per cell after each
-      pass: 1/2 squared Frobenius error (+ iNMF penalty), or generalised KL),
-      ``seconds`` (cumulative), ``n_iter``, ``converged``, ``shared_passes`` (iNMF: the
+    - ``adata.uns[uns_key]["history"]``: the :class:`~scgen_ae.train.History` record of
+      every model (one entry per pass; ``stopped_early``: converged before ``max_iter``
+      passes; ``seconds``: the whole fit's time) with ``train_loss`` (objective per cell after each
+      pass: 1/2 squared Frobenius error (+ iNMF penalty), or generalised KL), and NMF's own
+      ``pass_seconds`` (cumulative time after each pass; models fitted before this field
+      have these times under ``seconds``), ``n_iter``, ``converged``, ``shared_passes`` (iNMF: the
       first ``shared_passes`` entries are its plain-NMF start), ``sketch_loss`` (per pass
       over the sketch, which came after the first ``sketch_at`` passes: its objective +
       1/2 the squared error of the sketch, per cell; an estimate of the objective; its
-      time is in ``seconds``), ``loss_label`` (what the losses are), plus
-      ``validation_loss`` (empty) and ``best_epoch`` so ``sa.pl.history(adata, key=uns_key)``
+      time is in ``pass_seconds``), ``loss_label`` (what the losses are); ``validation_loss``
+      is empty and ``best_epoch`` the last pass. ``sa.pl.history(adata, key=uns_key)``
       draws it (the passes over the sketch dashed, where they ran).
     - ``adata.uns[uns_key]["key_added"]``, ``["varm_key"]``: the keys above (read by
       the generic top-genes / loadings plots); with ``batch_key`` also ``["reference_batch"]``.
@@ -226,15 +227,15 @@ def nmf(
         else:
             result = _nmf_solver.fit(blocks, k, chunk_size=batch_size, **options)
         norms = result.H.norm(dim=1).clamp_min(1e-12)[:, None]  # unit-norm loadings; W H unchanged
-        model = NMF(config, adata.var_names, batch_key, cats, layer, _history(result, _loss_label(config)))
+        model = NMF(config, adata.var_names, batch_key, cats, layer, result.history(_loss_label(config)).as_dict())
         model.module.to(dev)
         model.set_factors(result.H / norms, result.V / norms[None])
         Z = np.zeros((adata.n_obs, k), dtype=np.float32)
         for rows, W in zip(idx, result.W):
             Z[rows] = (W * norms.T).cpu().numpy()
         if result.interrupted:
-            warnings.warn("Fitting was interrupted (Ctrl-C): adata was left unchanged. The returned model holds "
-                          "the loadings so far; use model.transform(adata) or model.save(path).", stacklevel=2)
+            warn_interrupted("the loadings so far; use model.transform(adata) or model.save(path).", "Fitting",
+                             stacklevel=3)
             return model
         if config.aligned:
             tables = fit_alignment(Z, codes, model.loadings.T, config)
@@ -257,18 +258,3 @@ def _loss_label(config: NMFConfig) -> str:
         return "generalised KL divergence per cell"
     return "1/2 squared error per cell" + (" + iNMF penalty" if config.aligned else "")
 
-
-def _history(result: _nmf_solver.Fit, loss_label: str) -> dict:
-    return {
-        "loss_label": loss_label,
-        "train_loss": np.asarray(result.loss, dtype=np.float64),
-        "validation_loss": np.zeros(0, dtype=np.float64),
-        "seconds": np.asarray(result.seconds, dtype=np.float64),
-        "n_iter": len(result.loss),
-        "shared_passes": int(result.shared_passes),
-        "sketch_loss": np.asarray(result.sketch_loss, dtype=np.float64),
-        "sketch_at": int(result.sketch_at),
-        "converged": bool(result.converged),
-        "interrupted": bool(result.interrupted),
-        "best_epoch": len(result.loss) - 1,
-    }

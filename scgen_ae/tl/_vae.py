@@ -10,7 +10,7 @@ from .. import _validate as v
 from .._validate import check_n_latent, check_target
 from ..covariates import CovariateSpec
 from ..models.vae import VAE, VAEConfig, VAEModule
-from ..train import fit, seeded_threads
+from ..train import fit, seeded_threads, warn_interrupted
 from ._common import (HVG_IF_PRESENT, mask_name, params_record, returned, split_kwargs, training_data, var_mask,
                       write_results)
 from ._composition import check_label_key, composition as composition_report, composition_record
@@ -372,9 +372,6 @@ def _train(config, data, train_cfg, train_on, batch_key, cats, layer, classes, l
 
 
 def _interrupted(model: VAE) -> VAE:
-    warnings.warn(
-        "Training was interrupted (Ctrl-C): adata was left unchanged. The returned model holds the "
-        "best weights so far; use model.get_latent(adata) or model.save(path), or train again.",
-        stacklevel=3,
-    )
+    warn_interrupted("the best weights so far; use model.get_latent(adata) or model.save(path), or train again.",
+                     stacklevel=4)
     return model
