@@ -261,3 +261,16 @@ def test_remove_batch_without_labels_keeps_types_each_batch_lacks_apart(cellbenc
     batch = adata.obs["batch"].astype(str).to_numpy()
     before = sa.metrics.batch_entropy(adata.obsm["X_vae"][hcc], batch[hcc])
     assert sa.metrics.batch_entropy(corrected[hcc], batch[hcc]) > before + 0.1
+
+
+def test_remove_batch_leaves_a_batch_without_pairs_where_it_is(cellbench_hvg2000, monkeypatch):
+    """A batch that pairs with no merged cell shares no type with them as far as the data show:
+    it stays put (a mean shift would pull its types onto theirs), with a warning."""
+    from scgen_ae.tl import _remove_batch
+
+    adata = cellbench_hvg2000.copy()
+    model = sa.tl.vae(adata, seed=0, n_threads=1, progress=False, max_epochs=3)
+    monkeypatch.setattr(_remove_batch, "_mnn_shift", lambda *args: None)
+    with pytest.warns(UserWarning, match="left where it is"):
+        sa.tl.remove_batch(model, adata, batch_key="batch")
+    np.testing.assert_array_equal(adata.obsm["X_vae_corrected"], adata.obsm["X_vae"])

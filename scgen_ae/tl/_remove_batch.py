@@ -109,8 +109,9 @@ def remove_batch(
       compared with each cell's own batch, the rule ``tl.vae``'s alignment uses. Every pair
       gives a vector, and every cell moves by the Gaussian-weighted mean of the vectors of
       its ``n_smooth`` nearest paired cells; a cell far from every paired cell (a type the
-      merged cells lack) stays where it is. If no pairs exist, the batch moves by the
-      difference of means (with a warning). The input view reads the cells' values into
+      merged cells lack) stays where it is. If no pairs exist, the batch is left where it
+      is (with a warning), not moved by the difference of means, which would pull its
+      types onto the merged ones. The input view reads the cells' values into
       memory once (sparse).
 
     Meant for a model trained with ``batch_key=None`` (scGen's setting), whose z still
@@ -163,10 +164,12 @@ def remove_batch(
         rows = batches == b
         if labels is None:
             shift = _mnn_shift(corrected[rows], corrected[merged], unit[rows], unit[merged], n_neighbors, n_smooth)
-            if shift is None:
-                warnings.warn(f"No mutual nearest neighbours between batch {b!r} and the merged cells: moved by the "
-                              "difference of means.", UserWarning, stacklevel=2)
-                shift = corrected[merged].mean(0) - corrected[rows].mean(0)
+            if shift is None:  # a mean shift would pull whatever the batch holds onto the merged types
+                warnings.warn(f"No cell of batch {b!r} pairs with the merged cells (mutual nearest neighbours in "
+                              "z and in the input): it shares no cell type with them, or its batch effect is too "
+                              "large to find pairs. It is left where it is; pass cell_type_key= to shift it by "
+                              "labels.", UserWarning, stacklevel=2)
+                shift = 0.0
             corrected[rows] += shift
         else:
             for t in np.unique(labels[rows]):
