@@ -92,14 +92,19 @@ class VAEConfig:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}.")
         if int(self.n_labels) == 1 or int(self.n_labels) < 0:
             raise ValueError(f"n_labels must be 0 (no classifier) or at least 2, got {self.n_labels!r}.")
-        bandwidth = self.mnn_bandwidth
-        if isinstance(bandwidth, bool) or not isinstance(bandwidth, (int, float)) or not (
-                math.isfinite(bandwidth) and bandwidth >= 0):
-            raise ValueError(f"mnn_bandwidth must be a finite number >= 0, got {self.mnn_bandwidth!r}.")
+        check_mnn_bandwidth(self.mnn_bandwidth)
         if not self.classification_weight >= 0:
             raise ValueError(f"classification_weight must be >= 0, got {self.classification_weight!r}.")
         if not 0 <= self.dropout_rate < 1:
             raise ValueError(f"dropout_rate must be in [0, 1), got {self.dropout_rate!r}.")
+
+
+def check_mnn_bandwidth(bandwidth) -> None:
+    """Refuse an ``mnn_bandwidth`` that is not a finite number >= 0 (ValueError)."""
+    if (isinstance(bandwidth, bool) or not isinstance(bandwidth, (int, float))
+            or not math.isfinite(bandwidth) or bandwidth < 0):
+        raise ValueError(f"mnn_bandwidth={bandwidth!r}; choose a finite number >= 0 (0: pull the mutual "
+                         "nearest neighbours only).")
 
 
 def mutual_pairs(d2: torch.Tensor, batch: torch.Tensor, k: int, bound: float = 0.0) -> torch.Tensor:
@@ -134,16 +139,27 @@ def _mnn_pairs(z: torch.Tensor, batch: torch.Tensor, x: torch.Tensor, k: int):
     mutual nearest neighbours (``k`` per batch) both in ``z`` and in the input ``x`` (cosine;
     within :data:`INPUT_PAIR_BOUND`). Each view alone lets wrong pairs through (``z`` is shaped
     by the alignment, ``x`` carries the batch effect)."""
-    sq = (z * z).sum(1)
-    d2 = (sq[:, None] + sq[None, :] - 2.0 * z @ z.T).clamp_min(0.0)
+    d2 = _sq_distances(z)
     unit = F.normalize(x.float(), dim=1)
     in_input = mutual_pairs(2.0 - 2.0 * unit @ unit.T, batch, k, INPUT_PAIR_BOUND)
     return d2, mutual_pairs(d2.detach(), batch, k) & in_input
 
 
+def _sq_distances(z: torch.Tensor) -> torch.Tensor:
+    """``(n, n)`` squared distances between the rows of ``z``, from a matmul (torch.cdist's
+    backward is slow on the CPU)."""
+    sq = (z * z).sum(1)
+    return (sq[:, None] + sq[None, :] - 2.0 * z @ z.T).clamp_min(0.0)
+
+
+def _rbf_kernel(d2: torch.Tensor, n_latent: int, scales) -> torch.Tensor:
+    """Multi-scale RBF kernel of squared distances ``d2``, bandwidths ``scales`` x ``n_latent``."""
+    return sum(torch.exp(d2 * (-0.5 / (s * n_latent))) for s in scales)
+
+
 def _kernel_distance(d2: torch.Tensor, n_latent: int, scales) -> torch.Tensor:
     """Multi-scale RBF distance in [0, len(scales)): 0 for equal points, saturating when far."""
-    return len(scales) - sum(torch.exp(d2 * (-0.5 / (s * n_latent))) for s in scales)
+    return len(scales) - _rbf_kernel(d2, n_latent, scales)
 
 
 def mnn_attraction(z: torch.Tensor, batch: torch.Tensor, x: torch.Tensor, k: int,
@@ -201,13 +217,10 @@ def mnn_correction(z: torch.Tensor, batch: torch.Tensor, x: torch.Tensor, k: int
 def batch_mmd(z: torch.Tensor, batch: torch.Tensor, scales=(0.1, 1.0, 10.0)) -> torch.Tensor:
     """Sum over batches of the multi-scale RBF MMD^2 between that batch's and all cells' z.
 
-    One (n x n) kernel serves every batch: its block means give each MMD term. Squared
-    distances come from a matmul (torch.cdist's backward is slow on the CPU). It assumes
+    One (n x n) kernel serves every batch: its block means give each MMD term. It assumes
     every batch holds the same cell types in similar proportions.
     """
-    sq = (z * z).sum(1)
-    d2 = (sq[:, None] + sq[None, :] - 2.0 * z @ z.T).clamp_min(0.0)
-    kernel = sum(torch.exp(d2 * (-0.5 / (s * z.shape[1]))) for s in scales)
+    kernel = _rbf_kernel(_sq_distances(z), z.shape[1], scales)
     onehot = torch.nn.functional.one_hot(batch).to(z.dtype)  # (n, B)
     counts = onehot.sum(0)
     present = counts >= 2

@@ -40,12 +40,6 @@ def _latents(model, adata: AnnData, layer, batch_key):
     return data, model.get_latent(adata, layer=layer, batch_key=batch_key)
 
 
-def _decode(model, data, rows: np.ndarray, z: np.ndarray) -> np.ndarray:
-    """Decode latents ``z`` (len(rows), n_latent) in the batch and library of cells ``rows``
-    (:meth:`~scgen_ae.models.vae.VAE._decode_latent`: the likelihood's mean)."""
-    return model._decode_latent(data, z, rows)
-
-
 def _balanced_mean(z: np.ndarray, groups: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
     """Mean of ``n`` cells drawn with each group equally often (scGen's class balancing)."""
     uniq = np.unique(groups)
@@ -152,7 +146,7 @@ def predict(
         delta = zs.mean(0) - zc.mean(0)
     rows = np.flatnonzero(target_rows)
     z_pred = z[rows] + delta
-    expr = _decode(model, data, rows, z_pred)
+    expr = model._decode_latent(data, z_pred, rows)
 
     pred = AnnData(expr, obs=adata.obs.iloc[rows].copy(), var=pd.DataFrame(index=pd.Index(model.var_names)))
     pred.obs[condition_key] = pd.Categorical(["pred"] * len(rows))

@@ -13,7 +13,7 @@ from .. import _validate as v
 from ..data import iter_row_blocks
 from ..models.vae import INPUT_PAIR_BOUND, MIN_CORRECTION_WEIGHT
 from ._common import params_record, write_results
-from ._predict import _check_model, _decode, _latents, _obs_values
+from ._predict import _check_model, _latents, _obs_values
 
 
 #: squared width of the Gaussian that smooths the pairs' vectors: this times a cell's squared
@@ -178,7 +178,7 @@ def remove_batch(
                     corrected[here] += corrected[there].mean(0) - corrected[here].mean(0)
         merged |= rows
     corrected = corrected.astype(np.float32)
-    layers = {layer_added: _decode(model, data, np.arange(adata.n_obs), corrected)} if layer_added else None
+    layers = {layer_added: model._decode_latent(data, corrected, np.arange(adata.n_obs))} if layer_added else None
     target = adata.copy() if copy else adata
     params = params_record(batch_key=batch_key, cell_type_key=cell_type_key, n_neighbors=n_neighbors,
                            n_smooth=n_smooth, layer=model.layer if layer == "model" else layer)

@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 import warnings
 
 from anndata import AnnData
@@ -9,7 +8,7 @@ from anndata import AnnData
 from .. import _validate as v
 from .._validate import check_n_latent, check_target
 from ..covariates import CovariateSpec
-from ..models.vae import VAE, VAEConfig, VAEModule
+from ..models.vae import VAE, VAEConfig, VAEModule, check_mnn_bandwidth
 from ..train import fit, seeded_threads, warn_interrupted
 from ._common import (HVG_IF_PRESENT, mask_name, params_record, returned, split_kwargs, training_data, var_mask,
                       write_results)
@@ -29,10 +28,7 @@ def _check_alignment(mmd_mnn_k, mnn_bandwidth) -> None:
     """Refuse a bad ``mmd_mnn_k`` / ``mnn_bandwidth`` before any pass over the data."""
     if mmd_mnn_k != "auto" and (isinstance(mmd_mnn_k, bool) or not isinstance(mmd_mnn_k, int) or mmd_mnn_k < 0):
         raise ValueError(f"mmd_mnn_k={mmd_mnn_k!r}; choose an integer >= 0 or 'auto'.")
-    if (isinstance(mnn_bandwidth, bool) or not isinstance(mnn_bandwidth, (int, float))
-            or not math.isfinite(mnn_bandwidth) or mnn_bandwidth < 0):
-        raise ValueError(f"mnn_bandwidth={mnn_bandwidth!r}; choose a finite number >= 0 (0: pull the mutual "
-                         "nearest neighbours only).")
+    check_mnn_bandwidth(mnn_bandwidth)
 
 
 def vae(
