@@ -158,11 +158,13 @@ DIAGNOSIS: dict = {}
 
 
 def _diagnosis(record: dict) -> str:
-    """``balanced``, or how many clusters some batch lacks and the share of cells in them."""
+    """``balanced``, or how many clusters some batch lacks and the share of cells in them; with
+    ``mmd_mnn_k="auto"`` also the alignment it chose."""
     comp = record.get("composition")
-    if comp is None or len(comp["missing_group"]) == 0:
-        return "balanced"
-    return f"{len(set(comp['missing_group']))} clusters ({100 * float(comp['share_affected']):.0f} %)"
+    found = ("balanced" if comp is None or len(comp["missing_group"]) == 0 else
+             f"{len(set(comp['missing_group']))} clusters ({100 * float(comp['share_affected']):.0f} %)")
+    alignment = record.get("alignment")  # mmd_mnn_k="auto": what it trained with
+    return found if alignment is None else f"{found}; auto used {alignment['used']}"
 
 
 def embed(adata, method: str, seed: int) -> np.ndarray:
