@@ -271,7 +271,8 @@ def _train_nmf(adata, args):
     import scgen_ae as sa
 
     model = sa.tl.nmf(adata, n_components=args.n_latent, batch_key=args.batch_key, layer=args.layer,
-                      max_iter=args.max_epochs or 200, seed=args.seed, n_threads=args.threads)
+                      max_iter=args.max_epochs or 200, seed=args.seed, n_threads=args.threads,
+                      progress=not args.quiet)
     hist = model.history
     print(f"fitted integrative NMF (k = {args.n_latent}) in {hist['n_iter']} passes, {hist['seconds']:.1f} s")
     return model, "X_nmf"

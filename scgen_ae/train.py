@@ -157,7 +157,8 @@ def warn_interrupted(holds: str, verb: str = "Training", stacklevel: int = 3) ->
 def progress_bar(iterable, desc: str, unit: str, requested: bool = True, hidden: bool = False):
     """The progress bar of every fit: tqdm's (see :func:`~scgen_ae._settings.progress_bar_class`),
     drawn when ``requested`` and ``sa.settings`` allow it (:meth:`~scgen_ae._settings.Settings.show_progress`)
-    and not ``hidden`` (e.g. on the ranks other than 0 of a data-parallel run)."""
+    and not ``hidden`` (e.g. on the ranks other than 0 of a data-parallel run). ``iterable`` None:
+    a bar without a total, advanced by its ``update()`` (NMF, whose phases end at convergence)."""
     # in a log file (CI, nohup) each refresh is a new line: refresh every 30 s there, not 10x/s
     interactive = getattr(sys.stderr, "isatty", lambda: False)() or "ipykernel" in sys.modules
     return progress_bar_class()(iterable, desc=desc, unit=unit, leave=False, mininterval=0.1 if interactive else 30.0,

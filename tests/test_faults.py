@@ -10,12 +10,14 @@ import subprocess
 import sys
 import textwrap
 import time
+import warnings
 
 import numpy as np
 import pytest
 
 import scgen_ae as sa
 from scgen_ae.models import _nmf_solver, lda_vb
+from scgen_ae.models.dae import DAEModule
 from scgen_ae.models.vae import VAEModule
 
 from .conftest import FAST
@@ -95,6 +97,21 @@ def test_ctrl_c_in_nmf_and_classic_lda_as_in_the_neural_fronts(sim, snapshot, mo
     assert model.history["interrupted"] and not model.history["stopped_early"]
     assert len(model.history["train_loss"]) == 2 and model.history["best_epoch"] == 1
     assert np.isfinite(model.transform(sim)).all()
+
+
+@pytest.mark.parametrize("method", ["dae", "vae"])
+def test_ctrl_c_in_denoise_warns_once_with_its_own_advice(sim, snapshot, monkeypatch, method):
+    """denoise's VAE trains through tl.vae: one warning still, denoise's (pass the model back)."""
+    snap = snapshot(sim)
+    _interrupt_on_call(monkeypatch, DAEModule if method == "dae" else VAEModule, "loss", 10)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model = sa.tl.denoise(sim, method=method, batch_key="batch", max_epochs=50, **FAST)
+    hits = [w for w in caught if "interrupted (Ctrl-C)" in str(w.message)]
+    assert len(hits) == 1 and "denoise(adata, model=model)" in str(hits[0].message), [str(w.message) for w in hits]
+    assert hits[0].filename == __file__  # points at the caller's line
+    snap.assert_unchanged(sim)
+    assert model.history["interrupted"]
 
 
 def test_sigint_to_training_process_then_save(tmp_path):

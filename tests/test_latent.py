@@ -3,11 +3,14 @@ label transfer on CellBench, scGen-style prediction on Kang, batch removal by ar
 pl.response; every documented error leaves the AnnData unchanged."""
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import scanpy as sc
 
 import scgen_ae as sa
+from scgen_ae.train import History
 
 from .conftest import FAST, Snapshot, assert_same_latent, load_shared
 
@@ -141,6 +144,9 @@ def test_query_of_known_batches_only_trains_nothing(sim3):
         mapped = model.map_query(q, batch_key="batch", **FAST)
     assert np.array_equal(q.obsm["X_vae"], model.get_latent(q))
     assert mapped.batch_categories == model.batch_categories
+    hist = q.uns["map_query"]["history"]  # the fields of every history, with no epochs
+    assert set(hist) == {f.name for f in dataclasses.fields(History)} - {"terms", "info"}
+    assert len(hist["train_loss"]) == 0 and hist["best_epoch"] == -1 and not hist["interrupted"]
 
 
 @pytest.mark.parametrize("case, exc, match", [

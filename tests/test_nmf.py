@@ -131,6 +131,21 @@ def test_same_seed_reproduces_and_random_init_depends_on_it(cellbench_hvg):
     assert not np.allclose(a.obsm["X_nmf"], c.obsm["X_nmf"])
 
 
+def test_progress_bar_drawn_only_when_asked_and_changes_nothing(plain, cellbench_hvg, capsys):
+    """``plain`` fitted with the bar (progress=True is the default); progress=False draws
+    nothing and gives the same numbers, bit for bit."""
+    capsys.readouterr()
+    adata, _ = fit_copy(sa.tl.nmf, cellbench_hvg, progress=False, **NMF_KW)
+    assert "NMF" not in capsys.readouterr().err
+    assert adata.uns["nmf"]["params"]["progress"] is False
+    np.testing.assert_array_equal(adata.obsm["X_nmf"], plain[0].obsm["X_nmf"])
+    np.testing.assert_array_equal(adata.varm["nmf_loadings"], plain[0].varm["nmf_loadings"])
+    for key in ("train_loss", "sketch_loss"):
+        np.testing.assert_array_equal(adata.uns["nmf"]["history"][key], plain[0].uns["nmf"]["history"][key])
+    fit_copy(sa.tl.nmf, cellbench_hvg, batch_key="batch", progress=True, max_iter=3, **NMF_KW)
+    assert "NMF:" in capsys.readouterr().err
+
+
 def test_transform_solves_cells_at_least_as_well(plain, cellbench_hvg):
     """With the loadings fixed, transform's cell factors are the NNLS optimum: no worse than training's."""
     adata, model = plain

@@ -21,7 +21,7 @@ from anndata import AnnData
 
 from .. import _validate as v
 from ..likelihoods import get_likelihood, likelihood_names
-from ..train import TrainConfig, resolve_device, seeded_threads
+from ..train import History, TrainConfig, resolve_device, seeded_threads
 
 INSTALL_HINT = ('backend="scvi-tools" needs scvi-tools, an optional extra: pip install "scgen-ae[scvi]" '
                 '(or pip install scvi-tools).')
@@ -192,24 +192,20 @@ def _column(history: dict, key: str) -> np.ndarray:
 
 
 def _history(scvi_history: dict, recorder, max_epochs: int, train_key: str, validation_key: str) -> dict:
-    """scvi-tools' logged history under the field names of :class:`scgen_ae.train.History`."""
+    """scvi-tools' logged history as a :class:`scgen_ae.train.History` record (its ``as_dict()``)."""
     train = _column(scvi_history, train_key)
     validation = _column(scvi_history, validation_key)
     # the loss terms scvi-tools logs, under History's term keys (it runs no penalties)
     terms = {f"{ours}_{term}": _column(scvi_history, f"{theirs}_{mode}")
              for ours, mode in (("train", "train"), ("validation", "validation"))
              for term, theirs in (("reconstruction", "reconstruction_loss"), ("kl", "kl_local"))}
-    return {
-        "train_loss": train,
-        "validation_loss": validation,
-        "kl_weight": np.asarray(recorder.kl_weight[: len(train)], dtype=np.float64),
+    return History(
+        train_loss=list(train), validation_loss=list(validation), kl_weight=list(recorder.kl_weight[: len(train)]),
         # scvi-tools keeps the last epoch's weights; best_epoch only says where validation was lowest
-        "best_epoch": int(np.argmin(validation)) if len(validation) else -1,
-        "stopped_early": bool(len(train) < max_epochs),
-        "interrupted": False,
-        "seconds": float(recorder.seconds),
-        **{key: values for key, values in terms.items() if len(values)},
-    }
+        best_epoch=int(np.argmin(validation)) if len(validation) else -1,
+        stopped_early=bool(len(train) < max_epochs), seconds=float(recorder.seconds),
+        terms={key: list(values) for key, values in terms.items() if len(values)},
+    ).as_dict()
 
 
 # ---------------------------------------------------------------- the adapters

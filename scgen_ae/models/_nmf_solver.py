@@ -26,7 +26,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from ..train import History
+from ..train import History, progress_bar
 from ._nmf_data import Chunk, make_chunks, sketch_chunks
 
 _EPS = 1e-10
@@ -172,6 +172,7 @@ class Fit:
     sketch_loss: list = field(default_factory=list)
     sketch_at: int = 0  # passes over X (in ``loss``) before those over the sketch
     interrupted: bool = False  # Ctrl-C: the factors are those of the last finished update
+    bar: object = field(default=None, repr=False, compare=False)  # the progress bar while fitting
 
     def history(self, loss_label: str) -> History:
         """The fit as a :class:`~scgen_ae.train.History`, one entry per pass over the cells:
@@ -204,7 +205,7 @@ def fit_chunks(chunks: Iterable[Chunk], block_sizes: list[int], n_genes: int, to
                loss: str = "frobenius", solver: str = "hals", init: str = "nndsvda", max_iter: int = 200,
                tol: float = 1e-4, lam: float = 0.0, integrative: bool = False, sweeps: int = 3,
                extrapolate: bool = True, sketch: bool = True, seed: int = 0,
-               device: torch.device | str = "cpu") -> Fit:
+               device: torch.device | str = "cpu", progress: bool = False) -> Fit:
     """Fit (i)NMF to the cells in ``chunks`` (a list, or :class:`~._nmf_data.StreamedChunks` read on every
     pass); ``block_sizes``: cells per block, ``total``: sum of all values. See the module docstring.
 
@@ -222,6 +223,10 @@ def fit_chunks(chunks: Iterable[Chunk], block_sizes: list[int], n_genes: int, to
     ``sketch``: plain Frobenius HALS fits of whole blocks in memory from an NNDSVD start pass
     over the start's rank-q sketch of the data after ``SKETCH_AFTER`` passes over it (see
     SKETCH_TOL; ``Fit.sketch_loss``, ``Fit.sketch_at``).
+
+    ``progress``: the progress bar of :func:`scgen_ae.train.progress_bar`, one step per pass
+    (over the cells or the sketch, each phase named), as ``sa.settings`` allow; it only
+    reads the objective, so the fit is the same with it or without.
     """
     device = torch.device(device)
     start = time.perf_counter()
@@ -232,7 +237,8 @@ def fit_chunks(chunks: Iterable[Chunk], block_sizes: list[int], n_genes: int, to
     W, H, svd = _initial(chunks, n_cells, n_genes, total, k, init, gen, device, power_iters)
     V = torch.zeros(len(block_sizes), k, n_genes, device=device)
     Ws = [w.contiguous() for w in torch.split(W, block_sizes)]
-    out = Fit(Ws, H, V)
+    # no total: the passes of each phase end at convergence, rarely at max_iter
+    out = Fit(Ws, H, V, bar=progress_bar(None, "NMF", "pass", progress))
     try:
         if loss == "kl":
             _fit_kl(out, chunks, max_iter, tol, n_cells, start)
@@ -242,9 +248,13 @@ def fit_chunks(chunks: Iterable[Chunk], block_sizes: list[int], n_genes: int, to
                        n_cells, start)
             if integrative:
                 out.shared_passes, out.converged = len(out.loss), False
+                out.bar.set_description_str("iNMF", refresh=False)
                 _fit_frobenius(out, chunks, solver, max_iter, tol, lam, True, sweeps, extrapolate, n_cells, start)
     except KeyboardInterrupt:
         out.interrupted = True
+    finally:
+        out.bar.close()
+        out.bar = None
     return out
 
 
@@ -265,8 +275,10 @@ def _fit_plain(out: Fit, chunks, svd, solver, max_iter, tol, sweeps, extrapolate
 def _fit_sketch(out: Fit, chunks, svd, max_iter, tol, sweeps, extrapolate, n_cells, start) -> None:
     """Plain NMF on the rank-q sketch of the data, in place on ``out``'s factors."""
     sketch = sketch_chunks(chunks, *svd)
-    on_sketch = Fit(out.W, out.H, out.V)
+    on_sketch = Fit(out.W, out.H, out.V, bar=out.bar)
+    out.bar.set_description_str("NMF (sketch)", refresh=False)
     _fit_frobenius(on_sketch, sketch, "hals", max_iter, tol, 0.0, False, sweeps, extrapolate, n_cells, start)
+    out.bar.set_description_str("NMF", refresh=False)
     out.sketch_loss = on_sketch.loss
 
 
@@ -354,6 +366,9 @@ def _end_of_pass(out: Fit, loss: float, start: float, tol: float) -> bool:
     out.loss.append(loss)
     out.seconds.append(time.perf_counter() - start)
     out.converged = _converged(out.loss, tol)
+    if out.bar is not None:
+        out.bar.set_postfix(loss=f"{loss:.4g}", refresh=False)  # drawn with the update, at the bar's pace
+        out.bar.update()
     return out.converged or not math.isfinite(loss)
 
 

@@ -35,7 +35,7 @@ from torch import nn
 
 from .. import _validate as v
 from .._results import params_record, returned, write_results
-from ..train import TrainConfig, fit, seeded_threads, train_config
+from ..train import History, TrainConfig, fit, seeded_threads, train_config
 
 
 class _NewRowsOnly(nn.Module):
@@ -197,8 +197,7 @@ def map_query(model, adata: AnnData, *, batch_key: str, layer="model", pad_missi
             warnings.warn(f"Every query batch is one of the model's batches {model.batch_categories} (and every "
                           "covariate category is known): nothing to train; the query is embedded with the reference "
                           "parameters.", UserWarning, stacklevel=3)
-            history = {"train_loss": np.zeros(0), "validation_loss": np.zeros(0), "kl_weight": np.zeros(0),
-                       "best_epoch": -1, "stopped_early": False, "interrupted": False, "seconds": 0.0}
+            history = History().as_dict()
         for hook in hooks:
             hook.remove()
         with torch.no_grad():

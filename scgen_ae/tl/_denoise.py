@@ -14,7 +14,7 @@ from ..covariates import CovariateSpec
 from ..models.dae import DAE, DAEConfig, DAEModule
 from ..likelihoods import get_likelihood, likelihood_names
 from ..models.vae import VAE
-from ..train import fit, seeded_threads
+from ..train import fit, seeded_threads, warn_interrupted
 from ._common import params_record, returned, split_kwargs, training_data, write_results
 
 DAE_FIELDS = {f.name for f in dataclasses.fields(DAEConfig)} - {"n_genes", "n_batches", "likelihood", "input_scale",
@@ -150,9 +150,12 @@ def _train_vae(adata, layer, batch_key, likelihood, kwargs, covariates: Covariat
     light = AnnData(X=adata.X if layer is None else None, obs=adata.obs[columns],
                     var=pd.DataFrame(index=adata.var_names),
                     layers={layer: adata.layers[layer]} if layer is not None and layer in adata.layers else None)
-    model = vae(light, batch_key=batch_key, layer=layer, likelihood=likelihood,
-                categorical_covariate_keys=list(covariates.categorical_keys),
-                continuous_covariate_keys=list(covariates.continuous_keys), **kwargs)
+    with warnings.catch_warnings():
+        # denoise warns once itself, with its own advice (tl.vae's would point at get_latent)
+        warnings.filterwarnings("ignore", message=r"Training was interrupted \(Ctrl-C\)")
+        model = vae(light, batch_key=batch_key, layer=layer, likelihood=likelihood,
+                    categorical_covariate_keys=list(covariates.categorical_keys),
+                    continuous_covariate_keys=list(covariates.continuous_keys), **kwargs)
     model.train_params = dict(kwargs)
     model.interrupted = bool(model.history.get("interrupted", False))
     return model
@@ -338,8 +341,7 @@ def denoise(
         model = (_train_vae if method == "vae" else _train_dae)(adata, layer, batch_key, likelihood, kwargs,
                                                                 covariates)
         if model.interrupted:
-            warnings.warn("Training was interrupted (Ctrl-C): adata was left unchanged. The returned model holds "
-                          "the best weights so far; pass it back as denoise(adata, model=model).", stacklevel=2)
+            warn_interrupted("the best weights so far; pass it back as denoise(adata, model=model).")
             return model
     key_added = key_added or ("X_vae" if method == "vae" else "X_dae")
     genes = None if genes is None else [str(g) for g in genes]

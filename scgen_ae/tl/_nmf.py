@@ -74,6 +74,7 @@ def nmf(
     seed: int = 0,
     device: str = "auto",
     n_threads: int | None = None,
+    progress: bool = True,
     key_added: str = "X_nmf",
     varm_key: str = "nmf_loadings",
     uns_key: str = "nmf",
@@ -149,6 +150,9 @@ def nmf(
         so they are refused there (``adata.to_memory()`` first, if that is wanted).
     seed, device, n_threads
         Random seed (initialisation), "auto"/"cpu"/"cuda", and CPU threads (None: torch's).
+    progress
+        Draw the progress bar of ``tl.vae``, one step per pass, as ``sa.settings`` allow
+        (``progress_bar``, ``verbosity``). The fit is the same with it or without.
     key_added, varm_key, uns_key
         Where the cell factors, the loadings and the parameters go.
     copy
@@ -212,7 +216,7 @@ def nmf(
     dev = resolve_device(device)
     dev = dev if dev.type in ("cpu", "cuda") else resolve_device("cpu")  # sparse CSR kernels: CPU / CUDA only
     options = dict(loss=loss, solver=solver, init=init, max_iter=max_iter, tol=tol, lam=config.lam,
-                   integrative=config.aligned, seed=seed, device=dev)
+                   integrative=config.aligned, seed=seed, device=dev, progress=progress)
     if on_disk:
         idx = [np.flatnonzero(codes == b) for b in range(len(cats))]  # cells of each batch, as split_by_batch
     else:
@@ -245,7 +249,8 @@ def nmf(
     params = params_record(n_components=k, batch_key=batch_key, layer=layer, loss=loss, solver=solver,
                            transform=transform, target_sum=target_sum, init=init, max_iter=max_iter, tol=tol,
                            lam=config.lam, n_quantiles=n_quantiles, min_cells=min_cells, min_match=min_match,
-                           batch_size=batch_size, seed=seed, device=str(dev), n_threads=n_threads)
+                           batch_size=batch_size, seed=seed, device=str(dev), n_threads=n_threads,
+                           progress=progress)
     write_results(target, obsm={key_added: Z}, varm={varm_key: model.loadings.copy()},
                   uns={uns_key: {"params": params, "history": model.history, "key_added": key_added,
                                  "varm_key": varm_key,
