@@ -192,3 +192,19 @@ def test_same_seed_bit_identical_in_fresh_processes():
     adata = sa.datasets.simulate(n_cells=500, n_genes=300, seed=3)
     sa.tl.vae(adata, batch_key="batch", max_epochs=8, seed=11, progress=False, n_threads=1)
     assert hashlib.sha256(adata.obsm["X_vae"].tobytes()).hexdigest() == digests[0]
+
+
+def test_ctrl_c_in_map_query_leaves_the_query_unchanged(snapshot, monkeypatch):
+    """Ctrl-C while the query rows train: the shared warning, nothing written to the query, and
+    the returned model marks the interruption and still embeds the query."""
+    sim3 = sa.datasets.simulate(n_cells=300, n_genes=120, n_batches=3, n_groups=3, seed=1)
+    ref = sim3[sim3.obs["batch"] != "batch2"].copy()
+    model = sa.tl.vae(ref, batch_key="batch", n_latent=4, n_hidden=32, max_epochs=2, **FAST)
+    query = sim3[sim3.obs["batch"] == "batch2"].copy()
+    snap = snapshot(query)
+    _interrupt_on_call(monkeypatch, VAEModule, "loss", 3)
+    with pytest.warns(UserWarning, match="interrupted .*adata was left unchanged"):
+        mapped = model.map_query(query, batch_key="batch", max_epochs=20, **FAST)
+    snap.assert_unchanged(query)
+    assert mapped.history["interrupted"]
+    assert np.isfinite(mapped.get_latent(query, batch_key="batch")).all()

@@ -35,7 +35,7 @@ from torch import nn
 
 from .. import _validate as v
 from .._results import params_record, returned, write_results
-from ..train import History, TrainConfig, fit, seeded_threads, train_config
+from ..train import History, TrainConfig, fit, seeded_threads, train_config, warn_interrupted
 
 
 class _NewRowsOnly(nn.Module):
@@ -207,6 +207,10 @@ def map_query(model, adata: AnnData, *, batch_key: str, layer="model", pad_missi
             p.requires_grad_(True)
         module.eval()
         mapped.history = history
+        if history["interrupted"]:
+            warn_interrupted("the query rows trained so far; use model.get_latent(query, batch_key=...) or "
+                             "model.save(path), or map again.", stacklevel=4)
+            return mapped
         latent = mapped.get_latent(adata, layer=layer, batch_key=batch_key, pad_missing=pad_missing)
 
     if genes["n_missing"]:
