@@ -92,8 +92,10 @@ def vae(
         where the batch does (a learned offset per category; a learned slope per continuous
         covariate, scaled to mean 0 and standard deviation 1 over the training cells), so the
         latent space is freed of them. They are not aligned like the batch (no alignment
-        penalty). Every method applied to new cells reads them from ``obs`` (unseen
-        categories are refused; :meth:`~scgen_ae.models.VAE.map_query` learns them);
+        penalty); the continuous ones are kept out of the latent space by
+        ``covariate_independence_weight``. Every method applied to new cells reads them from
+        ``obs`` (unseen categories are refused; :meth:`~scgen_ae.models.VAE.map_query` learns
+        them);
         :meth:`~scgen_ae.models.VAE.get_normalized_expression` and :func:`~scgen_ae.tl.denoise`
         decode at chosen values with ``transform_covariates``. Refused: a missing column,
         missing values, NaN / Inf in a continuous covariate, a covariate constant over all
