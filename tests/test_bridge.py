@@ -41,6 +41,7 @@ def test_same_keys_as_native(trained, scvi_trained, cellbench_hvg):
     params = adata.uns["vae"]["params"]
     assert params["backend"] == "scvi-tools" and params["scvi_model"] == "SCVI"
     assert params["batch_gene_offsets"] is False and params["mmd_weight"] == 0.0
+    assert params["covariate_independence_weight"] == 0.0
     assert model.module.n_latent == 8 and model.module.encode_covariates is True
     assert "vae_loadings" not in adata.varm
     # the caller's object was only annotated, not given scvi-tools' setup fields
@@ -73,6 +74,7 @@ def test_linear_scvi_loadings_in_varm(cellbench_hvg, snapshot):
 @pytest.mark.parametrize("kwargs, error, message", [
     (dict(likelihood="gaussian"), sa.InputError, "likelihood='gaussian' has no counterpart in scvi-tools"),
     (dict(mmd_weight=0.5), sa.InputError, "mmd_weight=0.5 has no counterpart"),
+    (dict(covariate_independence_weight=3.0), sa.InputError, "covariate_independence_weight=3.0 has no counterpart"),
     (dict(backend="native", linear_decoder=True), ValueError, "linear_decoder=True needs backend='scvi-tools'"),
     (dict(backend="scvitools"), ValueError, "backend='scvitools'; choose 'native' or 'scvi-tools'"),
     (dict(batch_key="batch_typo"), sa.InputError, "batch_key=.batch_typo. is not a column"),

@@ -21,6 +21,7 @@ from anndata import AnnData
 
 from .. import _validate as v
 from ..likelihoods import get_likelihood, likelihood_names
+from ..models.vae import VAEConfig
 from ..train import History, TrainConfig, resolve_device, seeded_threads
 
 INSTALL_HINT = ('backend="scvi-tools" needs scvi-tools, an optional extra: pip install "scgen-ae[scvi]" '
@@ -29,7 +30,8 @@ _BATCH = "_scgen_ae_batch"
 
 #: tl.vae options with no scvi-tools counterpart: accepted at their default or off (and then
 #: recorded with the value that ran), refused otherwise. name -> (native default, off value).
-NATIVE_ONLY = {"batch_gene_offsets": (True, False), "mmd_weight": (1.0, 0.0)}
+NATIVE_ONLY = {"batch_gene_offsets": (True, False), "mmd_weight": (1.0, 0.0),
+               "covariate_independence_weight": (VAEConfig.covariate_independence_weight, 0.0)}
 #: LinearSCVI's encoder takes no covariates, so encode_batch joins the list for it.
 NATIVE_ONLY_LINEAR = {**NATIVE_ONLY, "encode_batch": (True, False)}
 _PRECISION = {"auto": 32, "fp32": 32, "bf16": "bf16-mixed"}

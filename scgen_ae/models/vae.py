@@ -15,6 +15,7 @@ from .. import _validate as v
 from ..likelihoods import Minibatch, get_likelihood
 from ..losses import LossRecord
 from ..nn import CountDecoder, Covs, GaussianEncoder, check_covariate_sizes, checked_covs
+from . import covariate_independence
 from ._base import BaseModel
 from ._scvi_names import ScviToolsNames
 
@@ -51,6 +52,12 @@ class VAEConfig:
     n_continuous_covariates
         Number of continuous covariates (a linear term wherever the batch enters, and a
         per-gene slope in the decoder output).
+    covariate_independence_weight
+        With continuous covariates: weight (default 1) of the penalty on the dependence of
+        the posterior mean of ``z`` on them in each minibatch
+        (:func:`~scgen_ae.models.covariate_independence.covariate_dependence`, times the
+        number of genes as the alignment penalty), which keeps ``z`` from holding what the
+        covariates explain; 0 = none. Model files written before this field load with 0.
     n_labels
         Number of label classes of the classifier on ``z`` (0 = no classifier; semi-supervised
         training, scANVI-style, with 2 or more).
@@ -78,9 +85,10 @@ class VAEConfig:
     classification_weight: float = 50.0
     n_covariate_categories: tuple[int, ...] = ()
     n_continuous_covariates: int = 0
+    covariate_independence_weight: float = 1.0
 
     #: what a model file without a field was trained with (files predate the field)
-    LEGACY_DEFAULTS: ClassVar[dict] = {"mmd_mnn_k": 0, "mnn_bandwidth": 0.0}
+    LEGACY_DEFAULTS: ClassVar[dict] = {"mmd_mnn_k": 0, "mnn_bandwidth": 0.0, "covariate_independence_weight": 0.0}
 
     def __post_init__(self):
         check_covariate_sizes(self)
@@ -93,6 +101,7 @@ class VAEConfig:
         if int(self.n_labels) == 1 or int(self.n_labels) < 0:
             raise ValueError(f"n_labels must be 0 (no classifier) or at least 2, got {self.n_labels!r}.")
         check_mnn_bandwidth(self.mnn_bandwidth)
+        covariate_independence.check_covariate_independence_weight(self.covariate_independence_weight)
         if not self.classification_weight >= 0:
             raise ValueError(f"classification_weight must be >= 0, got {self.classification_weight!r}.")
         if not 0 <= self.dropout_rate < 1:
@@ -296,7 +305,8 @@ class VAEModule(nn.Module):
 
     def loss(self, mb: Minibatch, kl_weight: float = 1.0) -> LossRecord:
         """The minibatch's mean negative ELBO (reconstruction + beta x ``kl_weight`` x KL) plus,
-        in training, the weighted ``alignment`` and ``classification`` penalties."""
+        in training, the weighted ``alignment``, ``covariate_independence`` and
+        ``classification`` penalties."""
         mean, log_var = (t.float() for t in self.inference(mb.x, mb.batch, mb.covs))
         z = mean + torch.randn_like(mean) * (0.5 * log_var).exp() if self.training else mean
         out = self.generative(z, mb.batch, mb.log_library, mb.covs)
@@ -309,6 +319,12 @@ class VAEModule(nn.Module):
             mmd = batch_alignment(z, mb.batch, mb.x, self.cfg.mmd_mnn_k, self.cfg.mnn_bandwidth)
             penalties["alignment"] = self.cfg.mmd_weight * kl_weight * mmd * mb.x.shape[1]
             loss = loss + penalties["alignment"]
+        # training only too; read on the posterior mean, the latent space the user sees
+        weight = self.cfg.covariate_independence_weight
+        if self.training and weight > 0 and self.cfg.n_continuous_covariates > 0:
+            dependence = covariate_independence.covariate_dependence(mean, mb.cont_covs)
+            penalties["covariate_independence"] = weight * dependence * mb.x.shape[1]
+            loss = loss + penalties["covariate_independence"]
         # like the alignment penalty, a training term only: validation reports the negative ELBO
         if self.training and self.classifier is not None and mb.label is not None:
             known = (mb.label >= 0).sum().clamp_min(1)  # cells labelled -1 contribute nothing

@@ -8,6 +8,7 @@ from anndata import AnnData
 from .. import _validate as v
 from .._validate import check_n_latent, check_target
 from ..covariates import CovariateSpec
+from ..models.covariate_independence import check_covariate_independence_weight
 from ..models.vae import VAE, VAEConfig, VAEModule, check_mnn_bandwidth
 from ..train import fit, seeded_threads, warn_interrupted
 from ._common import (HVG_IF_PRESENT, mask_name, params_record, returned, split_kwargs, training_data, var_mask,
@@ -38,6 +39,7 @@ def vae(
     layer: str | None = None,
     categorical_covariate_keys: list[str] | None = None,
     continuous_covariate_keys: list[str] | None = None,
+    covariate_independence_weight: float = 1.0,
     label_key: str | None = None,
     unlabeled_category: str | None = None,
     classification_weight: float = 50.0,
@@ -90,12 +92,22 @@ def vae(
         where the batch does (a learned offset per category; a learned slope per continuous
         covariate, scaled to mean 0 and standard deviation 1 over the training cells), so the
         latent space is freed of them. They are not aligned like the batch (no alignment
-        penalty). Every method applied to new cells reads them from ``obs`` (unseen
-        categories are refused; :meth:`~scgen_ae.models.VAE.map_query` learns them);
+        penalty); the continuous ones are kept out of the latent space by
+        ``covariate_independence_weight``. Every method applied to new cells reads them from
+        ``obs`` (unseen categories are refused; :meth:`~scgen_ae.models.VAE.map_query` learns
+        them);
         :meth:`~scgen_ae.models.VAE.get_normalized_expression` and :func:`~scgen_ae.tl.denoise`
         decode at chosen values with ``transform_covariates``. Refused: a missing column,
         missing values, NaN / Inf in a continuous covariate, a covariate constant over all
         cells, the ``batch_key`` listed again.
+    covariate_independence_weight
+        With ``continuous_covariate_keys``: weight of a penalty, in training, on the dependence
+        between the latent posterior means and the continuous covariates in each minibatch
+        (a normalised kernel independence measure, HSIC, which sees nonlinear dependence
+        too). Conditioning alone left about half of a planted continuous effect in the
+        latent space; with the default 1 a regression reads almost none of it there, and the
+        cell types stay as apart (BENCHMARKS.md, "Covariates besides the batch"). 0 turns it
+        off. Without continuous covariates it has no effect.
     label_key
         Optional ``obs`` column with cell-type labels, used by the composition check (see
         Notes): without it, the check clusters the latent space instead. With
@@ -172,9 +184,9 @@ def vae(
         epochs, as here; scVI's own default is 400), ``grad_clip`` -> ``gradient_clip_val``,
         ``seed``, ``n_threads``, ``device``, ``precision`` ("bf16" -> lightning's
         "bf16-mixed", else fp32), ``progress``. Not mapped (no counterpart):
-        ``likelihood="gaussian"`` is refused; ``batch_gene_offsets`` and ``mmd_weight`` (and
-        ``encode_batch`` for LinearSCVI, whose encoder takes no covariates) are accepted at
-        their default or off, are *not applied*, and ``params`` records the value that ran
+        ``likelihood="gaussian"`` is refused; ``batch_gene_offsets``, ``mmd_weight`` and
+        ``covariate_independence_weight`` (and ``encode_batch`` for LinearSCVI, whose encoder
+        takes no covariates) are accepted at their default or off, are *not applied*, and ``params`` records the value that ran
         (False / 0); any other value is refused. Differences that remain: scvi-tools keeps
         the last epoch's weights (``history["best_epoch"]`` only says where validation was
         lowest), draws its own validation cells, and Ctrl-C is lightning's. Returns the
@@ -242,6 +254,7 @@ def vae(
     v.check_anndata(adata)
     covariates = CovariateSpec.learn(adata.obs, categorical_covariate_keys, continuous_covariate_keys, batch_key)
     _check_alignment(mmd_mnn_k, mnn_bandwidth)
+    check_covariate_independence_weight(covariate_independence_weight)
     if backend == "scvi-tools" and mask_var is not HVG_IF_PRESENT and var_mask(adata, mask_var) is not None:
         raise ValueError("mask_var needs backend='native'; for scvi-tools subset first: adata[:, mask].copy().")
     if backend == "scvi-tools":
@@ -255,7 +268,7 @@ def vae(
             n_hidden=n_hidden,
             n_layers=n_layers, dropout_rate=dropout_rate, dispersion=dispersion, beta=beta,
             encode_batch=encode_batch, batch_gene_offsets=batch_gene_offsets, mmd_weight=mmd_weight,
-            linear_decoder=linear_decoder, key_added=key_added, uns_key=uns_key, copy=copy,
+            covariate_independence_weight=covariate_independence_weight, linear_decoder=linear_decoder, key_added=key_added, uns_key=uns_key, copy=copy,
             train_kwargs=train_kwargs, covariates=covariates)
     if linear_decoder:
         raise ValueError("linear_decoder=True needs backend='scvi-tools' (scvi-tools' LinearSCVI); "
@@ -299,7 +312,7 @@ def vae(
         beta=beta, encode_batch=encode_batch, batch_gene_offsets=batch_gene_offsets,
         mmd_weight=mmd_weight, mmd_mnn_k=mmd_mnn_k, mnn_bandwidth=mnn_bandwidth, n_labels=len(classes),
         classification_weight=classification_weight, n_covariate_categories=covariates.n_categories,
-        n_continuous_covariates=covariates.n_continuous,
+        n_continuous_covariates=covariates.n_continuous, covariate_independence_weight=covariate_independence_weight,
     )
     with seeded_threads(train_cfg.seed, train_cfg.n_threads):
         model = _train(config, data, train_cfg, train_on, batch_key, cats, layer, classes, label_key, covariates)

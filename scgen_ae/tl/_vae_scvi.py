@@ -13,7 +13,7 @@ from ._composition import check_label_key, composition_record
 def vae_scvi_tools(adata: AnnData, *, batch_key: str | None, layer: str | None, label_key: str | None, likelihood: str,
                    n_latent: int, n_hidden: int, n_layers: int, dropout_rate: float, dispersion: str,
                    beta: float, encode_batch: bool, batch_gene_offsets: bool, mmd_weight: float,
-                   linear_decoder: bool, key_added: str, uns_key: str, copy: bool, train_kwargs: dict,
+                   covariate_independence_weight: float, linear_decoder: bool, key_added: str, uns_key: str, copy: bool, train_kwargs: dict,
                    covariates=None):
     """Validate like the native backend, map the arguments, train, write the same keys.
 
@@ -26,7 +26,8 @@ def vae_scvi_tools(adata: AnnData, *, batch_key: str | None, layer: str | None, 
     if rest:
         raise TypeError(f"vae() got unexpected keyword arguments {sorted(rest)}.")
     ran = bridge.native_only_values(
-        {"batch_gene_offsets": batch_gene_offsets, "mmd_weight": mmd_weight, "encode_batch": encode_batch},
+        {"batch_gene_offsets": batch_gene_offsets, "mmd_weight": mmd_weight, "encode_batch": encode_batch,
+         "covariate_independence_weight": covariate_independence_weight},
         linear_decoder)
     model_kwargs, fit_kwargs = bridge.vae_arguments(
         likelihood=likelihood, dispersion=dispersion, n_latent=n_latent, n_hidden=n_hidden, n_layers=n_layers,
