@@ -13,6 +13,7 @@ import math
 import torch
 
 from .._validate import InputError
+from ._distances import sq_distances
 
 #: widths of the latent kernel, as multiples of the median squared distance: small ones, so
 #: the kernel sees the covariate within each cell type, not only across the types (at the
@@ -31,8 +32,7 @@ def check_covariate_independence_weight(weight) -> None:
 def _median_rbf(t: torch.Tensor, scales=(1.0,)) -> torch.Tensor:
     """Mean of RBF kernels of the rows of ``t``, their squared widths ``scales`` times the
     median squared distance between the rows (held fixed in the gradient)."""
-    sq = (t * t).sum(1)
-    d2 = (sq[:, None] + sq[None, :] - 2.0 * t @ t.T).clamp_min(0.0)
+    d2 = sq_distances(t)
     off = d2.detach()[~torch.eye(len(t), dtype=torch.bool, device=t.device)]
     median = off.median().clamp_min(1e-6)
     return sum(torch.exp(-d2 / (s * median)) for s in scales) / len(scales)

@@ -16,6 +16,7 @@ from ..likelihoods import Minibatch, get_likelihood
 from ..losses import LossRecord
 from ..nn import CountDecoder, Covs, GaussianEncoder, check_covariate_sizes, checked_covs
 from . import covariate_independence
+from ._distances import sq_distances
 from ._base import BaseModel
 from ._scvi_names import ScviToolsNames
 
@@ -148,17 +149,10 @@ def _mnn_pairs(z: torch.Tensor, batch: torch.Tensor, x: torch.Tensor, k: int):
     mutual nearest neighbours (``k`` per batch) both in ``z`` and in the input ``x`` (cosine;
     within :data:`INPUT_PAIR_BOUND`). Each view alone lets wrong pairs through (``z`` is shaped
     by the alignment, ``x`` carries the batch effect)."""
-    d2 = _sq_distances(z)
+    d2 = sq_distances(z)
     unit = F.normalize(x.float(), dim=1)
     in_input = mutual_pairs(2.0 - 2.0 * unit @ unit.T, batch, k, INPUT_PAIR_BOUND)
     return d2, mutual_pairs(d2.detach(), batch, k) & in_input
-
-
-def _sq_distances(z: torch.Tensor) -> torch.Tensor:
-    """``(n, n)`` squared distances between the rows of ``z``, from a matmul (torch.cdist's
-    backward is slow on the CPU)."""
-    sq = (z * z).sum(1)
-    return (sq[:, None] + sq[None, :] - 2.0 * z @ z.T).clamp_min(0.0)
 
 
 def _rbf_kernel(d2: torch.Tensor, n_latent: int, scales) -> torch.Tensor:
@@ -229,7 +223,7 @@ def batch_mmd(z: torch.Tensor, batch: torch.Tensor, scales=(0.1, 1.0, 10.0)) -> 
     One (n x n) kernel serves every batch: its block means give each MMD term. It assumes
     every batch holds the same cell types in similar proportions.
     """
-    kernel = _rbf_kernel(_sq_distances(z), z.shape[1], scales)
+    kernel = _rbf_kernel(sq_distances(z), z.shape[1], scales)
     onehot = torch.nn.functional.one_hot(batch).to(z.dtype)  # (n, B)
     counts = onehot.sum(0)
     present = counts >= 2
