@@ -187,7 +187,7 @@ def lda(
         if method == "classic":
             config = VBLDAConfig(n_genes=adata.n_vars, n_topics=n_topics, **rest)
             model, proportions = _fit_classic(config, data, cats, adata, layer, train_cfg, train_idx, val_idx)
-            if proportions is None:
+            if model.history["interrupted"]:
                 warn_interrupted("the topics of the last finished iteration; use model.transform(adata) or "
                                  "model.save(path), or train again.", stacklevel=3)
                 return model
