@@ -1,10 +1,15 @@
 """Do the batches hold the same cell types? A check on arrays, used by every batch-aware front.
 
-Batch alignment assumes each batch holds the same cell types in similar proportions. Where a
-group of cells (a label, or a cluster of an embedding) holds almost none of a batch that should
-have been there by its size, that batch lacks the group's cell type, or has it in another place
-of the embedding: either way the user should know, because an alignment that ignores it can
-pull that group onto other types.
+Batch alignment assumes each batch holds the same cell types in similar proportions. Two checks:
+
+- with labels, a label that holds almost none of a batch that should have been there by its
+  size (:func:`batch_composition`);
+- without labels, a cluster of one batch's cells that another batch has no cells near, in an
+  integrated embedding (:func:`unmatched_clusters`).
+
+Either way that batch lacks the group's cell type, or has it in another place of the
+embedding, and the user should know: an alignment that ignores it can pull that group onto
+other types.
 """
 from __future__ import annotations
 
@@ -20,6 +25,15 @@ import pandas as pd
 MAX_OBSERVED_TO_EXPECTED = 0.1
 MIN_EXPECTED = 10
 
+# A cluster of one batch is unmatched in another batch when, for three quarters of its cells,
+# the UNMATCHED_NEIGHBOURS-th nearest cell of that batch (the rank scaled by the two batches'
+# sizes) is more than UNMATCHED_RATIO times as far as the UNMATCHED_NEIGHBOURS-th nearest cell of
+# their own batch. On tl.vae's default latent of the shared designs (BENCHMARKS.md) the largest
+# such ratio was 1.19 on balanced files and at least 1.72 where a batch lacked a type.
+UNMATCHED_RATIO = 1.43
+UNMATCHED_NEIGHBOURS = 5
+MIN_CLUSTER_CELLS = 20
+
 
 @dataclass(frozen=True)
 class Composition:
@@ -31,9 +45,10 @@ class Composition:
         (n_groups, n_batches) cell counts, groups as index, batches as columns.
     missing
         One row per (group, batch) pair where the batch is missing: columns ``group``,
-        ``batch``, ``observed``, ``expected`` (cells the batch's size predicts).
+        ``batch`` and, for labels, ``observed`` and ``expected`` (cells the batch's size
+        predicts), for clusters of one batch ``distance_ratio`` (see :func:`unmatched_clusters`).
     source
-        What the groups are: ``"labels '<key>'"`` or ``"clusters of '<key>'"``.
+        What the groups are: ``"labels '<key>'"`` or ``"Leiden clusters of each batch in '<key>'"``.
     """
 
     counts: pd.DataFrame
@@ -51,17 +66,18 @@ class Composition:
         return float(self.counts.loc[groups].to_numpy().sum() / max(self.counts.to_numpy().sum(), 1))
 
     def describe(self) -> str:
+        clusters = "distance_ratio" in self.missing
+        lacks = "has no cells of batch {} near it" if clusters else "has almost no cells of batch {}"
         per_group = []
         for group, rows in self.missing.groupby("group", sort=False):
             n = int(self.counts.loc[group].sum())
-            lacking = ", ".join(repr(b) for b in rows["batch"])
-            per_group.append(f"{group!s} ({n} cells) has almost no cells of batch {lacking}")
+            per_group.append(f"{group!s} ({n} cells) " + lacks.format(", ".join(repr(b) for b in rows["batch"])))
         text = (f"the batches' compositions differ ({self.source}): " + "; ".join(per_group)
                 + f" ({100 * self.share_affected:.1f} % of all cells are in such groups)")
-        if self.source.startswith("clusters"):
-            # clusters cannot tell a type some batch lacks from a shared type left unmixed
+        if clusters:
+            # distances cannot tell a type some batch lacks from a shared type left unmixed
             text += (". Clusters cannot tell cell types that some batches lack from batches left unmixed: "
-                     "both give clusters of one batch; pass label_key= to check with labels")
+                     "both lie far from the other batches; pass label_key= to check with labels")
         return text
 
     def to_uns(self) -> dict:
@@ -73,8 +89,9 @@ class Composition:
             "counts": self.counts.to_numpy(dtype=np.int64),
             "missing_group": self.missing["group"].astype(str).to_numpy(),
             "missing_batch": self.missing["batch"].astype(str).to_numpy(),
-            "missing_observed": self.missing["observed"].to_numpy(dtype=np.int64),
-            "missing_expected": self.missing["expected"].to_numpy(dtype=np.float64),
+            **{f"missing_{column}": self.missing[column].to_numpy(dtype=dtype)
+               for column, dtype in (("observed", np.int64), ("expected", np.float64), ("distance_ratio", np.float64))
+               if column in self.missing},
             "share_affected": self.share_affected,
         }
 
@@ -126,3 +143,67 @@ def embedding_clusters(embedding: np.ndarray, *, n_neighbors: int = 15, resoluti
     if len(sample) == len(z):
         return labels
     return labels[nn.kneighbors(z, n_neighbors=1, return_distance=False)[:, 0]]
+
+
+def unmatched_clusters(embedding: np.ndarray, batches, *, source: str = "Leiden clusters of each batch",
+                       max_cells: int = 20_000, seed: int = 0) -> Composition:
+    """Clusters of one batch's cells that another batch has no cells near, in an integrated embedding.
+
+    Each batch is clustered on its own (:func:`embedding_clusters`), so a type that a batch
+    lacks cannot hide in a joint cluster of a similar type. A cluster of at least
+    ``MIN_CLUSTER_CELLS`` cells is unmatched in another batch when, for three quarters of its
+    cells, the distance to the ``k``-th nearest cell of that batch exceeds ``UNMATCHED_RATIO``
+    times the distance to the ``UNMATCHED_NEIGHBOURS``-th nearest cell of their own batch
+    (``k`` is that rank scaled by the ratio of the batches' sizes, so batch size alone does
+    not move the ratio).
+
+    Parameters
+    ----------
+    embedding
+        (n_cells, n_dims) integrated embedding, e.g. ``tl.vae``'s latent.
+    batches
+        (n_cells,) batch of every cell.
+    source
+        What the groups are, for messages.
+    max_cells
+        Beyond this many cells the check runs on a random subsample of them.
+    seed
+        Seed of the subsample and the clustering.
+
+    Returns
+    -------
+    :class:`Composition` whose groups are ``"cluster <c> of '<batch>'"``, with the batches
+    an unmatched cluster lacks in ``missing`` (column ``distance_ratio``: the lower quartile
+    of its cells' ratios).
+    """
+    from sklearn.neighbors import NearestNeighbors
+
+    z = np.asarray(embedding, dtype=np.float32)
+    batches = np.asarray(batches).astype(str)
+    if len(z) > max_cells:
+        keep = np.sort(np.random.default_rng(seed).choice(len(z), max_cells, replace=False))
+        z, batches = z[keep], batches[keep]
+    k = UNMATCHED_NEIGHBOURS
+    names = [str(b) for b in pd.unique(batches) if (batches == b).sum() > k]
+    groups = np.full(len(z), "", dtype=object)
+    rows = []
+    for own in names:
+        mine = batches == own
+        own_kth = NearestNeighbors(n_neighbors=k + 1).fit(z[mine]).kneighbors(z[mine])[0][:, -1]
+        clusters = embedding_clusters(z[mine], seed=seed)
+        groups[mine] = [f"cluster {c} of {own!r}" for c in clusters]
+        sizes = np.bincount(clusters)
+        for other in names:
+            if other == own:
+                continue
+            theirs = batches == other
+            rank = int(np.clip(round(k * theirs.sum() / mine.sum()), 1, theirs.sum()))
+            their_kth = NearestNeighbors(n_neighbors=rank).fit(z[theirs]).kneighbors(z[mine])[0][:, -1]
+            ratio = their_kth / np.maximum(own_kth, np.finfo(np.float32).tiny)
+            for c in np.flatnonzero(sizes >= MIN_CLUSTER_CELLS):
+                quartile = float(np.quantile(ratio[clusters == c], 0.25))
+                if quartile > UNMATCHED_RATIO:
+                    rows.append({"group": f"cluster {c} of {own!r}", "batch": other, "distance_ratio": quartile})
+    counted = groups != ""
+    counts = pd.crosstab(pd.Series(groups[counted], name="group"), pd.Series(batches[counted], name="batch"))
+    return Composition(counts, pd.DataFrame(rows, columns=["group", "batch", "distance_ratio"]), source)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import scgen_ae as sa
-from scgen_ae.composition import batch_composition
+from scgen_ae.composition import batch_composition, unmatched_clusters
 
 from .conftest import load_shared
 
@@ -26,9 +26,28 @@ def test_counts_and_missing_pairs():
     assert report.share_affected == pytest.approx(40 / 140)
     assert "C (40 cells) has almost no cells of batch 'y'" in report.describe()
     assert "unmixed" not in report.describe()  # labels are what they are
+
+
+def _blobs(centres, n, rng):
+    return np.concatenate([rng.normal(c, 1.0, size=(n, 2)) for c in centres])
+
+
+def test_a_cluster_far_from_every_cell_of_another_batch_is_unmatched():
+    """Three blobs in batch x, the same two of them in batch y (2x the cells), blobs 10 SD apart."""
+    rng = np.random.default_rng(0)
+    z = np.concatenate([_blobs([(0, 0), (10, 0), (0, 10)], 60, rng), _blobs([(0, 0), (10, 0)], 120, rng)])
+    batches = np.array(["x"] * 180 + ["y"] * 240)
+    report = unmatched_clusters(z, batches, source="clusters of 'X_vae'")
+    assert set(report.missing["batch"]) == {"y"}
+    flagged = report.missing["group"].unique()
+    assert len(flagged) == 1 and flagged[0].endswith("of 'x'")
+    assert report.share_affected == pytest.approx(60 / 420, abs=0.02)
     # clusters say that poor mixing looks the same, and how to tell
-    clusters = batch_composition(groups, batches, source="clusters of 'X_vae'").describe()
-    assert "batches left unmixed" in clusters and "label_key=" in clusters
+    text = report.describe()
+    assert "has no cells of batch 'y' near it" in text and "batches left unmixed" in text and "label_key=" in text
+    # the same blobs in both batches, in other proportions: nothing is flagged
+    z = np.concatenate([_blobs([(0, 0), (10, 0), (0, 10)], 60, rng), _blobs([(0, 0), (10, 0), (0, 10)], 30, rng)])
+    assert unmatched_clusters(z, np.array(["x"] * 180 + ["y"] * 90)).balanced
 
 
 def test_small_groups_and_proportion_shifts_are_not_flagged():
@@ -164,6 +183,19 @@ def test_vae_keeps_a_batch_unique_type_apart_and_says_so(cellbench_hvg2000):
     assert model.config.mmd_mnn_k > 0
 
 
+def test_without_labels_the_check_finds_the_type_one_batch_lacks_and_auto_keeps_it_apart(cellbench_hvg2000):
+    """HCC827 removed from Drop-seq, no labels: the unmatched HCC827 cluster of CEL-seq2 is named,
+    and mmd_mnn_k="auto" keeps the MNN alignment (the global MMD merged HCC827)."""
+    adata = _remove(cellbench_hvg2000, "Drop-seq", "HCC827")
+    labels = adata.obs["cell_type"].astype(str).to_numpy()
+    with pytest.warns(sa.tl.CompositionWarning, match="of 'CEL-seq2' .* has no cells of batch 'Drop-seq' near it"):
+        model = sa.tl.vae(adata, batch_key="batch", mmd_mnn_k="auto", seed=0, n_threads=1, progress=False)
+    assert model.config.mmd_mnn_k == 3 and not adata.uns["vae"]["alignment"]["balanced"]
+    record = adata.uns["vae"]["composition"]
+    flagged = np.isin(labels, ["HCC827"])  # the flagged clusters are mostly HCC827, a fifth of the cells
+    assert 0.5 * flagged.mean() <= record["share_affected"] <= 2 * flagged.mean()
+
+
 def test_vae_composition_check_is_silent_on_the_balanced_file(cellbench_hvg2000):
     adata = cellbench_hvg2000.copy()
     with warnings.catch_warnings():
@@ -197,7 +229,7 @@ def test_vae_auto_alignment_without_labels_refits_what_the_clusters_call_balance
         model = sa.tl.vae(adata, batch_key="batch", mmd_mnn_k="auto", seed=0, n_threads=1, progress=False,
                           max_epochs=3)
     record = adata.uns["vae"]["alignment"]
-    assert record["decided_by"] == "Leiden clusters of the MNN-aligned latent"
+    assert record["decided_by"] == "clusters of each batch in the MNN-aligned latent"
     assert model.config.mmd_mnn_k == (0 if record["balanced"] else 3)
     # a refit with the global MMD gives what asking for it directly gives
     if record["balanced"]:

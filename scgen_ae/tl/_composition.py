@@ -7,7 +7,7 @@ import numpy as np
 from anndata import AnnData
 
 from .. import _validate as v
-from ..composition import Composition, batch_composition as _count, embedding_clusters
+from ..composition import Composition, batch_composition as _count, unmatched_clusters
 from ._common import write_results
 
 
@@ -17,13 +17,12 @@ class CompositionWarning(UserWarning):
 
 def composition(adata: AnnData, batches, *, label_key: str | None, embedding=None, use_rep: str | None = None,
                 seed: int = 0) -> Composition:
-    """Composition by ``obs[label_key]`` when given, else by Leiden clusters of ``embedding``."""
+    """Composition by ``obs[label_key]`` when given, else by the clusters of each batch in
+    ``embedding`` that other batches have no cells near."""
     if label_key is not None:
         labels = adata.obs[label_key].astype(str).to_numpy()
         return _count(labels, batches, source=f"labels '{label_key}'")
-    clusters = embedding_clusters(embedding, seed=seed)
-    return _count(np.char.add("cluster ", clusters.astype(str)), batches,
-                  source=f"Leiden clusters of '{use_rep}'")
+    return unmatched_clusters(embedding, batches, source=f"Leiden clusters of each batch in '{use_rep}'", seed=seed)
 
 
 def warn_if_unbalanced(report: Composition, *, front: str, control: str) -> None:
@@ -67,11 +66,13 @@ def batch_composition(
     """Check whether the batches hold the same cell types, in numbers their sizes predict.
 
     Batch alignment (``tl.vae``'s MMD penalty, ``tl.nmf``'s quantile alignment, Harmony, ...)
-    assumes the batches share their cell types. This counts cells per group and batch and
-    flags each group that holds fewer than 10 % of the cells a batch's size predicts there
-    (where that prediction is at least 10 cells): that batch lacks the group's cell type, or
-    the embedding keeps its cells elsewhere. Groups are ``obs[groupby]`` (e.g. cell-type
-    labels), or Leiden clusters (resolution 0.5, 15 neighbours) of ``obsm[use_rep]``.
+    assumes the batches share their cell types. With ``groupby`` (e.g. cell-type labels)
+    this counts cells per label and batch and flags each label that holds fewer than 10 % of
+    the cells a batch's size predicts there (where that prediction is at least 10 cells).
+    With ``use_rep`` it clusters each batch's cells of the embedding on their own (Leiden,
+    resolution 0.5, 15 neighbours) and flags each cluster of 20 or more cells that another
+    batch has no cells near (:func:`scgen_ae.composition.unmatched_clusters`). Either way
+    that batch lacks the group's cell type, or the embedding keeps its cells elsewhere.
     A :class:`CompositionWarning` names the groups and batches.
 
     Parameters
@@ -94,9 +95,11 @@ def batch_composition(
     Sets
     ----
     ``adata.uns[key_added]``: ``source`` (what the groups are), ``groups`` / ``batches``
-    (names), ``counts`` ((n_groups, n_batches) cells), ``missing_group`` / ``missing_batch`` /
-    ``missing_observed`` / ``missing_expected`` (one entry per flagged pair), ``share_affected``
-    (share of cells in flagged groups) and ``params``.
+    (names), ``counts`` ((n_groups, n_batches) cells), ``missing_group`` / ``missing_batch``
+    (one entry per flagged pair) with, for labels, ``missing_observed`` / ``missing_expected``
+    (cells seen and predicted), for clusters ``missing_distance_ratio`` (lower quartile of the
+    cluster's distance ratios), ``share_affected`` (share of cells in flagged groups) and
+    ``params``.
     """
     v.check_target(adata, copy, "sa.tl.batch_composition")
     batches = v.batch_codes(adata, batch_key)

@@ -152,9 +152,10 @@ def vae(
         batch-unique types on the CellBench designs of BENCHMARKS.md). "auto": the
         composition check decides. With ``label_key`` (every cell labelled) it counts the
         labels before training; otherwise the model is trained with the MNN alignment
-        (k = 3) and the check clusters its latent space. Batches that hold the same groups
-        are then aligned with the global MMD (retrained, so a balanced file costs two
-        fits), others keep the MNN alignment. ``uns[uns_key]["alignment"]`` records the
+        (k = 3) and the check looks in its latent space for a cluster of one batch that
+        another batch has no cells near. Batches with no such cluster are then aligned with
+        the global MMD (retrained, so a balanced file costs two fits), others keep the MNN
+        alignment. ``uns[uns_key]["alignment"]`` records the
         choice.
     mnn_bandwidth
         With ``mmd_mnn_k > 0``: how far a pair's correction reaches. The squared width of
@@ -221,7 +222,8 @@ def vae(
     Batches rarely hold the same cell types (disease vs healthy, sorted populations,
     atlases of several tissues). After training, the composition check
     (:func:`~scgen_ae.tl.batch_composition`) counts cells per batch in each label of
-    ``label_key``, or in each Leiden cluster of the latent space, and warns
+    ``label_key``, or, without labels, looks for clusters of one batch's cells in the latent
+    space that another batch has no cells near, and warns
     (:class:`~scgen_ae.tl.CompositionWarning`) naming the groups that some batch lacks; the
     table is in ``uns[uns_key]["composition"]``. BENCHMARKS.md ("Integration that never
     erases biology") measures the alignment on designs with batch-unique cell types.
@@ -241,7 +243,7 @@ def vae(
       (mean negative ELBO per cell), ``kl_weight``, ``best_epoch``, ``seconds``.
     - ``adata.uns[uns_key]["composition"]``: with two or more batches, the composition
       check's result (fields as in :func:`~scgen_ae.tl.batch_composition`). With a classifier
-      and unlabelled cells, the check clusters the latent space (the unlabelled cells would
+      and unlabelled cells, the check uses the latent space (the unlabelled cells would
       form a group of their own).
     - ``adata.uns[uns_key]["label_categories"]``: with a classifier, its classes in order.
     - ``adata.varm[f"{uns_key}_loadings"]``: (n_genes, n_latent) gene loadings, only with
@@ -320,10 +322,10 @@ def vae(
             return _interrupted(model)
         latent = model.get_latent(adata)
     if auto and aligns and groups_key is None:
-        # the MNN-aligned latent keeps batch-unique types apart, so its clusters show them
+        # the MNN-aligned latent keeps batch-unique types apart, far from the other batches
         report = composition_report(adata, _batch_names(adata, batch_key), label_key=None, embedding=latent,
                              use_rep=key_added, seed=train_cfg.seed)
-        if _auto_choice(report, alignment, "Leiden clusters of the MNN-aligned latent") == 0:
+        if _auto_choice(report, alignment, "clusters of each batch in the MNN-aligned latent") == 0:
             config = dataclasses.replace(config, mmd_mnn_k=0)
             with seeded_threads(train_cfg.seed, train_cfg.n_threads):
                 model = _train(config, data, train_cfg, train_on, batch_key, cats, layer, classes, label_key,
