@@ -146,14 +146,14 @@ def embedding_clusters(embedding: np.ndarray, *, n_neighbors: int = 15, resoluti
 
 
 def unmatched_clusters(embedding: np.ndarray, batches, *, source: str = "Leiden clusters of each batch",
-                       max_cells: int = 20_000, seed: int = 0) -> Composition:
+                       ratio: float = UNMATCHED_RATIO, max_cells: int = 20_000, seed: int = 0) -> Composition:
     """Clusters of one batch's cells that another batch has no cells near, in an integrated embedding.
 
     Each batch is clustered on its own (:func:`embedding_clusters`), so a type that a batch
     lacks cannot hide in a joint cluster of a similar type. A cluster of at least
     ``MIN_CLUSTER_CELLS`` cells is unmatched in another batch when, for three quarters of its
-    cells, the distance to the ``k``-th nearest cell of that batch exceeds ``UNMATCHED_RATIO``
-    times the distance to the ``UNMATCHED_NEIGHBOURS``-th nearest cell of their own batch
+    cells, the distance to the ``k``-th nearest cell of that batch exceeds ``ratio``
+    (``UNMATCHED_RATIO``) times the distance to the ``UNMATCHED_NEIGHBOURS``-th nearest cell of their own batch
     (``k`` is that rank scaled by the ratio of the batches' sizes, so batch size alone does
     not move the ratio).
 
@@ -165,6 +165,9 @@ def unmatched_clusters(embedding: np.ndarray, batches, *, source: str = "Leiden 
         (n_cells,) batch of every cell.
     source
         What the groups are, for messages.
+    ratio
+        The distance ratio above which a cluster is unmatched (0 lists every cluster and
+        other batch, to see how far the ratios are from it).
     max_cells
         Beyond this many cells the check runs on a random subsample of them.
     seed
@@ -199,10 +202,10 @@ def unmatched_clusters(embedding: np.ndarray, batches, *, source: str = "Leiden 
             theirs = batches == other
             rank = int(np.clip(round(k * theirs.sum() / mine.sum()), 1, theirs.sum()))
             their_kth = NearestNeighbors(n_neighbors=rank).fit(z[theirs]).kneighbors(z[mine])[0][:, -1]
-            ratio = their_kth / np.maximum(own_kth, np.finfo(np.float32).tiny)
+            ratios = their_kth / np.maximum(own_kth, np.finfo(np.float32).tiny)
             for c in np.flatnonzero(sizes >= MIN_CLUSTER_CELLS):
-                quartile = float(np.quantile(ratio[clusters == c], 0.25))
-                if quartile > UNMATCHED_RATIO:
+                quartile = float(np.quantile(ratios[clusters == c], 0.25))
+                if quartile > ratio:
                     rows.append({"group": f"cluster {c} of {own!r}", "batch": other, "distance_ratio": quartile})
     counted = groups != ""
     counts = pd.crosstab(pd.Series(groups[counted], name="group"), pd.Series(batches[counted], name="batch"))
