@@ -381,20 +381,32 @@ _TRAIN_RULES = {
     "devices": (lambda x: _is_int(x) and x >= 1, "an integer >= 1", "pass devices=1"),
     "num_nodes": (lambda x: _is_int(x) and x >= 1, "an integer >= 1", "pass num_nodes=1"),
     "precision": (lambda x: x in ("auto", "fp32", "bf16"), "'auto', 'fp32' or 'bf16'", "pass precision='auto'"),
+    # a truthy string such as "no" would otherwise draw the bar it seems to turn off
+    "progress": (lambda x: isinstance(x, (bool, np.bool_)), "True or False (whether to draw a progress bar)",
+                 "pass progress=False to hide the bar (or progress=True to draw it); sa.settings.progress_bar "
+                 "and sa.settings.verbosity hide it everywhere"),
 }
+
+# the command line's flag for the training options it has ("--quiet" turns progress off)
+_TRAIN_FLAGS = {"max_epochs": "--max-epochs", "seed": "--seed", "n_threads": "--threads", "progress": "--quiet"}
+
+
+def check_train_option(name: str, value, where: str = "a keyword of the sa.tl training fronts and "
+                                                       "VAE.map_query") -> None:
+    """Refuse one training option by its rule in :data:`_TRAIN_RULES`; ``where`` says which
+    calls take it (for fronts that take the option as their own argument, e.g. tl.nmf's)."""
+    ok, rule, fix = _TRAIN_RULES[name]
+    if not ok(value):
+        flag = f"; {_TRAIN_FLAGS[name]} on the command line" if name in _TRAIN_FLAGS else ""
+        raise InputError(f"Training option {name}={value!r} ({where}{flag}) is invalid: it must be {rule}. "
+                         f"To fix it, {fix}.")
 
 
 def check_train_options(config) -> None:
     """Refuse training options (a :class:`~scgen_ae.train.TrainConfig`) that would train
     nothing or fail later inside torch, before any work is done."""
-    for name, (ok, rule, fix) in _TRAIN_RULES.items():
-        value = getattr(config, name)
-        if not ok(value):
-            raise InputError(
-                f"Training option {name}={value!r} (a keyword of sa.tl.vae, tl.denoise, tl.lda and "
-                f"VAE.map_query; --{name.replace('_', '-')} on the command line) is invalid: it must be {rule}. "
-                f"To fix it, {fix}."
-            )
+    for name in _TRAIN_RULES:
+        check_train_option(name, getattr(config, name))
     check_device(config.device)
 
 

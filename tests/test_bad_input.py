@@ -74,6 +74,38 @@ def test_train_config_itself_refuses():
     assert sa.TrainConfig(max_epochs=None, validation_fraction=0.0).validation_fraction == 0.0  # 0: no validation
 
 
+PROGRESS_FRONTS = {
+    "vae": lambda a, **kw: sa.tl.vae(a, n_latent=4, n_hidden=16, **kw),
+    "vae scvi-tools": lambda a, **kw: sa.tl.vae(a, n_latent=4, backend="scvi-tools", **kw),
+    "denoise": lambda a, **kw: sa.tl.denoise(a, n_latent=4, n_hidden=16, **kw),
+    "denoise vae": lambda a, **kw: sa.tl.denoise(a, method="vae", n_latent=4, n_hidden=16, **kw),
+    "lda": lambda a, **kw: sa.tl.lda(a, n_topics=3, n_hidden=16, **kw),
+    "lda classic": lambda a, **kw: sa.tl.lda(a, n_topics=3, method="classic", **kw),
+    "lda scvi-tools": lambda a, **kw: sa.tl.lda(a, n_topics=3, backend="scvi-tools", **kw),
+    "nmf": lambda a, **kw: sa.tl.nmf(a, n_components=3, **kw),
+}
+
+
+@pytest.mark.parametrize("front", list(PROGRESS_FRONTS))
+@pytest.mark.parametrize("progress", ["no", 1, None])
+def test_progress_that_is_not_a_bool_is_refused_before_any_work(sim, snapshot, monkeypatch, front, progress):
+    """progress="no" is truthy: taken as it is, it would draw the bar it seems to turn off.
+    Every front taking progress refuses it before reading a cell (scvi-tools' backends too)."""
+    from scgen_ae.spec import DataSpec
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("the cells were read before progress was checked")
+
+    monkeypatch.setattr(DataSpec, "learn", no_work)
+    msg = _refused(PROGRESS_FRONTS[front], sim, snapshot, rf"progress={progress!r} .* must be True or False",
+                   n_threads=1, progress=progress)
+    assert "pass progress=False" in msg and "--quiet on the command line" in msg
+
+
+def test_progress_accepts_numpy_bools():
+    assert sa.TrainConfig(progress=np.False_).progress is np.False_
+
+
 def _cells(n):
     X = np.random.default_rng(0).poisson(3.0, (n, 20)).astype(np.float32) + 1
     return ad.AnnData(sp.csr_matrix(X), obs=pd.DataFrame(index=[f"c{i}" for i in range(n)]),

@@ -245,6 +245,8 @@ def _lda_scvi_tools(adata: AnnData, *, n_topics, method, batch_key, layer, n_hid
     unknown = sorted(set(train_kwargs) - set(SCVI_LDA_OPTIONS))
     if unknown:
         raise TypeError(f"lda(backend='scvi-tools') does not map {unknown}; it maps {list(SCVI_LDA_OPTIONS)}.")
+    if "progress" in train_kwargs:  # handed to scvi-tools as they are, so not checked by a TrainConfig
+        v.check_train_option("progress", train_kwargs["progress"])
     training_data(adata, layer, None, None, **COUNTS_ADVICE)  # the native checks and errors, before scvi-tools
     v.check_n_latent(n_topics, adata.n_vars, "n_topics")
     result = bridge.fit_amortized_lda(adata, n_topics=n_topics, layer=layer, n_hidden=n_hidden, **train_kwargs)

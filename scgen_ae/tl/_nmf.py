@@ -190,6 +190,7 @@ def nmf(
       the generic top-genes / loadings plots); with ``batch_key`` also ``["reference_batch"]``.
     """
     v.check_target(adata, copy, "sa.tl.nmf")
+    v.check_train_option("progress", progress, "a keyword of sa.tl.nmf")  # tl.nmf takes no TrainConfig
     _check_options(loss, solver, init, batch_key, n_components, max_iter, tol, batch_size, n_quantiles, min_cells,
                    min_match)
     if isinstance(adata, AnnData):
