@@ -57,6 +57,16 @@ def test_models_are_documented_by_their_automodule():
     assert _documented_whole((ROOT / "docs" / "api.rst").read_text(), "models")
 
 
+def test_every_model_class_is_also_at_the_top_level():
+    """sa.VAE, sa.NMF, ...: each trained-model class of sa.models.__all__ (not their configs and
+    torch modules, nor BaseModel), the same object, in sa.__all__."""
+    classes = [n for n in sa.models.__all__ if isinstance(getattr(sa.models, n), type)
+               and issubclass(getattr(sa.models, n), sa.models.BaseModel) and n != "BaseModel"]
+    assert {"VAE", "DAE", "LDA", "ClassicLDA", "NMF"} <= set(classes)
+    assert all(getattr(sa, n) is getattr(sa.models, n) for n in classes)
+    assert [n for n in sa.__all__ if n in sa.models.__all__] == classes
+
+
 def _inventory(path: Path, project: str, *entries: str) -> None:
     """A Sphinx objects.inv (version 2) holding ``entries`` ("name domain:role priority uri dispname")."""
     header = f"# Sphinx inventory version 2\n# Project: {project}\n# Version: 0\n" \
