@@ -14,10 +14,15 @@ from . import covariates, datasets, metrics, models, ondisk, pl, pp, tl  # noqa:
 from ._settings import settings  # noqa: E402
 from ._validate import InputError  # noqa: E402
 from .io import ModelFileError  # noqa: E402
-from .models import DAE, LDA, NMF, VAE, ClassicLDA  # noqa: E402
 from .ondisk import read_backed  # noqa: E402
 from .train import TrainConfig, TrainingDivergedError  # noqa: E402
 
+# Every trained-model class sa.models exports is also here (sa.VAE, sa.NMF, ...), taken from its
+# __all__ so that a new model family is exported in one place.
+_MODEL_CLASSES = {name: obj for name, obj in ((n, getattr(models, n)) for n in models.__all__)
+                  if isinstance(obj, type) and issubclass(obj, models.BaseModel) and obj is not models.BaseModel}
+globals().update(_MODEL_CLASSES)
+
 __all__ = ["settings", "pp", "tl", "pl", "datasets", "metrics", "models", "ondisk", "covariates", "read_backed",
-           "VAE", "DAE", "LDA", "ClassicLDA", "NMF", "TrainConfig",
+           *_MODEL_CLASSES, "TrainConfig",
            "InputError", "ModelFileError", "TrainingDivergedError", "__version__"]

@@ -172,7 +172,7 @@ def _integrate(full, args, out_h5ad: Path | None, plots: Path | None) -> None:
         sa.pl.latent(adata, basis=basis, color=color, method="umap", save=plots / f"{kind}_umap.png")
         sa.pl.latent(adata, basis="X_pca_uncorrected", color=color, method="umap", save=plots / "uncorrected_umap.png")
         sa.pl.history(adata, key=kind, save=plots / f"{kind}_history.png")
-        if kind in ("lda", "nmf"):  # top genes per topic / factor
+        if "varm_key" in adata.uns[kind]:  # gene loadings (topics, factors): pl.topics draws their top genes
             sa.pl.topics(adata, key=kind, n_genes=10, save=plots / f"{kind}_topics.png")
         print(f"plots written to {plots}/")
     _keep_in_full(full, adata, genes)
@@ -214,6 +214,7 @@ def _scib_twins(adata, table, args):
 
 
 def _train_vae(adata, args):
+    """--n-latent dimensions, --likelihood"""
     import scgen_ae as sa
 
     model = sa.tl.vae(adata, batch_key=args.batch_key, layer=args.layer, likelihood=args.likelihood,
@@ -268,6 +269,7 @@ def _demo_scores(adata, out: Path, plots: Path) -> None:
 
 # --- nmf ---
 def _train_nmf(adata, args):
+    """integrative NMF; --n-latent factors, --max-epochs passes"""
     import scgen_ae as sa
 
     model = sa.tl.nmf(adata, n_components=args.n_latent, batch_key=args.batch_key, layer=args.layer,
@@ -281,6 +283,7 @@ def _train_nmf(adata, args):
 
 # --- topic models ---
 def _train_lda(adata, args):
+    """--n-latent topics"""
     import scgen_ae as sa
 
     train = dict(max_epochs=args.max_epochs) if args.max_epochs is not None else {}
@@ -292,7 +295,15 @@ def _train_lda(adata, args):
 # --- end topic models ---
 
 
-TRAINERS = {"vae": _train_vae, "nmf": _train_nmf, "lda": _train_lda}  # --model; each returns (model, obsm key)
+#: ``--model``'s choices, the first the default: each trains with its front's default ``uns_key`` (the
+#: name here) and returns (model, obsm key); its docstring is its part of ``--model``'s help
+TRAINERS = {"vae": _train_vae, "nmf": _train_nmf, "lda": _train_lda}
+
+
+def _model_help() -> str:
+    """``--model``'s help, from :data:`TRAINERS`: "vae (...), nmf (...) or lda (...)"."""
+    parts = [f"{name} ({fn.__doc__.strip()})" if fn.__doc__ else name for name, fn in TRAINERS.items()]
+    return " or ".join([", ".join(parts[:-1]), parts[-1]]) if len(parts) > 1 else parts[0]
 
 
 # denoising --------------------------------------------------------------------
@@ -442,9 +453,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--version", action="version", version=f"scgen-ae {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("integrate", help="batch-correct an .h5ad of raw counts with tl.vae (or --model nmf / lda)",
-                       formatter_class=_Help, description="Batch-correct an .h5ad of raw counts with tl.vae (or "
-                       "--model nmf / lda). The output keeps every gene; the model's are marked in "
+    default, *others = TRAINERS
+    alternatives = f" (or --model {' / '.join(others)})" if others else ""
+    p = sub.add_parser("integrate", help=f"batch-correct an .h5ad of raw counts with tl.{default}{alternatives}",
+                       formatter_class=_Help, description=f"Batch-correct an .h5ad of raw counts with "
+                       f"tl.{default}{alternatives}. The output keeps every gene; the model's are marked in "
                        f"var[{MODEL_GENE_COLUMN!r}].")
     p.add_argument("input", type=Path, help=".h5ad file with raw counts")
     p.add_argument("--batch-key", required=True, help="obs column of the batches")
@@ -453,8 +466,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="write the annotated AnnData here, every gene kept (none: not written)")
     p.add_argument("--plots", type=Path, default=None, help="folder for UMAP and loss-curve PNGs (none: no plots)")
     p.add_argument("--save-model", type=Path, default=None, help="save the model here (.npz)")
-    p.add_argument("--model", default="vae", choices=["vae", "nmf", "lda"],
-                   help="vae, nmf (integrative NMF; --n-latent factors, --max-epochs passes) or lda (--n-latent topics)")
+    p.add_argument("--model", default=default, choices=list(TRAINERS), help=_model_help())
     p.add_argument("--force", action="store_true", help="allow -o to replace the input file")
     p.add_argument("--no-scib", action="store_true",
                    help="summary with the quick metrics only, not scIB's (about a minute of JIT compilation)")

@@ -37,6 +37,32 @@ def test_integrate_bad_batch_key_exits_2(cellbench_raw, tmp_path, capsys):
     assert "--batch-key protocol_typo is not a column" in capsys.readouterr().err  # the flag, not Python
 
 
+def test_a_trainer_added_to_trainers_is_a_model_choice(cellbench_raw, tmp_path, monkeypatch, capsys):
+    """--model's choices and help, and which plots a run draws, follow cli.TRAINERS: a model
+    family joins the command line with one entry there."""
+    from scgen_ae import cli
+
+    def toy(adata, args):
+        """toy factors; --n-latent of them"""
+        model = sa.tl.nmf(adata, n_components=args.n_latent, max_iter=5, n_threads=1, progress=False,
+                          key_added="X_toy", varm_key="toy_loadings", uns_key="toy")
+        return model, "X_toy"
+
+    monkeypatch.setitem(cli.TRAINERS, "toy", toy)
+    assert main(["integrate", "--help"]) == 0
+    shown = " ".join(capsys.readouterr().out.split())
+    assert "--model {vae,nmf,lda,toy}" in shown and "lda (--n-latent topics) or toy (toy factors; --n-latent of " \
+        "them)" in shown and "(or --model nmf / lda / toy)" in shown
+    src, plots = tmp_path / "in.h5ad", tmp_path / "plots"
+    cellbench_raw[::7].copy().write_h5ad(src)
+    assert main(["integrate", str(src), "--model", "toy", "--batch-key", "batch", "--n-latent", "3",
+                 "--n-top-genes", "0", "--plots", str(plots), "--threads", "1", "--quiet", "--no-scib"]) == 0
+    assert "training tl.toy" in capsys.readouterr().out
+    # gene loadings recorded (uns["toy"]["varm_key"]): their top genes are drawn too, as for nmf and lda
+    assert {p.name for p in plots.iterdir()} == {"toy_umap.png", "uncorrected_umap.png", "toy_history.png",
+                                                 "toy_topics.png"}
+
+
 def test_demo_runs_on_the_builtin_real_cells(tmp_path, capsys):
     assert main(["demo", "-o", str(tmp_path), "--n-cells", "300", "--max-epochs", "5", "--quiet",
                  "--no-scib"]) == 0

@@ -96,7 +96,7 @@ def denoise_benchmark(adata: AnnData, *, fraction: float = 0.1, seed: int = 0, l
 
     The negative log-likelihood ``nll`` (nats per hidden entry, lower is better) scores the
     predicted distribution, not only its mean: for the denoiser its own ZINB / NB / Poisson
-    at each hidden entry (:meth:`~scgen_ae.models.VAE.entry_log_prob`), for the baseline a
+    at each hidden entry (:meth:`~scgen_ae.models.BaseModel.entry_log_prob`), for the baseline a
     Poisson with the gene-share mean. It is computed on the hidden entries of the cells and
     genes kept for training (``n_nll`` of them; all of them unless the corruption emptied
     some).
