@@ -194,8 +194,9 @@ def unmatched_clusters(embedding: np.ndarray, batches, *, source: str = "Leiden 
         mine = batches == own
         own_kth = NearestNeighbors(n_neighbors=k + 1).fit(z[mine]).kneighbors(z[mine])[0][:, -1]
         clusters = embedding_clusters(z[mine], seed=seed)
-        groups[mine] = [f"cluster {c} of {own!r}" for c in clusters]
         sizes = np.bincount(clusters)
+        cluster_names = np.array([f"cluster {c} of {own!r}" for c in range(len(sizes))], dtype=object)
+        groups[mine] = cluster_names[clusters]
         for other in names:
             if other == own:
                 continue
@@ -206,7 +207,7 @@ def unmatched_clusters(embedding: np.ndarray, batches, *, source: str = "Leiden 
             for c in np.flatnonzero(sizes >= MIN_CLUSTER_CELLS):
                 quartile = float(np.quantile(ratios[clusters == c], 0.25))
                 if quartile > ratio:
-                    rows.append({"group": f"cluster {c} of {own!r}", "batch": other, "distance_ratio": quartile})
+                    rows.append({"group": cluster_names[c], "batch": other, "distance_ratio": quartile})
     counted = groups != ""
     counts = pd.crosstab(pd.Series(groups[counted], name="group"), pd.Series(batches[counted], name="batch"))
     return Composition(counts, pd.DataFrame(rows, columns=["group", "batch", "distance_ratio"]), source)

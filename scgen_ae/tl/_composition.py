@@ -31,13 +31,15 @@ def warn_if_unbalanced(report: Composition, *, front: str, control: str) -> None
 
 
 def composition_record(adata: AnnData, *, batch_key: str | None, label_key: str | None, embedding,
-                       use_rep: str, seed: int, front: str, control: str) -> dict | None:
+                       use_rep: str, seed: int, front: str, control: str,
+                       report: Composition | None = None) -> dict | None:
     """What a batch-aware front stores in ``uns[uns_key]["composition"]`` (None with < 2 batches),
-    warning when some batch lacks a group."""
+    warning when some batch lacks a group; ``report``: the check already run on ``embedding``."""
     if batch_key is None or adata.obs[batch_key].nunique() < 2:
         return None
-    report = composition(adata, adata.obs[batch_key].astype(str).to_numpy(), label_key=label_key,
-                         embedding=embedding, use_rep=use_rep, seed=seed)
+    if report is None:
+        report = composition(adata, adata.obs[batch_key].astype(str).to_numpy(), label_key=label_key,
+                             embedding=embedding, use_rep=use_rep, seed=seed)
     warn_if_unbalanced(report, front=front, control=control)
     return report.to_uns()
 

@@ -155,8 +155,7 @@ def vae(
         (k = 3) and the check looks in its latent space for a cluster of one batch that
         another batch has no cells near. Batches with no such cluster are then aligned with
         the global MMD (retrained, so a balanced file costs two fits), others keep the MNN
-        alignment. ``uns[uns_key]["alignment"]`` records the
-        choice.
+        alignment. ``uns[uns_key]["alignment"]`` records the choice.
     mnn_bandwidth
         With ``mmd_mnn_k > 0``: how far a pair's correction reaches. The squared width of
         the Gaussian that smooths the correction vectors over a batch's cells is this times
@@ -321,11 +320,13 @@ def vae(
         if model.history.get("interrupted"):
             return _interrupted(model)
         latent = model.get_latent(adata)
+    checked = None  # the composition check's report on the latent returned, where auto ran it
     if auto and aligns and groups_key is None:
         # the MNN-aligned latent keeps batch-unique types apart, far from the other batches
-        report = composition_report(adata, _batch_names(adata, batch_key), label_key=None, embedding=latent,
-                             use_rep=key_added, seed=train_cfg.seed)
-        if _auto_choice(report, alignment, "clusters of each batch in the MNN-aligned latent") == 0:
+        checked = composition_report(adata, _batch_names(adata, batch_key), label_key=None, embedding=latent,
+                                     use_rep=key_added, seed=train_cfg.seed)
+        if _auto_choice(checked, alignment, "clusters of each batch in the MNN-aligned latent") == 0:
+            checked = None  # refitted: the check runs again on the new latent
             config = dataclasses.replace(config, mmd_mnn_k=0)
             with seeded_threads(train_cfg.seed, train_cfg.n_threads):
                 model = _train(config, data, train_cfg, train_on, batch_key, cats, layer, classes, label_key,
@@ -347,7 +348,7 @@ def vae(
         result["alignment"] = alignment
     composition = composition_record(adata, batch_key=batch_key, label_key=groups_key, embedding=latent,
                                      use_rep=key_added, seed=train_cfg.seed, front="tl.vae",
-                                     control=_COMPOSITION_CONTROL)
+                                     control=_COMPOSITION_CONTROL, report=checked)
     if composition is not None:
         result["composition"] = composition
     target = adata.copy() if copy else adata
