@@ -354,6 +354,20 @@ def _is_number(x) -> bool:
     return (_is_int(x) or isinstance(x, (float, np.floating))) and bool(np.isfinite(x))
 
 
+def _is_bool(x) -> bool:
+    # not truthiness: a string such as "no" is truthy and would turn on what it seems to turn off
+    return isinstance(x, (bool, np.bool_))
+
+
+def _is_file_name(x) -> bool:
+    """A str or os.PathLike naming a file (``io.model_path`` appends ``.npz`` to its last part,
+    so a path ending in no name, as "" or ".", fails only when the first checkpoint is written)."""
+    if not isinstance(x, (str, os.PathLike)):
+        return False
+    x = os.fspath(x)
+    return isinstance(x, str) and os.path.basename(os.path.normpath(x)) not in ("", ".", "..")
+
+
 # name -> (accepts the value, the rule, how to fix); None is accepted only where the rule says so
 _TRAIN_RULES = {
     "max_epochs": (lambda x: x is None or (_is_int(x) and x >= 1),
@@ -381,10 +395,16 @@ _TRAIN_RULES = {
     "devices": (lambda x: _is_int(x) and x >= 1, "an integer >= 1", "pass devices=1"),
     "num_nodes": (lambda x: _is_int(x) and x >= 1, "an integer >= 1", "pass num_nodes=1"),
     "precision": (lambda x: x in ("auto", "fp32", "bf16"), "'auto', 'fp32' or 'bf16'", "pass precision='auto'"),
-    # a truthy string such as "no" would otherwise draw the bar it seems to turn off
-    "progress": (lambda x: isinstance(x, (bool, np.bool_)), "True or False (whether to draw a progress bar)",
+    "progress": (_is_bool, "True or False (whether to draw a progress bar)",
                  "pass progress=False to hide the bar (or progress=True to draw it); sa.settings.progress_bar "
                  "and sa.settings.verbosity hide it everywhere"),
+    "early_stopping": (_is_bool, "True or False (whether to stop when the validation loss stops improving)",
+                       "pass early_stopping=False to train every epoch (or True, the default, to stop early)"),
+    "checkpoint_path": (lambda x: x is None or _is_file_name(x),
+                        "None or the path of a file (a str or pathlib.Path; .npz is appended when missing)",
+                        "pass e.g. checkpoint_path='run.npz', or checkpoint_path=None for no checkpoints"),
+    "resume": (_is_bool, "True or False (whether to continue from checkpoint_path)",
+               "pass resume=True with a checkpoint_path to continue that run, or resume=False to start afresh"),
 }
 
 # the command line's flag for the training options it has ("--quiet" turns progress off)
@@ -407,6 +427,11 @@ def check_train_options(config) -> None:
     nothing or fail later inside torch, before any work is done."""
     for name in _TRAIN_RULES:
         check_train_option(name, getattr(config, name))
+    if config.resume and config.checkpoint_path is None:
+        # training would start afresh without a word, which is what resume=True asks not to do
+        raise InputError("Training option resume=True needs checkpoint_path= (the checkpoint to continue from), "
+                         "but checkpoint_path is None. To fix it, pass checkpoint_path='run.npz' (the path the "
+                         "interrupted run was given), or resume=False to start afresh.")
     check_device(config.device)
 
 

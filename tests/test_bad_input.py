@@ -106,6 +106,54 @@ def test_progress_accepts_numpy_bools():
     assert sa.TrainConfig(progress=np.False_).progress is np.False_
 
 
+BAD_SWITCHES = [
+    ({"early_stopping": "no"}, r"early_stopping='no' .* must be True or False", "early_stopping=False"),
+    ({"early_stopping": 0}, r"early_stopping=0 .* must be True or False", "early_stopping=False"),
+    ({"early_stopping": None}, r"early_stopping=None .* must be True or False", "early_stopping=False"),
+    ({"resume": "no"}, r"resume='no' .* must be True or False", "resume=False"),
+    ({"resume": 1, "checkpoint_path": "run.npz"}, r"resume=1 .* must be True or False", "resume=False"),
+    ({"checkpoint_path": 5}, r"checkpoint_path=5 .* must be None or the path of a file", "checkpoint_path=None"),
+    ({"checkpoint_path": ""}, r"checkpoint_path='' .* must be None or the path of a file", "checkpoint_path=None"),
+    ({"checkpoint_path": b"run.npz"}, r"checkpoint_path=b'run.npz' .* must be None or the path", "'run.npz'"),
+    ({"resume": True}, r"resume=True needs checkpoint_path= .* checkpoint_path is None", "resume=False"),
+]
+
+
+@pytest.mark.parametrize("options, match, fix", BAD_SWITCHES)
+def test_switches_and_checkpoint_path_refused_before_any_work(sim, snapshot, monkeypatch, tmp_path, options, match,
+                                                              fix):
+    """A truthy "no" would stop early (or resume) where it seems to say not to; a checkpoint_path
+    that names no file failed only when the first checkpoint was written, after an epoch."""
+    from scgen_ae.spec import DataSpec
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("the cells were read before the options were checked")
+
+    monkeypatch.setattr(DataSpec, "learn", no_work)
+    monkeypatch.chdir(tmp_path)  # nothing may be written, not even a checkpoint in the working folder
+    with pytest.raises(sa.InputError, match=match):
+        sa.TrainConfig(**options)
+    msg = _refused(sa.tl.vae, sim, snapshot, match, n_latent=4, n_hidden=16, **FAST, **options)
+    assert "To fix it" in msg and fix in msg
+    assert not list(tmp_path.iterdir())
+
+
+def test_every_training_option_has_a_rule():
+    """An option without a rule is taken as it comes (early_stopping="no" stopped early)."""
+    import dataclasses
+
+    from scgen_ae._validate import _TRAIN_RULES
+
+    fields = {f.name for f in dataclasses.fields(sa.TrainConfig)}
+    assert fields - {"device"} == set(_TRAIN_RULES)  # device: check_device, which asks torch
+
+
+def test_switches_and_checkpoint_path_accept_their_types(tmp_path):
+    assert sa.TrainConfig(early_stopping=np.False_, resume=np.True_, checkpoint_path=tmp_path / "run").resume
+    assert sa.TrainConfig(checkpoint_path=str(tmp_path / "run.npz"), resume=False).checkpoint_path.endswith(".npz")
+    assert sa.TrainConfig(resume=False, checkpoint_path=None).early_stopping is True  # the defaults
+
+
 def _cells(n):
     X = np.random.default_rng(0).poisson(3.0, (n, 20)).astype(np.float32) + 1
     return ad.AnnData(sp.csr_matrix(X), obs=pd.DataFrame(index=[f"c{i}" for i in range(n)]),
