@@ -106,6 +106,38 @@ def test_progress_accepts_numpy_bools():
     assert sa.TrainConfig(progress=np.False_).progress is np.False_
 
 
+OWN_ARGUMENT_FRONTS = {  # fronts that take training options without building a TrainConfig from them
+    "nmf": lambda a, **kw: sa.tl.nmf(a, n_components=3, **kw),
+    "lda scvi-tools": lambda a, **kw: sa.tl.lda(a, n_topics=3, backend="scvi-tools", **kw),
+}
+BAD_OWN_OPTIONS = [
+    ({"seed": -1}, r"seed=-1 .* must be an integer >= 0", "--seed on the command line"),
+    ({"seed": 1.5}, r"seed=1.5 .* must be an integer >= 0", "pass e.g. seed=0"),
+    ({"seed": "0"}, r"seed='0' .* must be an integer >= 0", "pass e.g. seed=0"),
+    ({"n_threads": 0}, r"n_threads=0 .* must be None or an integer >= 1", "--threads on the command line"),
+    ({"n_threads": 2.0}, r"n_threads=2.0 .* must be None or an integer >= 1", "n_threads=None"),
+    ({"device": "gpu"}, r"device='gpu' is not a device name", "'auto', 'cpu'"),
+]
+
+
+@pytest.mark.parametrize("front", list(OWN_ARGUMENT_FRONTS))
+@pytest.mark.parametrize("options, match, fix", BAD_OWN_OPTIONS)
+def test_own_argument_training_options_refused_before_any_work(sim, snapshot, monkeypatch, front, options, match,
+                                                               fix):
+    """tl.nmf's seed / n_threads / device are its own arguments, and tl.lda hands its options to
+    scvi-tools as they are: the shared rules apply all the same (n_threads=0 meant every core,
+    seed=1.5 seed 1), before a cell is read."""
+    from scgen_ae.spec import DataSpec
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("the cells were read before the options were checked")
+
+    monkeypatch.setattr(DataSpec, "learn", no_work)
+    kwargs = {"n_threads": 1, "progress": False, **options}
+    msg = _refused(OWN_ARGUMENT_FRONTS[front], sim, snapshot, match, **kwargs)
+    assert fix in msg
+
+
 BAD_SWITCHES = [
     ({"early_stopping": "no"}, r"early_stopping='no' .* must be True or False", "early_stopping=False"),
     ({"early_stopping": 0}, r"early_stopping=0 .* must be True or False", "early_stopping=False"),

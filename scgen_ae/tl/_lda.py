@@ -10,7 +10,7 @@ from .. import ondisk
 from ..data import CellData, train_validation_split
 from ..models.lda_vb import ClassicLDA, VBLDAConfig, VBLDAModule, fit_vb
 from ..models.topic import LDA, TopicConfig, TopicModule
-from ..train import fit, seeded_threads, warn_interrupted
+from ..train import TrainConfig, fit, seeded_threads, warn_interrupted
 from ._common import params_record, returned, split_kwargs, training_data, write_results
 from ._composition import check_label_key, composition_record
 
@@ -245,8 +245,9 @@ def _lda_scvi_tools(adata: AnnData, *, n_topics, method, batch_key, layer, n_hid
     unknown = sorted(set(train_kwargs) - set(SCVI_LDA_OPTIONS))
     if unknown:
         raise TypeError(f"lda(backend='scvi-tools') does not map {unknown}; it maps {list(SCVI_LDA_OPTIONS)}.")
-    if "progress" in train_kwargs:  # handed to scvi-tools as they are, so not checked by a TrainConfig
-        v.check_train_option("progress", train_kwargs["progress"])
+    # handed to scvi-tools as they are, so checked here by the rules a TrainConfig applies
+    # before the cells are read (max_epochs and device were checked only after them, the rest not at all)
+    TrainConfig(**train_kwargs)
     training_data(adata, layer, None, None, **COUNTS_ADVICE)  # the native checks and errors, before scvi-tools
     v.check_n_latent(n_topics, adata.n_vars, "n_topics")
     result = bridge.fit_amortized_lda(adata, n_topics=n_topics, layer=layer, n_hidden=n_hidden, **train_kwargs)

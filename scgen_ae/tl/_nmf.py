@@ -149,7 +149,8 @@ def nmf(
         the same seed gives the in-memory result. Full-batch updates would hold all of X,
         so they are refused there (``adata.to_memory()`` first, if that is wanted).
     seed, device, n_threads
-        Random seed (initialisation), "auto"/"cpu"/"cuda", and CPU threads (None: torch's).
+        Random seed (initialisation), "auto"/"cpu"/"cuda", and CPU threads (None: torch's);
+        refused before any work by the rules of ``tl.vae``'s training options.
     progress
         Draw the progress bar of ``tl.vae``, one step per pass, as ``sa.settings`` allow
         (``progress_bar``, ``verbosity``). The fit is the same with it or without.
@@ -190,7 +191,11 @@ def nmf(
       the generic top-genes / loadings plots); with ``batch_key`` also ``["reference_batch"]``.
     """
     v.check_target(adata, copy, "sa.tl.nmf")
-    v.check_train_option("progress", progress, "a keyword of sa.tl.nmf")  # tl.nmf takes no TrainConfig
+    # tl.nmf takes these as its own arguments, not through a TrainConfig that would check them:
+    # n_threads=0 meant every core and seed=1.5 seed 1, and a bad device failed after reading the cells
+    for name, value in (("seed", seed), ("n_threads", n_threads), ("progress", progress)):
+        v.check_train_option(name, value, "a keyword of sa.tl.nmf")
+    v.check_device(device)
     _check_options(loss, solver, init, batch_key, n_components, max_iter, tol, batch_size, n_quantiles, min_cells,
                    min_match)
     if isinstance(adata, AnnData):
