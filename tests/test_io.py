@@ -206,6 +206,46 @@ def test_unknown_model_class(saved_sim_model, tmp_path):
         sa.VAE.load(bad)
 
 
+def test_a_class_named_like_a_package_class_does_not_take_over_its_files(trained_sim, tmp_path, monkeypatch):
+    """A subclass of one's own that is also called VAE loads only the files it saved itself;
+    the package's VAE files (which hold the bare name "VAE") still load as sa.VAE."""
+    import copy
+
+    from scgen_ae.models._base import BaseModel
+
+    adata, model = trained_sim
+    monkeypatch.setattr(BaseModel, "registry", dict(BaseModel.registry))  # the class below leaves with the test
+
+    class VAE(sa.VAE):
+        pass
+
+    path = model.save(tmp_path / "package.npz")
+    assert _header(_arrays(path))["model"] == "VAE"
+    loaded = sa.VAE.load(path)
+    assert type(loaded) is sa.VAE
+    np.testing.assert_array_equal(loaded.get_latent(adata), model.get_latent(adata))
+
+    mine = copy.copy(model)
+    mine.__class__ = VAE
+    own = mine.save(tmp_path / "own.npz")
+    name = _header(_arrays(own))["model"]
+    assert name == f"{__name__}.{VAE.__qualname__}"
+    assert type(sa.VAE.load(own)) is VAE and type(VAE.load(own)) is VAE
+    with pytest.raises(sa.ModelFileError, match=r"'VAE' model, not a tests\.test_io\..*<locals>\.VAE\."):
+        VAE.load(path)  # sa.VAE is not the test's VAE
+    del BaseModel.registry[name]  # as in a session that has not imported the class's module
+    with pytest.raises(sa.ModelFileError, match="import the module that defines it first"):
+        sa.VAE.load(own)
+
+
+def test_two_package_classes_cannot_share_a_name(monkeypatch):
+    from scgen_ae.models._base import BaseModel
+
+    monkeypatch.setattr(BaseModel, "registry", dict(BaseModel.registry))
+    with pytest.raises(TypeError, match="'VAE' is taken by scgen_ae.models.vae.VAE"):
+        type("VAE", (sa.VAE,), {"__module__": "scgen_ae.models.other"})
+
+
 def test_weights_that_do_not_fit_config(saved_sim_model, tmp_path):
     arrays = _arrays(saved_sim_model)
     header = _header(arrays)

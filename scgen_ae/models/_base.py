@@ -19,6 +19,23 @@ from ..spec import DataSpec
 from ..train import History
 
 
+_PACKAGE = __name__.partition(".")[0]
+
+
+def registry_name(model_cls: type) -> str:
+    """The name a model class is saved under and found by on loading.
+
+    The package's own classes keep their bare name (``"VAE"``), which is what every model file
+    has held. A class defined elsewhere (a user's subclass) is named by its module and qualified
+    name (``"mymodule.VAE"``), so a class that happens to share a package class's name cannot
+    take over loading that class's files.
+    """
+    module = model_cls.__module__
+    if module == _PACKAGE or module.startswith(_PACKAGE + "."):
+        return model_cls.__name__
+    return f"{module}.{model_cls.__qualname__}"
+
+
 class BaseModel:
     """A trained model: a torch ``module`` plus what is needed to apply it to AnnData.
 
@@ -45,7 +62,14 @@ class BaseModel:
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
-        BaseModel.registry[cls.__name__] = cls
+        name = registry_name(cls)
+        known = BaseModel.registry.get(name)
+        # the same class defined again (a module reloaded, a notebook cell run twice) replaces itself;
+        # two package classes of one bare name would load each other's files
+        if known is not None and (known.__module__, known.__qualname__) != (cls.__module__, cls.__qualname__):
+            raise TypeError(f"The model name {name!r} is taken by {known.__module__}.{known.__qualname__}; "
+                            f"rename {cls.__module__}.{cls.__qualname__}.")
+        BaseModel.registry[name] = cls
 
     @classmethod
     def input_kind_of(cls, config) -> str:
@@ -227,7 +251,7 @@ class BaseModel:
         ``.npz``, else ``path`` + ``.npz`` ("run_1.5" -> "run_1.5.npz"). :meth:`load` takes
         the same ``path``."""
         header = {
-            "model": type(self).__name__,
+            "model": registry_name(type(self)),
             "config": dataclasses.asdict(self.config),
             **self.spec.to_header(),
             "history": {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in self.history.items()},
@@ -242,14 +266,18 @@ class BaseModel:
         """Load a model written by :meth:`save` (same ``path``: any name round-trips). Nothing is unpickled.
 
         Any file that is not an intact model file raises :class:`~scgen_ae.ModelFileError`.
-        With ``adata``, also checks that it holds every trained gene.
+        With ``adata``, also checks that it holds every trained gene. The file names its class
+        (:func:`registry_name`): a class of one's own loads once its module is imported.
         """
         header, arrays = read_model_file(path)
         where = str(model_path(path))
         header_fields(where, header, {"model": (str,)})
         model_cls = BaseModel.registry.get(header["model"])
         if model_cls is None or not issubclass(model_cls, cls):
-            raise ModelFileError(f"{where!r} holds a {header['model']!r} model, not a {cls.__name__}.")
+            # a class defined outside the package is known only once its module has been imported
+            hint = (" If it is a class of your own, import the module that defines it first."
+                    if model_cls is None and "." in header["model"] else "")
+            raise ModelFileError(f"{where!r} holds a {header['model']!r} model, not a {registry_name(cls)}.{hint}")
         header_fields(where, header, {"config": (dict,), "var_names": STRINGS, "batch_key": (str, type(None)),
                                       "batch_categories": STRINGS, "layer": (str, type(None)), "history": (dict,)})
         try:
