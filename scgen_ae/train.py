@@ -304,7 +304,15 @@ def _epoch_loss(dist, total: float, n: int) -> float:
     return total / max(n, 1)
 
 
-def fit(module: torch.nn.Module, data: CellData, config: TrainConfig, likelihood: str | None = None) -> History:
+def kl_warmup(config: TrainConfig, n_epochs: int, module: torch.nn.Module) -> int:
+    """The epochs over which :func:`fit` raises the KL weight to 1 (0: none, or no KL term)."""
+    if not getattr(module, "has_kl", True):  # nothing to warm up: every epoch's loss is comparable
+        return 0
+    return config.kl_warmup_epochs if config.kl_warmup_epochs is not None else min(400, max(1, n_epochs // 3))
+
+
+def fit(module: torch.nn.Module, data: CellData, config: TrainConfig, likelihood: str | None = None,
+        on_epoch_end=None) -> History:
     """Train ``module`` on ``data`` in place and return its :class:`History`.
 
     ``data`` is a :class:`CellData` or anything with its interface (``n_cells``,
@@ -314,6 +322,8 @@ def fit(module: torch.nn.Module, data: CellData, config: TrainConfig, likelihood
     With ``config.checkpoint_path`` the run is checkpointed every ``checkpoint_every``
     epochs and, with ``config.resume``, continues from that checkpoint; with
     ``devices * num_nodes > 1`` it runs data-parallel (see :mod:`scgen_ae.distributed`).
+    ``on_epoch_end(epoch)``, where given, is called after each epoch; it returns True when
+    it changed the objective, so that the best epoch and early stopping count from there.
     """
     import time
 
@@ -330,9 +340,7 @@ def fit(module: torch.nn.Module, data: CellData, config: TrainConfig, likelihood
     if dist:
         val_idx = np.array_split(val_idx, dist.world)[dist.rank]
     n_epochs = config.epochs_for(data.n_cells)
-    warmup = config.kl_warmup_epochs if config.kl_warmup_epochs is not None else min(400, max(1, n_epochs // 3))
-    if not getattr(module, "has_kl", True):  # nothing to warm up: every epoch's loss is comparable
-        warmup = 0
+    warmup = kl_warmup(config, n_epochs, module)
     history = History()
     optimizer = torch.optim.Adam(module.parameters(), lr=config.lr, weight_decay=config.weight_decay, eps=0.01,
                                  fused=device.type in ("cpu", "cuda"))
@@ -403,6 +411,10 @@ def fit(module: torch.nn.Module, data: CellData, config: TrainConfig, likelihood
                 stop = config.early_stopping and loop["since_best"] >= config.patience
             if dist:
                 stop = dist.any(stop)  # equal on every rank already; made certain
+            if on_epoch_end is not None and on_epoch_end(epoch):
+                # losses under the old objective are not comparable with the new one
+                loop.update(best_loss=math.inf, best_state=None, since_best=0)
+                stop = False
             history.stopped_early = stop
             loop["epoch"] = epoch
             if config.checkpoint_path and (stop or (epoch + 1) % config.checkpoint_every == 0 or epoch + 1 == n_epochs):

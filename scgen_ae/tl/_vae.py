@@ -10,7 +10,7 @@ from .._validate import check_n_latent, check_target
 from ..covariates import CovariateSpec
 from ..models.covariate_independence import check_covariate_independence_weight
 from ..models.vae import VAE, VAEConfig, VAEModule, check_mnn_bandwidth
-from ..train import fit, seeded_threads, warn_interrupted
+from ..train import fit, kl_warmup, seeded_threads, warn_interrupted
 from ._common import (HVG_IF_PRESENT, mask_name, params_record, returned, split_kwargs, training_data, var_mask,
                       write_results)
 from ._composition import check_label_key, composition as composition_report, composition_record
@@ -315,25 +315,18 @@ def vae(
         classification_weight=classification_weight, n_covariate_categories=covariates.n_categories,
         n_continuous_covariates=covariates.n_continuous, covariate_independence_weight=covariate_independence_weight,
     )
+    check = None
+    if auto and aligns and groups_key is None:
+        check = _MidRunCheck(adata, _batch_names(adata, batch_key), key_added, train_cfg, data.n_cells)
     with seeded_threads(train_cfg.seed, train_cfg.n_threads):
-        model = _train(config, data, train_cfg, train_on, batch_key, cats, layer, classes, label_key, covariates)
+        model = _train(config, data, train_cfg, train_on, batch_key, cats, layer, classes, label_key, covariates,
+                       check)
         if model.history.get("interrupted"):
             return _interrupted(model)
         latent = model.get_latent(adata)
-    checked = None  # the composition check's report on the latent returned, where auto ran it
-    if auto and aligns and groups_key is None:
-        # the MNN-aligned latent keeps batch-unique types apart, far from the other batches
-        checked = composition_report(adata, _batch_names(adata, batch_key), label_key=None, embedding=latent,
-                                     use_rep=key_added, seed=train_cfg.seed)
-        if _auto_choice(checked, alignment, "clusters of each batch in the MNN-aligned latent") == 0:
-            checked = None  # refitted: the check runs again on the new latent
-            config = dataclasses.replace(config, mmd_mnn_k=0)
-            with seeded_threads(train_cfg.seed, train_cfg.n_threads):
-                model = _train(config, data, train_cfg, train_on, batch_key, cats, layer, classes, label_key,
-                               covariates)
-                if model.history.get("interrupted"):
-                    return _interrupted(model)
-                latent = model.get_latent(adata)
+    config = model.config  # the check may have switched the alignment
+    if check is not None:
+        check.record(alignment)
     result = {"params": params_record(batch_key=batch_key, layer=layer, label_key=label_key,
                                       categorical_covariate_keys=list(covariates.categorical_keys),
                                       continuous_covariate_keys=list(covariates.continuous_keys),
@@ -348,7 +341,7 @@ def vae(
         result["alignment"] = alignment
     composition = composition_record(adata, batch_key=batch_key, label_key=groups_key, embedding=latent,
                                      use_rep=key_added, seed=train_cfg.seed, front="tl.vae",
-                                     control=_COMPOSITION_CONTROL, report=checked)
+                                     control=_COMPOSITION_CONTROL)
     if composition is not None:
         result["composition"] = composition
     target = adata.copy() if copy else adata
@@ -376,11 +369,49 @@ def _auto_choice(report, alignment: dict, decided_by: str) -> int:
     return 0 if report.balanced else AUTO_MNN_K
 
 
-def _train(config, data, train_cfg, train_on, batch_key, cats, layer, classes, label_key, covariates) -> VAE:
+class _MidRunCheck:
+    """``mmd_mnn_k="auto"`` without labels, called by :func:`~scgen_ae.train.fit` after each
+    epoch: once the KL warm-up ends, the composition check looks at the MNN-aligned latent,
+    and batches with no cluster far from another batch switch to the global MMD for the rest
+    of the fit (one fit in all; where the check fires the fit goes on unchanged)."""
+
+    def __init__(self, adata, batch_names, key_added, train_cfg, n_cells):
+        self.adata, self.batch_names, self.key_added, self.seed = adata, batch_names, key_added, train_cfg.seed
+        self.train_cfg, self.n_epochs = train_cfg, train_cfg.epochs_for(n_cells)
+        self.model = None  # the model being trained, set by _train
+        self.report, self.epoch = None, None
+
+    def __call__(self, epoch: int) -> bool:
+        module = self.model.module
+        last_warmup_epoch = max(kl_warmup(self.train_cfg, self.n_epochs, module), self.n_epochs // 3, 1) - 1
+        if self.report is not None or epoch < last_warmup_epoch:
+            return False
+        latent = self.model.get_latent(self.adata)
+        self.report = composition_report(self.adata, self.batch_names, label_key=None, embedding=latent,
+                                         use_rep=self.key_added, seed=self.seed)
+        self.epoch = epoch
+        if not self.report.balanced:
+            return False
+        module.cfg = self.model.config = dataclasses.replace(module.cfg, mmd_mnn_k=0)
+        return True
+
+    def record(self, alignment: dict) -> None:
+        if self.report is None:  # training stopped before the warm-up ended: MNN kept, the safe side
+            alignment["decided_by"] = "not checked: training ended before the KL warm-up did; MNN alignment kept"
+            return
+        _auto_choice(self.report, alignment, f"clusters of each batch in the MNN-aligned latent after epoch "
+                                             f"{self.epoch + 1} (the end of the KL warm-up)")
+
+
+def _train(config, data, train_cfg, train_on, batch_key, cats, layer, classes, label_key, covariates,
+           check: _MidRunCheck | None = None) -> VAE:
     module = VAEModule(config)
-    history = fit(module, data, train_cfg, config.likelihood)
-    return VAE(config, train_on.var_names, batch_key, cats, layer, history.as_dict(), module,
-               label_categories=classes, label_key=label_key if classes else None, covariates=covariates)
+    model = VAE(config, train_on.var_names, batch_key, cats, layer, {}, module,
+                label_categories=classes, label_key=label_key if classes else None, covariates=covariates)
+    if check is not None:
+        check.model = model
+    model.history = fit(module, data, train_cfg, config.likelihood, on_epoch_end=check).as_dict()
+    return model
 
 
 def _interrupted(model: VAE) -> VAE:
