@@ -219,6 +219,28 @@ def test_early_stopping_exact_patience(sim_session):
     assert hist["best_epoch"] == 0
 
 
+def test_an_epoch_hook_that_changes_the_objective_restarts_the_best_epoch(sim_session):
+    """fit(on_epoch_end=): once the hook says the objective changed, earlier epochs can be
+    neither the best (whose weights the model keeps) nor count towards the patience."""
+    from scgen_ae.models.vae import VAEConfig, VAEModule
+    from scgen_ae.tl._common import training_data
+    from scgen_ae.train import TrainConfig, fit
+
+    data, cats = training_data(sim_session, None, "batch", "zinb")
+    calls = []
+
+    def changed_at_epoch_5(epoch):
+        calls.append(epoch)
+        return epoch == 5
+
+    module = VAEModule(VAEConfig(n_genes=sim_session.n_vars, n_batches=len(cats), n_latent=4, n_hidden=32))
+    # nothing improves by 1e9: without the hook training stops 8 epochs after the first
+    history = fit(module, data, TrainConfig(max_epochs=50, kl_warmup_epochs=1, patience=8, min_delta=1e9,
+                                            n_threads=1, progress=False), on_epoch_end=changed_at_epoch_5)
+    assert calls == list(range(len(history.train_loss)))
+    assert history.stopped_early and history.best_epoch == 6 and len(history.train_loss) == 6 + 1 + 8
+
+
 def test_early_stopping_on_easy_case(sim_session):
     """A tiny data set with a high learning rate converges quickly; patience 3 stops it
     long before max_epochs."""

@@ -152,10 +152,12 @@ def vae(
         batch-unique types on the CellBench designs of BENCHMARKS.md). "auto": the
         composition check decides. With ``label_key`` (every cell labelled) it counts the
         labels before training; otherwise the model is trained with the MNN alignment
-        (k = 3) and the check looks in its latent space for a cluster of one batch that
-        another batch has no cells near. Batches with no such cluster are then aligned with
-        the global MMD (retrained, so a balanced file costs two fits), others keep the MNN
-        alignment. ``uns[uns_key]["alignment"]`` records the choice.
+        (k = 3) until the KL warm-up ends, and the check then looks in its latent space for
+        a cluster of one batch that another batch has no cells near. Batches with no such
+        cluster are aligned with the global MMD for the rest of the fit; otherwise the fit
+        goes on unchanged, as with ``mmd_mnn_k=3``. One fit either way (a run that stops
+        before the warm-up ends keeps the MNN alignment; a run resumed from a checkpoint
+        after it checks again). ``uns[uns_key]["alignment"]`` records the choice.
     mnn_bandwidth
         With ``mmd_mnn_k > 0``: how far a pair's correction reaches. The squared width of
         the Gaussian that smooths the correction vectors over a batch's cells is this times
