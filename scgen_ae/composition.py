@@ -49,11 +49,14 @@ class Composition:
         predicts), for clusters of one batch ``distance_ratio`` (see :func:`unmatched_clusters`).
     source
         What the groups are: ``"labels '<key>'"`` or ``"Leiden clusters of each batch in '<key>'"``.
+    cell_groups
+        (n_cells,) the group of every cell checked (``""``: in no group), or None.
     """
 
     counts: pd.DataFrame
     missing: pd.DataFrame
     source: str
+    cell_groups: np.ndarray | None = None
 
     @property
     def balanced(self) -> bool:
@@ -64,6 +67,15 @@ class Composition:
         """Share of all cells in groups that some batch lacks."""
         groups = self.missing["group"].unique()
         return float(self.counts.loc[groups].to_numpy().sum() / max(self.counts.to_numpy().sum(), 1))
+
+    def unmatched(self, batch_order) -> np.ndarray:
+        """(n_cells, n_batches) bool: True where a cell's group is missing in that batch of
+        ``batch_order`` (the batch names, in the model's order); needs :attr:`cell_groups`."""
+        column = {str(b): i for i, b in enumerate(batch_order)}
+        out = np.zeros((len(self.cell_groups), len(column)), dtype=bool)
+        for group, batch in zip(self.missing["group"], self.missing["batch"]):
+            out[self.cell_groups == group, column[str(batch)]] = True
+        return out
 
     def describe(self) -> str:
         clusters = "distance_ratio" in self.missing
@@ -181,8 +193,9 @@ def unmatched_clusters(embedding: np.ndarray, batches, *, source: str = "Leiden 
     """
     from sklearn.neighbors import NearestNeighbors
 
-    z = np.asarray(embedding, dtype=np.float32)
-    batches = np.asarray(batches).astype(str)
+    z_all = z = np.asarray(embedding, dtype=np.float32)
+    batches_all = batches = np.asarray(batches).astype(str)
+    keep = None
     if len(z) > max_cells:
         keep = np.sort(np.random.default_rng(seed).choice(len(z), max_cells, replace=False))
         z, batches = z[keep], batches[keep]
@@ -210,4 +223,22 @@ def unmatched_clusters(embedding: np.ndarray, batches, *, source: str = "Leiden 
                     rows.append({"group": cluster_names[c], "batch": other, "distance_ratio": quartile})
     counted = groups != ""
     counts = pd.crosstab(pd.Series(groups[counted], name="group"), pd.Series(batches[counted], name="batch"))
-    return Composition(counts, pd.DataFrame(rows, columns=["group", "batch", "distance_ratio"]), source)
+    return Composition(counts, pd.DataFrame(rows, columns=["group", "batch", "distance_ratio"]), source,
+                       groups if keep is None else _nearest_groups(z_all, batches_all, keep, groups))
+
+
+def _nearest_groups(z, batches, keep, kept_groups) -> np.ndarray:
+    """(n_cells,) groups of every cell of ``z``: the subsample ``keep``'s own, else that of
+    the nearest subsampled cell of the same batch."""
+    from sklearn.neighbors import NearestNeighbors
+
+    out = np.full(len(z), "", dtype=object)
+    out[keep] = kept_groups
+    rest = np.setdiff1d(np.arange(len(z)), keep)
+    for b in np.unique(batches[rest]):
+        sampled = keep[batches[keep] == b]
+        todo = rest[batches[rest] == b]
+        if len(sampled):
+            near = NearestNeighbors(n_neighbors=1).fit(z[sampled]).kneighbors(z[todo], return_distance=False)[:, 0]
+            out[todo] = out[sampled][near]
+    return out

@@ -27,6 +27,8 @@ class CellData:
     labels : optional (n_cells,) int64 label codes for a classifier, -1 for unlabelled cells
     cat_covs, cont_covs : optional (n_cells, k) int64 codes and (n_cells, c) float32 scaled values
         of the covariates besides the batch (:meth:`~scgen_ae.covariates.CovariateSpec.encode`)
+    unmatched : optional (n_cells, n_batches) bool: the batches each cell may not be paired with
+        (:attr:`~scgen_ae.likelihoods.Minibatch.unmatched`)
     """
 
     X: sp.csr_matrix
@@ -39,6 +41,7 @@ class CellData:
     labels: np.ndarray | None = None
     cat_covs: np.ndarray | None = None
     cont_covs: np.ndarray | None = None
+    unmatched: np.ndarray | None = None
 
     def __post_init__(self):
         self.X = to_csr32(self.X, sorted_indices=self.sorted_indices)  # no copy unless stored zeros, another format
@@ -84,6 +87,7 @@ class CellData:
             label=None if self.labels is None else torch.from_numpy(self.labels[idx]),
             cat_covs=None if self.cat_covs is None else torch.from_numpy(self.cat_covs[idx]),
             cont_covs=None if self.cont_covs is None else torch.from_numpy(self.cont_covs[idx]),
+            unmatched=None if self.unmatched is None else torch.from_numpy(self.unmatched[idx]),
         )
 
     def iterate(self, idx: np.ndarray, batch_size: int, rng: np.random.Generator | None = None,

@@ -43,6 +43,9 @@ class Minibatch:
         is unlabelled; None when the model trains no classifier
     cat_covs : optional (n, k) int64 codes of the categorical covariates besides the batch
     cont_covs : optional (n, c) float32 scaled values of the continuous covariates
+    unmatched : optional (n, n_batches) bool, True where a cell's neighbourhood has no
+        counterpart in that batch (the composition check's unmatched clusters): the MNN
+        alignment pairs no such cell with that batch's cells
     """
 
     x: torch.Tensor
@@ -55,6 +58,7 @@ class Minibatch:
     label: torch.Tensor | None = None
     cat_covs: torch.Tensor | None = None
     cont_covs: torch.Tensor | None = None
+    unmatched: torch.Tensor | None = None
 
     @property
     def covs(self) -> tuple[torch.Tensor | None, torch.Tensor | None]:

@@ -133,6 +133,7 @@ class OnDiskCellData:
         self.labels: np.ndarray | None = None  # label codes (-1: unlabelled), set like batch
         self.cat_covs: np.ndarray | None = None  # covariate codes and values, set like batch
         self.cont_covs: np.ndarray | None = None
+        self.unmatched: np.ndarray | None = None  # the batches a cell may not be paired with, set like batch
         self.columns = columns
         self.chunk_size = max(int(chunk_cells), self._rows_per_compressed_chunk())  # also the unit of sharding
         self.window_cells = max(int(chunk_cells) * int(window_chunks), 4 * self.chunk_size)
@@ -198,7 +199,8 @@ class OnDiskCellData:
         """The rows ``rows`` as an in-memory :class:`CellData` (row i = ``rows[i]``)."""
         part = lambda a: None if a is None else a[rows]  # noqa: E731
         return CellData(self.read_rows(rows), self.batch[rows], self.library[rows], self.log1p_input,
-                        labels=part(self.labels), cat_covs=part(self.cat_covs), cont_covs=part(self.cont_covs))
+                        labels=part(self.labels), cat_covs=part(self.cat_covs), cont_covs=part(self.cont_covs),
+                        unmatched=part(self.unmatched))
 
     # ------------------------------------------------------------ CellData's interface
     def minibatch(self, idx: np.ndarray, *, constants: bool = True) -> Minibatch:

@@ -144,15 +144,20 @@ def mutual_pairs(d2: torch.Tensor, batch: torch.Tensor, k: int, bound: float = 0
 INPUT_PAIR_BOUND = 1.0
 
 
-def _mnn_pairs(z: torch.Tensor, batch: torch.Tensor, x: torch.Tensor, k: int):
+def _mnn_pairs(z: torch.Tensor, batch: torch.Tensor, x: torch.Tensor, k: int, unmatched=None):
     """Squared distances in ``z`` ``(n, n)`` and the pairs of cells of different batches that are
     mutual nearest neighbours (``k`` per batch) both in ``z`` and in the input ``x`` (cosine;
     within :data:`INPUT_PAIR_BOUND`). Each view alone lets wrong pairs through (``z`` is shaped
-    by the alignment, ``x`` carries the batch effect)."""
+    by the alignment, ``x`` carries the batch effect). ``unmatched`` ``(n, n_batches)`` bool
+    drops the pairs of a cell with the batches it is True for (either way round)."""
     d2 = sq_distances(z)
     unit = F.normalize(x.float(), dim=1)
     in_input = mutual_pairs(2.0 - 2.0 * unit @ unit.T, batch, k, INPUT_PAIR_BOUND)
-    return d2, mutual_pairs(d2.detach(), batch, k) & in_input
+    pairs = mutual_pairs(d2.detach(), batch, k) & in_input
+    if unmatched is not None:
+        barred = unmatched[:, batch]  # (n, n): cell i may not pair with cell j's batch
+        pairs &= ~(barred | barred.T)
+    return d2, pairs
 
 
 def _rbf_kernel(d2: torch.Tensor, n_latent: int, scales) -> torch.Tensor:
@@ -166,7 +171,7 @@ def _kernel_distance(d2: torch.Tensor, n_latent: int, scales) -> torch.Tensor:
 
 
 def mnn_attraction(z: torch.Tensor, batch: torch.Tensor, x: torch.Tensor, k: int,
-                   scales=(0.1, 1.0, 10.0)) -> torch.Tensor:
+                   scales=(0.1, 1.0, 10.0), unmatched=None) -> torch.Tensor:
     """Batch alignment that leaves batch-unique cell types alone: the mean kernel distance in
     ``z`` between the mutual-nearest-neighbour pairs of :func:`_mnn_pairs`.
 
@@ -176,7 +181,7 @@ def mnn_attraction(z: torch.Tensor, batch: torch.Tensor, x: torch.Tensor, k: int
     the shared types in other proportions. BENCHMARKS.md, "Integration that never erases
     biology", has the measurements.
     """
-    d2, pairs = _mnn_pairs(z, batch, x, k)
+    d2, pairs = _mnn_pairs(z, batch, x, k, unmatched)
     return (_kernel_distance(d2, z.shape[1], scales) * pairs).sum() / pairs.sum().clamp_min(1)
 
 
@@ -186,7 +191,7 @@ MIN_CORRECTION_WEIGHT = 1e-3
 
 
 def mnn_correction(z: torch.Tensor, batch: torch.Tensor, x: torch.Tensor, k: int, bandwidth: float,
-                   scales=(0.1, 1.0, 10.0)) -> torch.Tensor:
+                   scales=(0.1, 1.0, 10.0), unmatched=None) -> torch.Tensor:
     """Batch alignment by smoothed MNN correction vectors (fastMNN's correction as a penalty).
 
     Each cell with mutual-nearest-neighbour partners (:func:`_mnn_pairs`) gets a correction
@@ -194,6 +199,8 @@ def mnn_correction(z: torch.Tensor, batch: torch.Tensor, x: torch.Tensor, k: int
     distance, the target fixed) toward itself plus half of the Gaussian-weighted mean of the
     correction vectors of the paired cells of its own batch; the squared bandwidth is
     ``bandwidth`` times the cell's squared distance to its ``k``-th neighbour in its batch.
+    With ``unmatched`` (see :func:`_mnn_pairs`) a cell takes no correction from cells paired
+    with a batch it is barred from.
 
     The pairs only say where the batches meet; the smoothing moves the cells around them as
     one, so the batch shift is removed from whole neighbourhoods, not from the paired cells
@@ -201,7 +208,7 @@ def mnn_correction(z: torch.Tensor, batch: torch.Tensor, x: torch.Tensor, k: int
     which scIB's kBET, batch ASW and PCR read as unmixed). A batch-unique type far from every
     paired cell gets almost no weight and is left where it is.
     """
-    d2, pairs = _mnn_pairs(z, batch, x, k)
+    d2, pairs = _mnn_pairs(z, batch, x, k, unmatched)
     zd, d2d, p = z.detach(), d2.detach(), pairs.to(z.dtype)
     n_partners = p.sum(1)
     to_partners = (p @ zd - n_partners[:, None] * zd) / n_partners.clamp_min(1)[:, None]
@@ -210,6 +217,10 @@ def mnn_correction(z: torch.Tensor, batch: torch.Tensor, x: torch.Tensor, k: int
     kth = own.topk(min(k + 1, len(z)), dim=1, largest=False).values[:, -1]  # self is the 0th
     width2 = bandwidth * kth.clamp_min(1e-6)
     weight = torch.exp(-d2d / (2.0 * width2[:, None])) * (same & (n_partners > 0)[None, :])
+    if unmatched is not None:
+        # a cell is not carried by its neighbours' pull toward a batch it has no counterpart in
+        partner_batches = (p @ F.one_hot(batch, unmatched.shape[1]).to(p.dtype)) > 0  # (n, n_batches)
+        weight = weight * ((unmatched.to(p.dtype) @ partner_batches.to(p.dtype).T) == 0)
     total = weight.sum(1)
     moved = total >= MIN_CORRECTION_WEIGHT
     target = zd + 0.5 * (weight @ to_partners) / total.clamp_min(1e-12)[:, None]
@@ -235,14 +246,15 @@ def batch_mmd(z: torch.Tensor, batch: torch.Tensor, scales=(0.1, 1.0, 10.0)) -> 
 
 
 def batch_alignment(z: torch.Tensor, batch: torch.Tensor, x: torch.Tensor, mnn_k: int,
-                    bandwidth: float = 0.0) -> torch.Tensor:
+                    bandwidth: float = 0.0, unmatched=None) -> torch.Tensor:
     """The alignment penalty: with ``mnn_k > 0`` the smoothed MNN correction (``bandwidth > 0``)
-    or the pair attraction (0); with ``mnn_k == 0`` the global MMD."""
+    or the pair attraction (0), without the pairs ``unmatched`` bars (see :func:`_mnn_pairs`);
+    with ``mnn_k == 0`` the global MMD."""
     if mnn_k == 0:
         return batch_mmd(z, batch)
     if bandwidth > 0:
-        return mnn_correction(z, batch, x, mnn_k, bandwidth)
-    return mnn_attraction(z, batch, x, mnn_k)
+        return mnn_correction(z, batch, x, mnn_k, bandwidth, unmatched=unmatched)
+    return mnn_attraction(z, batch, x, mnn_k, unmatched=unmatched)
 
 
 class VAEModule(nn.Module):
@@ -310,7 +322,8 @@ class VAEModule(nn.Module):
         penalties = {}
         # the penalty shapes training only: evaluation (validation loss) reports the plain negative ELBO
         if self.training and self.cfg.mmd_weight > 0 and self.cfg.n_batches > 1:
-            mmd = batch_alignment(z, mb.batch, mb.x, self.cfg.mmd_mnn_k, self.cfg.mnn_bandwidth)
+            mmd = batch_alignment(z, mb.batch, mb.x, self.cfg.mmd_mnn_k, self.cfg.mnn_bandwidth,
+                                  mb.unmatched)
             penalties["alignment"] = self.cfg.mmd_weight * kl_weight * mmd * mb.x.shape[1]
             loss = loss + penalties["alignment"]
         # training only too; read on the posterior mean, the latent space the user sees

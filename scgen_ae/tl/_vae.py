@@ -319,7 +319,7 @@ def vae(
     )
     check = None
     if auto and aligns and groups_key is None:
-        check = _MidRunCheck(adata, _batch_names(adata, batch_key), key_added, train_cfg, data.n_cells)
+        check = _MidRunCheck(adata, _batch_names(adata, batch_key), key_added, train_cfg, data, cats)
     with seeded_threads(train_cfg.seed, train_cfg.n_threads):
         model = _train(config, data, train_cfg, train_on, batch_key, cats, layer, classes, label_key, covariates,
                        check)
@@ -373,13 +373,14 @@ def _auto_choice(report, alignment: dict, decided_by: str) -> int:
 
 class _MidRunCheck:
     """``mmd_mnn_k="auto"`` without labels, called by :func:`~scgen_ae.train.fit` after each
-    epoch: once the KL warm-up ends, the composition check looks at the MNN-aligned latent,
-    and batches with no cluster far from another batch switch to the global MMD for the rest
-    of the fit (one fit in all; where the check fires the fit goes on unchanged)."""
+    epoch: once the KL warm-up ends, the composition check looks at the MNN-aligned latent.
+    Batches with no cluster far from another batch switch to the global MMD for the rest of
+    the fit; otherwise the cells of each unmatched cluster are paired no more with the
+    batches it lacks (one fit in all)."""
 
-    def __init__(self, adata, batch_names, key_added, train_cfg, n_cells):
+    def __init__(self, adata, batch_names, key_added, train_cfg, data, cats):
         self.adata, self.batch_names, self.key_added, self.seed = adata, batch_names, key_added, train_cfg.seed
-        self.train_cfg, self.n_epochs = train_cfg, train_cfg.epochs_for(n_cells)
+        self.train_cfg, self.n_epochs, self.data, self.cats = train_cfg, train_cfg.epochs_for(data.n_cells), data, cats
         self.model = None  # the model being trained, set by _train
         self.report, self.epoch = None, None
 
@@ -392,9 +393,10 @@ class _MidRunCheck:
         self.report = composition_report(self.adata, self.batch_names, label_key=None, embedding=latent,
                                          use_rep=self.key_added, seed=self.seed)
         self.epoch = epoch
-        if not self.report.balanced:
-            return False
-        module.cfg = self.model.config = dataclasses.replace(module.cfg, mmd_mnn_k=0)
+        if self.report.balanced:
+            module.cfg = self.model.config = dataclasses.replace(module.cfg, mmd_mnn_k=0)
+        else:
+            self.data.unmatched = self.report.unmatched(self.cats)
         return True
 
     def record(self, alignment: dict) -> None:
@@ -403,6 +405,8 @@ class _MidRunCheck:
             return
         _auto_choice(self.report, alignment, f"clusters of each batch in the MNN-aligned latent after epoch "
                                              f"{self.epoch + 1} (the end of the KL warm-up)")
+        if not self.report.balanced:
+            alignment["share_unpaired"] = float(self.data.unmatched.any(axis=1).mean())
 
 
 def _train(config, data, train_cfg, train_on, batch_key, cats, layer, classes, label_key, covariates,
