@@ -50,6 +50,44 @@ def test_a_cluster_far_from_every_cell_of_another_batch_is_unmatched():
     assert unmatched_clusters(z, np.array(["x"] * 180 + ["y"] * 90)).balanced
 
 
+def test_unmatched_cells_are_barred_from_the_batch_they_lack_and_only_from_it():
+    """Blob (0, 10) is in batch x only: its cells are barred from y; a subsample gives the
+    cells left out the groups of their nearest sampled cells."""
+    rng = np.random.default_rng(1)
+    z = np.concatenate([_blobs([(0, 0), (10, 0), (0, 10)], 60, rng), _blobs([(0, 0), (10, 0)], 120, rng)])
+    batches = np.array(["x"] * 180 + ["y"] * 240)
+    only_x = np.zeros(len(z), dtype=bool)
+    only_x[120:180] = True
+    for max_cells in (len(z), 300):
+        barred = unmatched_clusters(z, batches, max_cells=max_cells).unmatched(["y", "x"])
+        assert barred.shape == (len(z), 2) and not barred[:, 1].any()
+        assert np.array_equal(barred[:, 0], only_x)
+
+
+def test_the_mnn_alignment_pairs_no_barred_cell_with_the_batch_it_lacks():
+    import torch
+
+    from scgen_ae.models.vae import _mnn_pairs, mnn_correction
+
+    rng = torch.Generator().manual_seed(0)
+    # batch 1 is batch 0 with a little noise: every cell has its twin as a partner
+    z, x = torch.randn(20, 4, generator=rng), torch.rand(20, 30, generator=rng)
+    z = torch.cat([z, z + 0.01 * torch.randn(20, 4, generator=rng)])
+    x = torch.cat([x, x + 0.01 * torch.rand(20, 30, generator=rng)])
+    batch = torch.arange(40) // 20
+    _, free = _mnn_pairs(z, batch, x, 3)
+    unmatched = torch.zeros(40, 2, dtype=torch.bool)
+    paired = int(free[:, batch == 1].any(1).nonzero()[0])  # a cell with a partner in batch 1
+    unmatched[paired, 1] = True
+    _, pairs = _mnn_pairs(z, batch, x, 3, unmatched)
+    assert not pairs[paired].any() and not pairs[:, paired].any()
+    others = torch.ones(40, dtype=torch.bool)
+    others[paired] = False
+    assert torch.equal(pairs[others][:, others], free[others][:, others])
+    # every cell barred from every other batch: nothing pulls, no penalty
+    assert mnn_correction(z, batch, x, 3, 0.5, unmatched=torch.ones(40, 2, dtype=torch.bool)) == 0
+
+
 def test_small_groups_and_proportion_shifts_are_not_flagged():
     # a 3-to-1 imbalance is a proportion, not a missing type; a 6-cell group predicts too few cells
     groups = np.array(["A"] * 100 + ["B"] * 100 + ["tiny"] * 6)
@@ -223,8 +261,9 @@ def test_vae_auto_alignment_follows_the_labels(cellbench_hvg2000):
 
 
 def test_vae_auto_alignment_without_labels_decides_within_one_fit(cellbench_hvg2000):
-    """Without labels, auto checks the MNN-aligned latent at the end of the KL warm-up. Where the
-    check fires the fit goes on as mmd_mnn_k=3's, bit for bit; either way it is one fit."""
+    """Without labels, auto checks the MNN-aligned latent at the end of the KL warm-up, within
+    one fit; where it fires, the flagged cells (HCC827, which Drop-seq lacks) are barred from
+    pairing with Drop-seq for the rest of the fit, so the latent differs from mmd_mnn_k=3's."""
     unbalanced = _remove(cellbench_hvg2000, "Drop-seq", "HCC827")
     options = dict(batch_key="batch", seed=0, n_threads=1, progress=False, max_epochs=30, early_stopping=False)
     with warnings.catch_warnings():
@@ -235,7 +274,9 @@ def test_vae_auto_alignment_without_labels_decides_within_one_fit(cellbench_hvg2
     record = unbalanced.uns["vae"]["alignment"]
     assert record["decided_by"].startswith("clusters of each batch in the MNN-aligned latent after epoch 10")
     assert not record["balanced"] and auto.config.mmd_mnn_k == 3
-    assert np.array_equal(unbalanced.obsm["X_vae"], mnn.obsm["X_vae"])
+    hcc827 = (unbalanced.obs["cell_type"] == "HCC827").mean()
+    assert 0.5 * hcc827 <= record["share_unpaired"] <= 1.5 * hcc827
+    assert not np.array_equal(unbalanced.obsm["X_vae"], mnn.obsm["X_vae"])
     assert len(auto.history["train_loss"]) == 30  # one fit, not a refit after it
 
 
