@@ -154,8 +154,9 @@ def vae(
         labels before training; otherwise the model is trained with the MNN alignment
         (k = 3) until the KL warm-up ends, and the check then looks in its latent space for
         a cluster of one batch that another batch has no cells near. Batches with no such
-        cluster are aligned with the global MMD for the rest of the fit; otherwise the fit
-        goes on unchanged, as with ``mmd_mnn_k=3``. One fit either way (a run that stops
+        cluster are aligned with the global MMD for the rest of the fit; otherwise the MNN
+        alignment goes on, and the cells of each such cluster are no longer paired with the
+        batches it lacks, nor carried by their neighbours' pull toward them. One fit either way (a run that stops
         before the warm-up ends keeps the MNN alignment; a run resumed from a checkpoint
         after it checks again). ``uns[uns_key]["alignment"]`` records the choice.
     mnn_bandwidth
@@ -246,6 +247,11 @@ def vae(
       check's result (fields as in :func:`~scgen_ae.tl.batch_composition`). With a classifier
       and unlabelled cells, the check uses the latent space (the unlabelled cells would
       form a group of their own).
+    - ``adata.uns[uns_key]["alignment"]``: with ``mmd_mnn_k="auto"``, ``requested``,
+      ``decided_by`` (labels before training, or the check at the end of the KL warm-up),
+      ``balanced``, ``share_affected`` (cells in groups some batch lacks), ``used`` (the
+      alignment trained with) and, where the check fired, ``share_unpaired`` (cells barred
+      from pairing with some batch).
     - ``adata.uns[uns_key]["label_categories"]``: with a classifier, its classes in order.
     - ``adata.varm[f"{uns_key}_loadings"]``: (n_genes, n_latent) gene loadings, only with
       ``backend="scvi-tools", linear_decoder=True``; ``params`` then also holds
