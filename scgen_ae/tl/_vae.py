@@ -11,8 +11,8 @@ from ..covariates import CovariateSpec
 from ..models.covariate_independence import check_covariate_independence_weight
 from ..models.vae import VAE, VAEConfig, VAEModule, check_mnn_bandwidth
 from ..train import fit, kl_warmup, seeded_threads, warn_interrupted
-from ._common import (HVG_IF_PRESENT, mask_name, params_record, returned, split_kwargs, training_data, var_mask,
-                      write_results)
+from ._common import (HVG_IF_PRESENT, mask_name, params_record, split_kwargs, training_data, var_mask,
+                      write_and_return)
 from ._composition import check_label_key, composition as composition_report, composition_record
 
 _COMPOSITION_CONTROL = (
@@ -344,9 +344,7 @@ def vae(
                                      control=_COMPOSITION_CONTROL)
     if composition is not None:
         result["composition"] = composition
-    target = adata.copy() if copy else adata
-    write_results(target, obsm={key_added: latent}, uns={uns_key: result})
-    return returned(target, model, copy=copy, uns_key=uns_key)
+    return write_and_return(adata, model, copy=copy, uns_key=uns_key, obsm={key_added: latent}, uns={uns_key: result})
 
 
 def _alignment_name(config: VAEConfig) -> str:
