@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import dataclasses
-import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -142,20 +141,20 @@ def default_epochs(n_cells: int) -> int:
 
 
 def _train_vae(adata, layer, batch_key, likelihood, kwargs, covariates: CovariateSpec) -> VAE:
-    from ._vae import vae
+    from ._vae import fit_only
 
-    # a light AnnData that shares the counts: tl.vae writes into it, never into the caller's object
+    # a light AnnData that shares the counts: the VAE sees only these obs columns, and every gene (no
+    # var["highly_variable"] for tl.vae's default mask_var)
     columns = ([batch_key] if batch_key is not None else []) + list(covariates.categorical_keys
                                                                    + covariates.continuous_keys)
     light = AnnData(X=adata.X if layer is None else None, obs=adata.obs[columns],
                     var=pd.DataFrame(index=adata.var_names),
                     layers={layer: adata.layers[layer]} if layer is not None and layer in adata.layers else None)
-    with warnings.catch_warnings():
-        # denoise warns once itself, with its own advice (tl.vae's would point at get_latent)
-        warnings.filterwarnings("ignore", message=r"Training was interrupted \(Ctrl-C\)")
-        model = vae(light, batch_key=batch_key, layer=layer, likelihood=likelihood,
-                    categorical_covariate_keys=list(covariates.categorical_keys),
-                    continuous_covariate_keys=list(covariates.continuous_keys), **kwargs)
+    # stacklevel 4: tl.vae's warnings point at the line that called sa.tl.denoise; an interruption
+    # is not warned about there, denoise warns once itself with its own advice
+    model = fit_only(light, stacklevel=4, batch_key=batch_key, layer=layer, likelihood=likelihood,
+                     categorical_covariate_keys=list(covariates.categorical_keys),
+                     continuous_covariate_keys=list(covariates.continuous_keys), **kwargs)
     model.train_params = dict(kwargs)
     model.interrupted = bool(model.history.get("interrupted", False))
     return model
