@@ -224,6 +224,6 @@ def map_query(model, adata: AnnData, *, batch_key: str, layer="model", pad_missi
         "genes": {**genes, "missing": np.asarray(genes["missing"], dtype=str)},
         "history": history, "key_added": key_added,
     }
-    # stacklevel as before: the replacement warning points into VAE.map_query, which called this
-    return write_and_return(adata, mapped, copy=copy, uns_key=uns_key, stacklevel=3, obsm={key_added: latent},
+    # called by VAE.map_query: the warning points one frame further up, at the caller of the method
+    return write_and_return(adata, mapped, copy=copy, uns_key=uns_key, stacklevel=4, obsm={key_added: latent},
                             uns={uns_key: record})

@@ -119,7 +119,7 @@ def batch_composition(
         embedding = None
     report = composition(adata, names, label_key=groupby, embedding=embedding, use_rep=use_rep, seed=seed)
     warn_if_unbalanced(report, front="batch_composition", control="Integrate with a method that keeps "
-                       "batch-unique types apart (tl.vae's default) and check the groups named here.")
+                       "batch-unique types apart (tl.vae's default) and check the groups named here.", stacklevel=3)
     target = adata.copy() if copy else adata
     result = report.to_uns()
     result["params"] = {"batch_key": batch_key, "groupby": str(groupby), "use_rep": str(use_rep), "seed": seed}

@@ -262,6 +262,6 @@ def _lda_scvi_tools(adata: AnnData, *, n_topics, method, batch_key, layer, n_hid
     uns = {"params": params, "history": result.history, "perplexity": float("nan"),
            "train_perplexity": float(np.exp(-log_lik / max(coo.data.sum(), 1.0))),
            "key_added": key_added, "varm_key": varm_key}
-    # stacklevel as before: the replacement warning points into tl.lda, which called this
-    return write_and_return(adata, result.model, copy=copy, uns_key=uns_key, stacklevel=3,
+    # called by tl.lda: the warning points one frame further up, at the caller of tl.lda
+    return write_and_return(adata, result.model, copy=copy, uns_key=uns_key, stacklevel=4,
                             obsm={key_added: result.latent}, varm={varm_key: result.loadings.T}, uns={uns_key: uns})

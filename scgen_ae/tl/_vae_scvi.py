@@ -67,9 +67,10 @@ def vae_scvi_tools(adata: AnnData, *, batch_key: str | None, layer: str | None, 
     composition = composition_record(adata, batch_key=batch_key, label_key=label_key, embedding=result.latent,
                                      use_rep=key_added, seed=train_cfg.seed, front="tl.vae (scvi-tools)",
                                      control="scvi-tools' SCVI adds no alignment penalty; check that such groups "
-                                             "stay apart, and see uns[uns_key]['composition'].")
+                                             "stay apart, and see uns[uns_key]['composition'].",
+                                     stacklevel=5)
     if composition is not None:
         uns["composition"] = composition
-    # stacklevel as before: the replacement warning points into tl.vae, which called this
-    return write_and_return(adata, result.model, copy=copy, uns_key=uns_key, stacklevel=3,
+    # called by tl.vae: the warnings point one frame further up, at the caller of tl.vae
+    return write_and_return(adata, result.model, copy=copy, uns_key=uns_key, stacklevel=4,
                             obsm={key_added: result.latent}, varm=varm, uns={uns_key: uns})
