@@ -25,13 +25,15 @@ def _uns_safe(value):
 _NOTHING = object()
 
 
-def write_results(adata: AnnData, *, X=_NOTHING, obs=None, obsm=None, layers=None, varm=None, uns=None) -> None:
+def write_results(adata: AnnData, *, X=_NOTHING, obs=None, obsm=None, layers=None, varm=None, uns=None,
+                  stacklevel: int = 3) -> None:
     """Assign all outputs at once, after everything that can fail has run.
 
     The shapes are checked before the first assignment, so a result that does not fit
     ``adata`` raises :class:`~scgen_ae.InputError` with ``adata`` untouched. Replacing a
-    key that is already there is announced with a ``UserWarning`` naming it. ``X`` replaces
-    ``adata.X`` when given.
+    key that is already there is announced with a ``UserWarning`` naming it, ``stacklevel``
+    as :func:`warnings.warn`'s (the default: the caller of the function that calls this).
+    ``X`` replaces ``adata.X`` when given.
     """
     n_obs, n_vars = adata.shape
     stores = (("obs", adata.obs, obs, (n_obs,)), ("obsm", adata.obsm, obsm, (n_obs,)),
@@ -51,7 +53,7 @@ def write_results(adata: AnnData, *, X=_NOTHING, obs=None, obsm=None, layers=Non
     replaced = [f"adata.{name}[{key!r}]" for name, store, items, _ in stores for key in items or {} if key in store]
     if replaced:
         warnings.warn(f"Replacing {', '.join(replaced)}, which already existed, with this result; pass other keys "
-                      "(key_added= / uns_key= / layer_added=) to keep both.", UserWarning, stacklevel=3)
+                      "(key_added= / uns_key= / layer_added=) to keep both.", UserWarning, stacklevel=stacklevel)
     if X is not _NOTHING:
         adata.X = X
     for _, store, items, _ in stores:
@@ -81,6 +83,34 @@ def returned(target: AnnData, model, *, copy: bool, uns_key: str):
     scanpy), else the model; either way the model is kept for :func:`get_model`."""
     keep_model(target, uns_key, model)
     return target if copy else model
+
+
+def write_and_return(adata: AnnData, model, *, copy: bool, uns_key: str, stacklevel: int = 3, **results):
+    """The last step of every training front, once the model is fitted and applied.
+
+    Parameters
+    ----------
+    adata
+        The caller's AnnData; with ``copy=True`` it is left untouched and a copy is annotated.
+    model
+        The fitted model, returned (or kept for :func:`get_model` with ``copy=True``).
+    copy, uns_key
+        The front's arguments (see :func:`returned`).
+    stacklevel
+        Where a warning about replaced keys points, as :func:`warnings.warn`'s counted from
+        here: the default 3 is the caller of the front that calls this.
+    **results
+        What to write: ``X``, ``obs``, ``obsm``, ``layers``, ``varm``, ``uns`` of
+        :func:`write_results`, all in one step.
+
+    Returns
+    -------
+    The annotated copy with ``copy=True``, else ``model``.
+    """
+    # the copy is made only now: nothing before it may have written into adata
+    target = adata.copy() if copy else adata
+    write_results(target, stacklevel=stacklevel + 1, **results)
+    return returned(target, model, copy=copy, uns_key=uns_key)
 
 
 def get_model(adata: AnnData, uns_key: str = "vae"):

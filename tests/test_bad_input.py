@@ -558,6 +558,20 @@ def test_training_twice_warns_naming_each_replaced_key(sim):
     assert any("Replacing adata.obsm['X_vae'], adata.uns['vae'], which already existed" in m for m in messages)
 
 
+@pytest.mark.parametrize("front", ["vae", "denoise", "nmf", "lda", "map_query"])
+def test_replacing_warns_at_the_callers_line(sim, trained_sim, front):
+    call = {"vae": lambda: sa.tl.vae(sim, **TINY), "denoise": lambda: sa.tl.denoise(sim, **TINY),
+            "nmf": lambda: sa.tl.nmf(sim, n_components=3, max_iter=2, progress=False, n_threads=1),
+            "lda": lambda: sa.tl.lda(sim, n_topics=3, max_epochs=1, **FAST),
+            "map_query": lambda: trained_sim[1].map_query(sim, batch_key="batch", max_epochs=1, **FAST)}[front]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        call()
+    with pytest.warns(UserWarning) as record:
+        call()
+    assert {w.filename for w in record if "Replacing" in str(w.message)} == {__file__}
+
+
 def test_first_write_does_not_warn(sim):
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)

@@ -3,6 +3,7 @@ as the native model, and the AmortizedLDA adapter returns proportions, topic-gen
 from __future__ import annotations
 
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -129,6 +130,18 @@ def test_lda_backend_writes_the_native_keys(cellbench_hvg):
     assert set(native.uns["lda"]) == set(adata.uns["lda"])
     assert adata.uns["lda"]["params"]["scvi_model"] == "AmortizedLDA"
     assert 1.0 < adata.uns["lda"]["train_perplexity"] < cellbench_hvg.n_vars  # better than uniform over genes
+
+
+@pytest.mark.parametrize("front", [sa.tl.vae, sa.tl.lda])
+def test_backend_warnings_point_at_the_callers_line(sim, front):
+    """The backends run inside tl.vae / tl.lda: their warnings still name the caller's line."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        front(sim, backend="scvi-tools", max_epochs=1, **FAST)
+    with pytest.warns(UserWarning) as record:
+        front(sim, backend="scvi-tools", max_epochs=1, **FAST)
+    ours = [w for w in record if "Replacing" in str(w.message) or isinstance(w.message, sa.tl.CompositionWarning)]
+    assert ours and {w.filename for w in ours} == {__file__}
 
 
 @pytest.mark.parametrize("kwargs, error, message", [

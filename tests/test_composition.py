@@ -102,8 +102,10 @@ def cellbench():
 
 def test_front_by_labels_fires_on_a_design_with_a_batch_unique_type(cellbench):
     adata = _remove(cellbench, "Drop-seq", "HCC827")
-    with pytest.warns(sa.tl.CompositionWarning, match=r"HCC827 \(\d+ cells\) has almost no cells of batch 'Drop-seq'"):
+    with pytest.warns(sa.tl.CompositionWarning, match=r"HCC827 \(\d+ cells\) has almost no cells of batch "
+                      r"'Drop-seq'") as record:
         sa.tl.batch_composition(adata, batch_key="batch", groupby="cell_type")
+    assert {w.filename for w in record} == {__file__}  # the caller's line
     result = adata.uns["batch_composition"]
     assert list(result["missing_group"]) == ["HCC827"] and list(result["missing_batch"]) == ["Drop-seq"]
     hcc = (adata.obs["cell_type"] == "HCC827").mean()

@@ -179,6 +179,14 @@ def test_method_vae_trains_inside_without_touching_other_keys(sim, snapshot):
     np.testing.assert_array_equal(_counts(sim), snap.X)
 
 
+def test_method_vae_warns_at_the_callers_line(sim):
+    """tl.vae's own warnings, from the VAE that denoise trains, name the line that called denoise."""
+    one = sim[sim.obs["batch"] == "batch0"].copy()
+    with pytest.warns(UserWarning, match="single category") as caught:
+        sa.tl.denoise(one, method="vae", **TINY)
+    assert {w.filename for w in caught if "single category" in str(w.message)} == {__file__}
+
+
 @pytest.mark.parametrize("opts", [dict(corruption="none"), dict(corruption="thinning"),
                                   dict(corruption="gaussian", corruption_rate=0.5), dict(likelihood="nb"),
                                   dict(likelihood="poisson"), dict(dispersion="gene-cell"),
@@ -225,6 +233,7 @@ def test_overwrite_counts_when_asked(sim):
     (dict(likelihood="poisson", return_info=True), ValueError, r"Poisson has no dispersion"),
     (dict(library_size="cpm"), ValueError, r"library_size='cpm'"),
     (dict(method="dca"), ValueError, r"method='dca'"),
+    (dict(method="vae", backend="scvi-tools"), ValueError, r"backend='scvi-tools': this front trains the native VAE"),
     (dict(max_epoch=3), TypeError, r"max_epoch"),
     (dict(corruption="dropout"), ValueError, r"corruption='dropout'"),
     (dict(batch_key="donor"), sa.InputError, r"batch_key='donor' is not a column"),

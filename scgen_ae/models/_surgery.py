@@ -34,7 +34,7 @@ from anndata import AnnData
 from torch import nn
 
 from .. import _validate as v
-from .._results import params_record, returned, write_results
+from .._results import params_record, write_and_return
 from ..train import History, TrainConfig, fit, seeded_threads, train_config, warn_interrupted
 
 
@@ -216,7 +216,6 @@ def map_query(model, adata: AnnData, *, batch_key: str, layer="model", pad_missi
     if genes["n_missing"]:
         warnings.warn(f"{genes['n_missing']} of the model's genes are missing from the query and were filled with "
                       f"zeros (e.g. {genes['missing'][:5]}); see uns[{uns_key!r}]['genes'].", UserWarning, stacklevel=3)
-    target = adata.copy() if copy else adata
     record = {
         "params": params_record(batch_key=batch_key, layer=layer, pad_missing=pad_missing,
                                 **dataclasses.asdict(train_cfg)),
@@ -225,5 +224,6 @@ def map_query(model, adata: AnnData, *, batch_key: str, layer="model", pad_missi
         "genes": {**genes, "missing": np.asarray(genes["missing"], dtype=str)},
         "history": history, "key_added": key_added,
     }
-    write_results(target, obsm={key_added: latent}, uns={uns_key: record})
-    return returned(target, mapped, copy=copy, uns_key=uns_key)
+    # called by VAE.map_query: the warning points one frame further up, at the caller of the method
+    return write_and_return(adata, mapped, copy=copy, uns_key=uns_key, stacklevel=4, obsm={key_added: latent},
+                            uns={uns_key: record})

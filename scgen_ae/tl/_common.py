@@ -10,7 +10,8 @@ from anndata import AnnData
 
 from .. import _validate as v
 from ..covariates import CovariateSpec
-from .._results import get_model, keep_model, params_record, returned, write_results  # noqa: F401
+from .._results import (get_model, keep_model, params_record, returned, write_and_return,  # noqa: F401
+                       write_results)
 from ..likelihoods import models_counts
 from ..spec import DataSpec
 from ..train import TrainConfig, train_config

@@ -25,22 +25,24 @@ def composition(adata: AnnData, batches, *, label_key: str | None, embedding=Non
     return unmatched_clusters(embedding, batches, source=f"Leiden clusters of each batch in '{use_rep}'", seed=seed)
 
 
-def warn_if_unbalanced(report: Composition, *, front: str, control: str) -> None:
+def warn_if_unbalanced(report: Composition, *, front: str, control: str, stacklevel: int = 4) -> None:
     if not report.balanced:
-        warnings.warn(f"{front}: {report.describe()}. {control}", CompositionWarning, stacklevel=4)
+        warnings.warn(f"{front}: {report.describe()}. {control}", CompositionWarning, stacklevel=stacklevel)
 
 
 def composition_record(adata: AnnData, *, batch_key: str | None, label_key: str | None, embedding,
                        use_rep: str, seed: int, front: str, control: str,
-                       report: Composition | None = None) -> dict | None:
+                       report: Composition | None = None, stacklevel: int = 4) -> dict | None:
     """What a batch-aware front stores in ``uns[uns_key]["composition"]`` (None with < 2 batches),
-    warning when some batch lacks a group; ``report``: the check already run on ``embedding``."""
+    warning when some batch lacks a group; ``report``: the check already run on ``embedding``;
+    ``stacklevel``: the warning's, as :func:`warnings.warn`'s (the default 4: the caller of the
+    front that calls this)."""
     if batch_key is None or adata.obs[batch_key].nunique() < 2:
         return None
     if report is None:
         report = composition(adata, adata.obs[batch_key].astype(str).to_numpy(), label_key=label_key,
                              embedding=embedding, use_rep=use_rep, seed=seed)
-    warn_if_unbalanced(report, front=front, control=control)
+    warn_if_unbalanced(report, front=front, control=control, stacklevel=stacklevel)
     return report.to_uns()
 
 
@@ -117,7 +119,7 @@ def batch_composition(
         embedding = None
     report = composition(adata, names, label_key=groupby, embedding=embedding, use_rep=use_rep, seed=seed)
     warn_if_unbalanced(report, front="batch_composition", control="Integrate with a method that keeps "
-                       "batch-unique types apart (tl.vae's default) and check the groups named here.")
+                       "batch-unique types apart (tl.vae's default) and check the groups named here.", stacklevel=3)
     target = adata.copy() if copy else adata
     result = report.to_uns()
     result["params"] = {"batch_key": batch_key, "groupby": str(groupby), "use_rep": str(use_rep), "seed": seed}

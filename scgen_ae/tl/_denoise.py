@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import dataclasses
-import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -15,7 +14,7 @@ from ..models.dae import DAE, DAEConfig, DAEModule
 from ..likelihoods import get_likelihood, likelihood_names
 from ..models.vae import VAE
 from ..train import fit, seeded_threads, warn_interrupted
-from ._common import params_record, returned, split_kwargs, training_data, write_results
+from ._common import params_record, split_kwargs, training_data, write_and_return
 
 DAE_FIELDS = {f.name for f in dataclasses.fields(DAEConfig)} - {"n_genes", "n_batches", "likelihood", "input_scale",
                                                                "n_covariate_categories", "n_continuous_covariates"}
@@ -142,20 +141,20 @@ def default_epochs(n_cells: int) -> int:
 
 
 def _train_vae(adata, layer, batch_key, likelihood, kwargs, covariates: CovariateSpec) -> VAE:
-    from ._vae import vae
+    from ._vae import fit_only
 
-    # a light AnnData that shares the counts: tl.vae writes into it, never into the caller's object
+    # a light AnnData that shares the counts: the VAE sees only these obs columns, and every gene (no
+    # var["highly_variable"] for tl.vae's default mask_var)
     columns = ([batch_key] if batch_key is not None else []) + list(covariates.categorical_keys
                                                                    + covariates.continuous_keys)
     light = AnnData(X=adata.X if layer is None else None, obs=adata.obs[columns],
                     var=pd.DataFrame(index=adata.var_names),
                     layers={layer: adata.layers[layer]} if layer is not None and layer in adata.layers else None)
-    with warnings.catch_warnings():
-        # denoise warns once itself, with its own advice (tl.vae's would point at get_latent)
-        warnings.filterwarnings("ignore", message=r"Training was interrupted \(Ctrl-C\)")
-        model = vae(light, batch_key=batch_key, layer=layer, likelihood=likelihood,
-                    categorical_covariate_keys=list(covariates.categorical_keys),
-                    continuous_covariate_keys=list(covariates.continuous_keys), **kwargs)
+    # stacklevel 4: tl.vae's warnings point at the line that called sa.tl.denoise; an interruption
+    # is not warned about there, denoise warns once itself with its own advice
+    model = fit_only(light, stacklevel=4, batch_key=batch_key, layer=layer, likelihood=likelihood,
+                     categorical_covariate_keys=list(covariates.categorical_keys),
+                     continuous_covariate_keys=list(covariates.continuous_keys), **kwargs)
     model.train_params = dict(kwargs)
     model.interrupted = bool(model.history.get("interrupted", False))
     return model
@@ -363,7 +362,6 @@ def denoise(
                                    outputs=outputs, dtype=out_dtype, **apply)
     if out_dtype == np.float16:
         _check_float16(values)
-    target = adata.copy() if copy else adata
     base = layer_added or "denoised"
     per_gene = {(layer_added if k == "mean" else f"{base}_{k}"): a for k, a in values.items() if k != "latent"}
     layers, obsm = {}, {key_added: values["latent"]}
@@ -382,13 +380,13 @@ def denoise(
     uns = {uns_key: {"params": params, "history": model.history, "method": method,
                      "layer_added": str(layer_added), "key_added": key_added}}
     new_X = {"X": layers.pop(None)} if layer_added is None and genes is None else {}  # layer_added=None: into X
-    write_results(target, layers=layers, obsm=obsm, uns=uns, **new_X)
+    out = write_and_return(adata, model, copy=copy, uns_key=uns_key, layers=layers, obsm=obsm, uns=uns, **new_X)
     for where, value in [*(("X", a) for a in new_X.values()), *((f"layers[{k!r}]", a) for k, a in layers.items()),
                          *((f"obsm[{k!r}]", a) for k, a in obsm.items())]:
         nbytes = value.memory_usage(index=False).sum() if isinstance(value, pd.DataFrame) else value.nbytes
         dt = value.dtypes.iloc[0] if isinstance(value, pd.DataFrame) else value.dtype
         logger.info("sa.tl.denoise wrote %s: %d x %d %s, %.1f MB", where, *value.shape, dt, nbytes / 1e6)
-    return returned(target, model, copy=copy, uns_key=uns_key)
+    return out
 
 
 def _uns_values(values: dict | None) -> dict | str:

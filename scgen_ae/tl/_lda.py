@@ -11,7 +11,7 @@ from ..data import CellData, train_validation_split
 from ..models.lda_vb import ClassicLDA, VBLDAConfig, VBLDAModule, fit_vb
 from ..models.topic import LDA, TopicConfig, TopicModule
 from ..train import TrainConfig, fit, seeded_threads, warn_interrupted
-from ._common import params_record, returned, split_kwargs, training_data, write_results
+from ._common import params_record, split_kwargs, training_data, write_and_return
 from ._composition import check_label_key, composition_record
 
 METHODS = ("prodlda", "classic")
@@ -210,7 +210,6 @@ def lda(
     def perplexity(idx):
         return float(np.exp(-log_lik[idx].sum() / max(counts[idx].sum(), 1.0))) if len(idx) else float("nan")
 
-    target = adata.copy() if copy else adata
     params = params_record(method=method, batch_key=batch_key, layer=layer, **dataclasses.asdict(config),
                            **dataclasses.asdict(train_cfg))
     uns = {"params": params, "history": model.history, "perplexity": perplexity(val_idx),
@@ -223,9 +222,8 @@ def lda(
                 "(mmd_mnn_k); check that such groups stay apart, and see uns[uns_key]['composition'].")
     if composition is not None:
         uns["composition"] = composition
-    write_results(target, obsm={key_added: proportions}, varm={varm_key: model.topic_gene_matrix()},
-                  uns={uns_key: uns})
-    return returned(target, model, copy=copy, uns_key=uns_key)
+    return write_and_return(adata, model, copy=copy, uns_key=uns_key, obsm={key_added: proportions},
+                            varm={varm_key: model.topic_gene_matrix()}, uns={uns_key: uns})
 
 
 SCVI_LDA_OPTIONS = ("max_epochs", "batch_size", "lr", "seed", "n_threads", "device", "progress")
@@ -264,6 +262,6 @@ def _lda_scvi_tools(adata: AnnData, *, n_topics, method, batch_key, layer, n_hid
     uns = {"params": params, "history": result.history, "perplexity": float("nan"),
            "train_perplexity": float(np.exp(-log_lik / max(coo.data.sum(), 1.0))),
            "key_added": key_added, "varm_key": varm_key}
-    target = adata.copy() if copy else adata
-    write_results(target, obsm={key_added: result.latent}, varm={varm_key: result.loadings.T}, uns={uns_key: uns})
-    return returned(target, result.model, copy=copy, uns_key=uns_key)
+    # called by tl.lda: the warning points one frame further up, at the caller of tl.lda
+    return write_and_return(adata, result.model, copy=copy, uns_key=uns_key, stacklevel=4,
+                            obsm={key_added: result.latent}, varm={varm_key: result.loadings.T}, uns={uns_key: uns})

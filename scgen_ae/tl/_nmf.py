@@ -11,7 +11,7 @@ from ..models.nmf import (NMF, NMFConfig, apply_alignment, check_nonnegative, fi
                           split_by_batch)
 from ..spec import DataSpec
 from ..train import resolve_device, seeded_threads, warn_interrupted
-from ._common import params_record, returned, write_results
+from ._common import params_record, write_and_return
 
 SOLVERS = ("hals", "mu")
 INITS = ("nndsvda", "nndsvd", "random")
@@ -251,17 +251,15 @@ def nmf(
             tables = fit_alignment(Z, codes, model.loadings.T, config)
             model.set_alignment(tables)
             Z = apply_alignment(Z, codes, tables, config.reference_batch)
-    target = adata.copy() if copy else adata
     params = params_record(n_components=k, batch_key=batch_key, layer=layer, loss=loss, solver=solver,
                            transform=transform, target_sum=target_sum, init=init, max_iter=max_iter, tol=tol,
                            lam=config.lam, n_quantiles=n_quantiles, min_cells=min_cells, min_match=min_match,
                            batch_size=batch_size, seed=seed, device=str(dev), n_threads=n_threads,
                            progress=progress)
-    write_results(target, obsm={key_added: Z}, varm={varm_key: model.loadings.copy()},
-                  uns={uns_key: {"params": params, "history": model.history, "key_added": key_added,
-                                 "varm_key": varm_key,
-                                 **({"reference_batch": cats[config.reference_batch]} if config.aligned else {})}})
-    return returned(target, model, copy=copy, uns_key=uns_key)
+    return write_and_return(
+        adata, model, copy=copy, uns_key=uns_key, obsm={key_added: Z}, varm={varm_key: model.loadings.copy()},
+        uns={uns_key: {"params": params, "history": model.history, "key_added": key_added, "varm_key": varm_key,
+                       **({"reference_batch": cats[config.reference_batch]} if config.aligned else {})}})
 
 
 def _loss_label(config: NMFConfig) -> str:

@@ -1,8 +1,11 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import warnings
+from typing import NamedTuple
 
+import numpy as np
 from anndata import AnnData
 
 from .. import _validate as v
@@ -11,8 +14,8 @@ from ..covariates import CovariateSpec
 from ..models.covariate_independence import check_covariate_independence_weight
 from ..models.vae import VAE, VAEConfig, VAEModule, check_mnn_bandwidth
 from ..train import fit, kl_warmup, seeded_threads, warn_interrupted
-from ._common import (HVG_IF_PRESENT, mask_name, params_record, returned, split_kwargs, training_data, var_mask,
-                      write_results)
+from ._common import (HVG_IF_PRESENT, mask_name, params_record, split_kwargs, training_data, var_mask,
+                      write_and_return)
 from ._composition import check_label_key, composition as composition_report, composition_record
 
 _COMPOSITION_CONTROL = (
@@ -260,10 +263,8 @@ def vae(
     if backend not in ("native", "scvi-tools"):
         raise ValueError(f"backend={backend!r}; choose 'native' or 'scvi-tools'.")
     check_target(adata, copy, "sa.tl.vae")
-    v.check_anndata(adata)
-    covariates = CovariateSpec.learn(adata.obs, categorical_covariate_keys, continuous_covariate_keys, batch_key)
-    _check_alignment(mmd_mnn_k, mnn_bandwidth)
-    check_covariate_independence_weight(covariate_independence_weight)
+    covariates = _check_options(adata, batch_key, categorical_covariate_keys, continuous_covariate_keys,
+                                mmd_mnn_k, mnn_bandwidth, covariate_independence_weight)
     if backend == "scvi-tools" and mask_var is not HVG_IF_PRESENT and var_mask(adata, mask_var) is not None:
         raise ValueError("mask_var needs backend='native'; for scvi-tools subset first: adata[:, mask].copy().")
     if backend == "scvi-tools":
@@ -279,6 +280,75 @@ def vae(
             encode_batch=encode_batch, batch_gene_offsets=batch_gene_offsets, mmd_weight=mmd_weight,
             covariate_independence_weight=covariate_independence_weight, linear_decoder=linear_decoder, key_added=key_added, uns_key=uns_key, copy=copy,
             train_kwargs=train_kwargs, covariates=covariates)
+    fitted = _fit(adata, covariates, batch_key=batch_key, layer=layer, label_key=label_key,
+                  unlabeled_category=unlabeled_category, classification_weight=classification_weight,
+                  likelihood=likelihood, n_latent=n_latent, n_hidden=n_hidden, n_layers=n_layers,
+                  dropout_rate=dropout_rate, dispersion=dispersion, beta=beta, encode_batch=encode_batch,
+                  batch_gene_offsets=batch_gene_offsets, mmd_weight=mmd_weight, mmd_mnn_k=mmd_mnn_k,
+                  mnn_bandwidth=mnn_bandwidth, covariate_independence_weight=covariate_independence_weight,
+                  key_added=key_added, linear_decoder=linear_decoder, mask_var=mask_var, train_kwargs=train_kwargs,
+                  stacklevel=3)
+    if fitted.model.history.get("interrupted"):
+        return _interrupted(fitted.model)
+    return write_and_return(adata, fitted.model, copy=copy, uns_key=uns_key, obsm={key_added: fitted.latent},
+                            uns={uns_key: fitted.record})
+
+
+class _Fitted(NamedTuple):
+    """What :func:`vae` writes, before it is written: the model, the (n_cells, n_latent) latent
+    means and the ``uns`` record; latent and record are None when the fit was interrupted."""
+
+    model: VAE
+    latent: np.ndarray | None
+    record: dict | None
+
+
+def fit_only(adata: AnnData, *, stacklevel: int, **options) -> VAE:
+    """:func:`vae`'s checks and fit, for a front that trains a VAE as one step of its own.
+
+    Nothing is written into ``adata``, and an interrupted fit is not warned about: the front
+    says so itself, with its own advice (``model.history["interrupted"]`` tells).
+
+    Parameters
+    ----------
+    adata
+        The training cells (an AnnData the front built, or the caller's: it is only read).
+    stacklevel
+        Where :func:`vae`'s other warnings (a single batch, the composition check) point, as
+        :func:`warnings.warn`'s counted from here.
+    **options
+        Keywords of :func:`vae`, which gives the others their defaults; the native backend only.
+    """
+    bound = inspect.signature(vae).bind(adata, **options)
+    bound.apply_defaults()
+    given = bound.arguments
+    if given["backend"] != "native":  # the scvi-tools backend writes its results itself
+        raise ValueError(f"backend={given['backend']!r}: this front trains the native VAE; leave backend out.")
+    covariates = _check_options(adata, **_arguments_of(_check_options, given))
+    return _fit(adata, covariates, **_arguments_of(_fit, given), stacklevel=stacklevel + 1).model
+
+
+def _arguments_of(function, given: dict) -> dict:
+    """The values in ``given`` (:func:`vae`'s arguments by name) of ``function``'s other parameters."""
+    return {k: given[k] for k in inspect.signature(function).parameters if k in given and k != "adata"}
+
+
+def _check_options(adata, batch_key, categorical_covariate_keys, continuous_covariate_keys, mmd_mnn_k, mnn_bandwidth,
+                   covariate_independence_weight) -> CovariateSpec:
+    """The checks of both backends before any pass over the data; the covariates they name."""
+    v.check_anndata(adata)
+    covariates = CovariateSpec.learn(adata.obs, categorical_covariate_keys, continuous_covariate_keys, batch_key)
+    _check_alignment(mmd_mnn_k, mnn_bandwidth)
+    check_covariate_independence_weight(covariate_independence_weight)
+    return covariates
+
+
+def _fit(adata, covariates, *, batch_key, layer, label_key, unlabeled_category, classification_weight, likelihood,
+         n_latent, n_hidden, n_layers, dropout_rate, dispersion, beta, encode_batch, batch_gene_offsets, mmd_weight,
+         mmd_mnn_k, mnn_bandwidth, covariate_independence_weight, key_added, linear_decoder, mask_var, train_kwargs,
+         stacklevel) -> _Fitted:
+    """The native :func:`vae` after the checks of :func:`_check_options`, all but writing and the
+    warning of an interrupted fit; ``stacklevel``: its warnings', counted from here."""
     if linear_decoder:
         raise ValueError("linear_decoder=True needs backend='scvi-tools' (scvi-tools' LinearSCVI); "
                          "the native VAE has no linear decoder.")
@@ -303,7 +373,7 @@ def vae(
         warnings.warn(
             f"adata.obs[{batch_key!r}] has a single category ({cats[0]!r}): this reference learns no batch "
             "correction, but it can be extended with the batches of new samples by model.map_query(query, "
-            "batch_key=...).", UserWarning, stacklevel=2)
+            "batch_key=...).", UserWarning, stacklevel=stacklevel)
     # unlabelled cells would be one "type" of their own: the check clusters the latent then
     groups_key = None if classes and (label_codes < 0).any() else label_key
     auto = mmd_mnn_k == "auto"
@@ -330,7 +400,7 @@ def vae(
         model = _train(config, data, train_cfg, train_on, batch_key, cats, layer, classes, label_key, covariates,
                        check)
         if model.history.get("interrupted"):
-            return _interrupted(model)
+            return _Fitted(model, None, None)
         latent = model.get_latent(adata)
     config = model.config  # the check may have switched the alignment
     if check is not None:
@@ -349,12 +419,10 @@ def vae(
         result["alignment"] = alignment
     composition = composition_record(adata, batch_key=batch_key, label_key=groups_key, embedding=latent,
                                      use_rep=key_added, seed=train_cfg.seed, front="tl.vae",
-                                     control=_COMPOSITION_CONTROL)
+                                     control=_COMPOSITION_CONTROL, stacklevel=stacklevel + 2)
     if composition is not None:
         result["composition"] = composition
-    target = adata.copy() if copy else adata
-    write_results(target, obsm={key_added: latent}, uns={uns_key: result})
-    return returned(target, model, copy=copy, uns_key=uns_key)
+    return _Fitted(model, latent, result)
 
 
 def _alignment_name(config: VAEConfig) -> str:

@@ -6,7 +6,7 @@ import dataclasses
 from anndata import AnnData
 
 from .. import _validate as v
-from ._common import params_record, returned, split_kwargs, training_data, write_results
+from ._common import params_record, split_kwargs, training_data, write_and_return
 from ._composition import check_label_key, composition_record
 
 
@@ -63,13 +63,14 @@ def vae_scvi_tools(adata: AnnData, *, batch_key: str | None, layer: str | None, 
                   backend="scvi-tools", scvi_model="LinearSCVI" if linear_decoder else "SCVI",
                   scvi_tools_version=str(scvi.__version__), linear_decoder=linear_decoder)
     varm = {f"{uns_key}_loadings": result.loadings} if linear_decoder else None
-    target = adata.copy() if copy else adata
     uns = {"params": params_record(**record), "history": result.history, "key_added": key_added}
     composition = composition_record(adata, batch_key=batch_key, label_key=label_key, embedding=result.latent,
                                      use_rep=key_added, seed=train_cfg.seed, front="tl.vae (scvi-tools)",
                                      control="scvi-tools' SCVI adds no alignment penalty; check that such groups "
-                                             "stay apart, and see uns[uns_key]['composition'].")
+                                             "stay apart, and see uns[uns_key]['composition'].",
+                                     stacklevel=5)
     if composition is not None:
         uns["composition"] = composition
-    write_results(target, obsm={key_added: result.latent}, varm=varm, uns={uns_key: uns})
-    return returned(target, result.model, copy=copy, uns_key=uns_key)
+    # called by tl.vae: the warnings point one frame further up, at the caller of tl.vae
+    return write_and_return(adata, result.model, copy=copy, uns_key=uns_key, stacklevel=4,
+                            obsm={key_added: result.latent}, varm=varm, uns={uns_key: uns})
