@@ -7,7 +7,7 @@ from anndata import AnnData
 
 from .. import _validate as v
 from .. import ondisk
-from ..data import CellData, train_validation_split
+from ..data import train_validation_split
 from ..models.lda_vb import ClassicLDA, VBLDAConfig, VBLDAModule, fit_vb
 from ..models.topic import LDA, TopicConfig, TopicModule
 from ..train import fit, seeded_threads, warn_interrupted
@@ -34,10 +34,6 @@ def _classic_options(rest: dict, batch_key: str | None) -> dict:
     return rest
 
 
-def _subset(data: CellData, idx: np.ndarray) -> CellData:
-    return CellData(data.X[idx], data.batch[idx], data.library[idx])
-
-
 _LDA_HOLDS = "the best weights so far; use model.transform(adata) or model.save(path), or train again."
 
 
@@ -46,14 +42,14 @@ def _fit_classic(config, data, cats, adata, layer, train_cfg, train_idx, val_idx
     full E-step, the training ones continued to convergence from their last fitted gamma.
     Ctrl-C: (the model with the topics of the last finished iteration, None)."""
     module = VBLDAModule(config)
-    history, gamma = fit_vb(module, _subset(data, train_idx), train_cfg.seed, train_cfg.progress)
+    history, gamma = fit_vb(module, data, train_idx, train_cfg.seed, train_cfg.progress)
     model = ClassicLDA(config, adata.var_names, None, cats, layer, history.as_dict(), module)
     if history.interrupted:
         return model, None
     proportions = np.zeros((data.n_cells, config.n_topics), dtype=np.float32)
-    proportions[train_idx] = model._proportions(_subset(data, train_idx), init=gamma)
+    proportions[train_idx] = model._proportions(data, init=gamma, rows=train_idx)
     if len(val_idx):
-        proportions[val_idx] = model._proportions(_subset(data, val_idx))
+        proportions[val_idx] = model._proportions(data, rows=val_idx)
     return model, proportions
 
 
