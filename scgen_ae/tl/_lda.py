@@ -6,7 +6,6 @@ import numpy as np
 from anndata import AnnData
 
 from .. import _validate as v
-from .. import ondisk
 from ..data import train_validation_split
 from ..models.lda_vb import ClassicLDA, VBLDAConfig, VBLDAModule, fit_vb
 from ..models.topic import LDA, TopicConfig, TopicModule
@@ -38,9 +37,10 @@ _LDA_HOLDS = "the best weights so far; use model.transform(adata) or model.save(
 
 
 def _fit_classic(config, data, cats, adata, layer, train_cfg, train_idx, val_idx):
-    """Batch VB on the training cells; proportions of every cell: the held-out ones from a
-    full E-step, the training ones continued to convergence from their last fitted gamma.
-    Ctrl-C: (the model with the topics of the last finished iteration, None)."""
+    """Batch VB on the training cells (in memory or streamed from disk); proportions of every
+    cell: the held-out ones from a full E-step, the training ones continued to convergence
+    from their last fitted gamma. Ctrl-C: (the model with the topics of the last finished
+    iteration, None)."""
     module = VBLDAModule(config)
     history, gamma = fit_vb(module, data, train_idx, train_cfg.seed, train_cfg.progress)
     model = ClassicLDA(config, adata.var_names, None, cats, layer, history.as_dict(), module)
@@ -87,7 +87,10 @@ def lda(
     Parameters
     ----------
     adata
-        Cells x genes; raw counts in ``X`` or ``layers[layer]`` (sparse or dense).
+        Cells x genes; raw counts in ``X`` or ``layers[layer]`` (sparse or dense). A backed ``X``
+        (``anndata.read_h5ad(path, backed="r")``, :func:`~scgen_ae.read_backed`) is streamed
+        from disk, never read whole: prodlda in shuffled chunks of cells; classic in blocks of
+        cells, one pass per EM iteration, with the results of the same cells in memory.
     n_topics
         Number of topics k.
     method
@@ -169,10 +172,6 @@ def lda(
         train_cfg, rest = split_kwargs({**PRODLDA_TRAIN_DEFAULTS, **kwargs})
         if rest:
             raise TypeError(f"lda() got unexpected keyword arguments {sorted(rest)}.")
-    if method == "classic" and ondisk.is_on_disk(adata, layer):
-        # batch VB revisits every cell's counts in each of its E-steps: it is not a streaming method
-        raise v.InputError("adata.X is on disk (a backed .h5ad / zarr store), but method='classic' needs X in "
-                           "memory: call adata.to_memory() first, or use method='prodlda', which streams it.")
     data, cats = training_data(adata, layer, batch_key, None, **COUNTS_ADVICE)
     check_label_key(adata, label_key)
     v.check_n_latent(n_topics, adata.n_vars, "n_topics")
