@@ -225,6 +225,22 @@ def test_classic_from_a_backed_file_equals_in_memory(cellbench_hvg, cellbench_fi
     assert hashlib.sha256(path.read_bytes()).hexdigest() == digest
 
 
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(method="classic", batch_key="batch"), "method='classic' is the textbook LDA without batch"),
+    (dict(batch_key="no_such_column"), "batch_key='no_such_column' is not a column of adata.obs"),
+    (dict(batch_key="batch", label_key="no_such_column"), "label_key='no_such_column' is not a column"),
+], ids=["classic", "batch_key", "label_key"])
+def test_batch_options_on_a_backed_file_refused_before_reading_it(cellbench_file, monkeypatch, kwargs, match):
+    path, digest = cellbench_file
+    monkeypatch.setattr(ondisk.OnDiskCellData, "read_span", lambda *a, **k: pytest.fail("read X before refusing"))
+    backed = ad.read_h5ad(path, backed="r")
+    with pytest.raises(sa.InputError, match=match):
+        sa.tl.lda(backed, n_topics=3, **kwargs, **FAST)
+    assert "X_lda" not in backed.obsm and "lda" not in backed.uns
+    backed.file.close()
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == digest
+
+
 # ---------------------------------------------------------------- errors leave adata unchanged
 
 def test_classic_with_batch_key_refused(cellbench_3protocols, snapshot):

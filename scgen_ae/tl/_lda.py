@@ -172,8 +172,8 @@ def lda(
         train_cfg, rest = split_kwargs({**PRODLDA_TRAIN_DEFAULTS, **kwargs})
         if rest:
             raise TypeError(f"lda() got unexpected keyword arguments {sorted(rest)}.")
+    check_label_key(adata, label_key)  # obs first: before a pass over X (from disk, when backed)
     data, cats = training_data(adata, layer, batch_key, None, **COUNTS_ADVICE)
-    check_label_key(adata, label_key)
     v.check_n_latent(n_topics, adata.n_vars, "n_topics")
     with seeded_threads(train_cfg.seed, train_cfg.n_threads):
         # the same split train.fit draws: the held-out perplexity is on cells never trained on
