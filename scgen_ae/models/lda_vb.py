@@ -135,8 +135,8 @@ def e_step(X: sp.csr_matrix | _Sparse, exp_elog_beta: torch.Tensor, alpha: float
     Returns gamma ``(n, k)``, the sufficient statistics ``(k, g)`` (before the
     multiplication by exp(E[log beta]) that the M-step applies) and the data term of the
     variational bound summed over the cells, sum_c sum_g x log sum_k exp(E[log theta_k] +
-    E[log beta_kg]) (sklearn's first ``_approx_bound`` term, with the sign flipped; a
-    training curve that costs nothing extra).
+    E[log beta_kg]) (sklearn's first ``_approx_bound`` term; minus its mean per cell is a
+    training curve that costs nothing extra). A sum, so that blocks of cells add up.
     Converged cells are dropped from the sweeps: the working set shrinks as the cells settle.
     """
     full = X if isinstance(X, _Sparse) else _Sparse(X)
