@@ -2,13 +2,18 @@
 pl.topics and the CLI's --model lda, on the shared real data."""
 from __future__ import annotations
 
+import hashlib
+
+import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
 import scanpy as sc
 
 import scgen_ae as sa
+from scgen_ae import ondisk
 from scgen_ae.data import to_csr32, train_validation_split
+from scgen_ae.models import lda_vb
 from scgen_ae.models.topic import perplexity_from_probs
 
 from .conftest import FAST, fit_copy
@@ -181,6 +186,59 @@ def test_files_written_with_a_likelihood_field_still_load(fixture, written, requ
     edited = _with_config_field(model.save(tmp_path / "edited.npz"), "likelihood", "gaussian")
     with pytest.raises(sa.ModelFileError, match="only ever held"):
         sa.LDA.load(edited)
+
+
+# ---------------------------------------------------------------- backed (on-disk) input
+
+@pytest.fixture
+def cellbench_file(cellbench_hvg, tmp_path):
+    """(path, SHA-256) of cellbench_hvg written as an .h5ad, to open backed."""
+    path = tmp_path / "cellbench_hvg.h5ad"
+    cellbench_hvg.copy().write_h5ad(path)  # a copy: writing may turn strings into categoricals
+    return path, hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_classic_from_a_backed_file_equals_in_memory(cellbench_hvg, cellbench_file, monkeypatch):
+    """The E-steps read the cells a block at a time, the same blocks from disk as in memory, so
+    the fit runs the same float operations: equal results. Blocks of 100 cells here, so that
+    the 450 training cells take several (they fit in one block of the default size)."""
+    path, digest = cellbench_file
+    monkeypatch.setattr(lda_vb, "E_STEP_CELLS", 100)
+    sizes, read_rows = [], ondisk.OnDiskCellData.read_rows
+    monkeypatch.setattr(ondisk.OnDiskCellData, "read_rows",
+                        lambda self, rows, **kw: sizes.append(len(rows)) or read_rows(self, rows, **kw))
+    backed, memory = ad.read_h5ad(path, backed="r"), cellbench_hvg.copy()
+    kw = dict(n_topics=4, method="classic", max_iter=3, seed=0, **FAST)
+    model = sa.tl.lda(backed, **kw)
+    sa.tl.lda(memory, **kw)
+    assert ondisk.is_on_disk(backed)  # X was streamed, never loaded into the AnnData
+    assert sizes.count(100) == 4 * (3 + 1)  # each EM iteration and the final E-step read 4 full blocks again
+    np.testing.assert_array_equal(backed.obsm["X_lda"], memory.obsm["X_lda"])
+    np.testing.assert_array_equal(backed.varm["lda_topics"], memory.varm["lda_topics"])
+    disk, mem = backed.uns["lda"], memory.uns["lda"]
+    np.testing.assert_array_equal(disk["history"]["train_loss"], mem["history"]["train_loss"])
+    assert (disk["perplexity"], disk["train_perplexity"]) == (mem["perplexity"], mem["train_perplexity"])
+    # the classic model applied to the file (it used to fail there with an AttributeError)
+    np.testing.assert_array_equal(model.transform(backed), model.transform(memory))
+    assert model.perplexity(backed) == model.perplexity(memory)
+    backed.file.close()
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == digest
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(method="classic", batch_key="batch"), "method='classic' is the textbook LDA without batch"),
+    (dict(batch_key="no_such_column"), "batch_key='no_such_column' is not a column of adata.obs"),
+    (dict(batch_key="batch", label_key="no_such_column"), "label_key='no_such_column' is not a column"),
+], ids=["classic", "batch_key", "label_key"])
+def test_batch_options_on_a_backed_file_refused_before_reading_it(cellbench_file, monkeypatch, kwargs, match):
+    path, digest = cellbench_file
+    monkeypatch.setattr(ondisk.OnDiskCellData, "read_span", lambda *a, **k: pytest.fail("read X before refusing"))
+    backed = ad.read_h5ad(path, backed="r")
+    with pytest.raises(sa.InputError, match=match):
+        sa.tl.lda(backed, n_topics=3, **kwargs, **FAST)
+    assert "X_lda" not in backed.obsm and "lda" not in backed.uns
+    backed.file.close()
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == digest
 
 
 # ---------------------------------------------------------------- errors leave adata unchanged

@@ -6,8 +6,7 @@ import numpy as np
 from anndata import AnnData
 
 from .. import _validate as v
-from .. import ondisk
-from ..data import CellData, train_validation_split
+from ..data import train_validation_split
 from ..models.lda_vb import ClassicLDA, VBLDAConfig, VBLDAModule, fit_vb
 from ..models.topic import LDA, TopicConfig, TopicModule
 from ..train import TrainConfig, fit, seeded_threads, warn_interrupted
@@ -34,26 +33,23 @@ def _classic_options(rest: dict, batch_key: str | None) -> dict:
     return rest
 
 
-def _subset(data: CellData, idx: np.ndarray) -> CellData:
-    return CellData(data.X[idx], data.batch[idx], data.library[idx])
-
-
 _LDA_HOLDS = "the best weights so far; use model.transform(adata) or model.save(path), or train again."
 
 
 def _fit_classic(config, data, cats, adata, layer, train_cfg, train_idx, val_idx):
-    """Batch VB on the training cells; proportions of every cell: the held-out ones from a
-    full E-step, the training ones continued to convergence from their last fitted gamma.
-    Ctrl-C: (the model with the topics of the last finished iteration, None)."""
+    """Batch VB on the training cells (in memory or streamed from disk); proportions of every
+    cell: the held-out ones from a full E-step, the training ones continued to convergence
+    from their last fitted gamma. Ctrl-C: (the model with the topics of the last finished
+    iteration, None)."""
     module = VBLDAModule(config)
-    history, gamma = fit_vb(module, _subset(data, train_idx), train_cfg.seed, train_cfg.progress)
+    history, gamma = fit_vb(module, data, train_idx, train_cfg.seed, train_cfg.progress)
     model = ClassicLDA(config, adata.var_names, None, cats, layer, history.as_dict(), module)
     if history.interrupted:
         return model, None
     proportions = np.zeros((data.n_cells, config.n_topics), dtype=np.float32)
-    proportions[train_idx] = model._proportions(_subset(data, train_idx), init=gamma)
+    proportions[train_idx] = model._proportions(data, init=gamma, rows=train_idx)
     if len(val_idx):
-        proportions[val_idx] = model._proportions(_subset(data, val_idx))
+        proportions[val_idx] = model._proportions(data, rows=val_idx)
     return model, proportions
 
 
@@ -91,7 +87,10 @@ def lda(
     Parameters
     ----------
     adata
-        Cells x genes; raw counts in ``X`` or ``layers[layer]`` (sparse or dense).
+        Cells x genes; raw counts in ``X`` or ``layers[layer]`` (sparse or dense). A backed ``X``
+        (``anndata.read_h5ad(path, backed="r")``, :func:`~scgen_ae.read_backed`) is streamed
+        from disk, never read whole: prodlda in shuffled chunks of cells; classic in blocks of
+        cells, one pass per EM iteration, with the results of the same cells in memory.
     n_topics
         Number of topics k.
     method
@@ -173,12 +172,8 @@ def lda(
         train_cfg, rest = split_kwargs({**PRODLDA_TRAIN_DEFAULTS, **kwargs})
         if rest:
             raise TypeError(f"lda() got unexpected keyword arguments {sorted(rest)}.")
-    if method == "classic" and ondisk.is_on_disk(adata, layer):
-        # batch VB revisits every cell's counts in each of its E-steps: it is not a streaming method
-        raise v.InputError("adata.X is on disk (a backed .h5ad / zarr store), but method='classic' needs X in "
-                           "memory: call adata.to_memory() first, or use method='prodlda', which streams it.")
+    check_label_key(adata, label_key)  # obs first: before a pass over X (from disk, when backed)
     data, cats = training_data(adata, layer, batch_key, None, **COUNTS_ADVICE)
-    check_label_key(adata, label_key)
     v.check_n_latent(n_topics, adata.n_vars, "n_topics")
     with seeded_threads(train_cfg.seed, train_cfg.n_threads):
         # the same split train.fit draws: the held-out perplexity is on cells never trained on
