@@ -265,6 +265,54 @@ def test_bad_arguments_refused(cellbench_3protocols, snapshot):
     snap.assert_unchanged(adata)
 
 
+BAD_CLASSIC_OPTIONS = [
+    (dict(max_iter=1.5), r"max_iter=1.5 .* an integer >= 1"),
+    (dict(max_iter=0), r"max_iter=0 .* an integer >= 1"),
+    (dict(max_iter=True), r"max_iter=True .* an integer >= 1"),
+    (dict(max_doc_update_iter=0), r"max_doc_update_iter=0 .* an integer >= 1"),
+    (dict(fit_doc_update_iter=2.0), r"fit_doc_update_iter=2.0 .* an integer >= 1"),
+    (dict(mean_change_tol=-1e-3), r"mean_change_tol=-0.001 .* a finite number >= 0"),
+    (dict(mean_change_tol=float("nan")), r"mean_change_tol=nan .* a finite number >= 0"),
+    (dict(mean_change_tol="1e-3"), r"mean_change_tol='1e-3' .* a finite number >= 0"),
+    (dict(doc_topic_prior=0), r"doc_topic_prior=0 .* None or a finite number > 0"),
+    (dict(doc_topic_prior=float("inf")), r"doc_topic_prior=inf .* None or a finite number > 0"),
+    (dict(topic_word_prior="0.1"), r"topic_word_prior='0.1' .* None or a finite number > 0"),
+    (dict(topic_word_prior=True), r"topic_word_prior=True .* None or a finite number > 0"),
+    (dict(n_topics=1), r"n_topics=1 .* an integer >= 2"),
+    (dict(n_topics=3.0), r"n_topics=3.0 .* an integer >= 2"),
+]
+
+
+@pytest.mark.parametrize("kwargs, match", BAD_CLASSIC_OPTIONS,
+                         ids=[",".join(f"{k}={x!r}" for k, x in kw.items()) for kw, _ in BAD_CLASSIC_OPTIONS])
+def test_classic_options_refused_before_any_read(cellbench_hvg, snapshot, monkeypatch, kwargs, match):
+    """The config checked them only once built, after the cells were read, with a ValueError
+    (mean_change_tol not at all): tl.lda applies the config's rules to its keywords first."""
+    from scgen_ae.spec import DataSpec
+
+    monkeypatch.setattr(DataSpec, "learn", lambda *a, **k: pytest.fail("read the cells before checking"))
+    adata = cellbench_hvg[:50].copy()
+    snap = snapshot(adata)
+    with pytest.raises(sa.InputError, match=match) as info:
+        sa.tl.lda(adata, method="classic", **{"n_topics": 3, **FAST, **kwargs})
+    snap.assert_unchanged(adata)
+    assert "(a keyword of sa.tl.lda(method='classic')) is invalid" in str(info.value) and "To fix it" in str(info.value)
+    with pytest.raises(sa.InputError, match=match):  # the config refuses by the same rules
+        lda_vb.VBLDAConfig(n_genes=adata.n_vars, **{"n_topics": 3, **kwargs})
+
+
+def test_classic_option_on_a_backed_file_refused_before_reading_it(cellbench_file, monkeypatch):
+    path, digest = cellbench_file
+    monkeypatch.setattr(ondisk.OnDiskCellData, "read_span", lambda *a, **k: pytest.fail("read X before refusing"))
+    backed = ad.read_h5ad(path, backed="r")
+    obsm, uns = set(backed.obsm), set(backed.uns)
+    with pytest.raises(sa.InputError, match=r"mean_change_tol=-1 .* a finite number >= 0"):
+        sa.tl.lda(backed, method="classic", n_topics=3, mean_change_tol=-1, **FAST)
+    assert (set(backed.obsm), set(backed.uns)) == (obsm, uns)
+    backed.file.close()
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == digest
+
+
 def test_log_normalised_input_refused(cellbench_3protocols, snapshot):
     adata = cellbench_3protocols.copy()
     sc.pp.normalize_total(adata, target_sum=1e4)

@@ -32,9 +32,42 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import _validate as v
 from ..data import ROW_BLOCK, CellData, transpose_pattern
 from ..train import History, progress_bar
 from .topic import LDA
+
+
+# name -> (accepts the value, the rule, how to fix): one rule set for the config and for tl.lda,
+# which applies it to its keywords before reading a cell
+VB_RULES = {
+    "n_genes": (lambda x: v._is_int(x) and x >= 1, "an integer >= 1", "pass the number of genes"),
+    "n_batches": (lambda x: v._is_int(x) and x >= 1, "an integer >= 1", "pass n_batches=1"),
+    "n_topics": (lambda x: v._is_int(x) and x >= 2, "an integer >= 2 (one topic explains nothing)",
+                 "pass e.g. n_topics=20 (the default)"),
+    "doc_topic_prior": (lambda x: x is None or (v._is_number(x) and x > 0), "None or a finite number > 0",
+                        "pass e.g. doc_topic_prior=None (1 / n_topics, the default)"),
+    "topic_word_prior": (lambda x: x is None or (v._is_number(x) and x > 0), "None or a finite number > 0",
+                         "pass e.g. topic_word_prior=None (1 / n_topics, the default)"),
+    "max_iter": (lambda x: v._is_int(x) and x >= 1, "an integer >= 1 (EM iterations)",
+                 "pass e.g. max_iter=20 (the default)"),
+    "max_doc_update_iter": (lambda x: v._is_int(x) and x >= 1, "an integer >= 1 (E-step sweeps of a transform)",
+                            "pass e.g. max_doc_update_iter=100 (the default)"),
+    "mean_change_tol": (lambda x: v._is_number(x) and x >= 0,
+                        "a finite number >= 0 (mean absolute change of a cell's gamma below which it is frozen)",
+                        "pass e.g. mean_change_tol=1e-3 (the default)"),
+    "fit_doc_update_iter": (lambda x: v._is_int(x) and x >= 1, "an integer >= 1 (E-step sweeps per EM iteration)",
+                            "pass e.g. fit_doc_update_iter=10 (the default)"),
+}
+
+
+def check_vb_options(options: dict, where: str) -> None:
+    """Refuse classic LDA options (names of :data:`VB_RULES`) with :class:`~scgen_ae.InputError`;
+    ``where`` says which call took them."""
+    for name, value in options.items():
+        ok, rule, fix = VB_RULES[name]
+        if not ok(value):
+            raise v.InputError(f"{name}={value!r} ({where}) is invalid: it must be {rule}. To fix it, {fix}.")
 
 
 @dataclass(frozen=True)
@@ -58,15 +91,8 @@ class VBLDAConfig:
     LEGACY_DROPPED: ClassVar[dict] = {"likelihood": "counts"}
 
     def __post_init__(self):
-        if int(self.n_topics) < 2:
-            raise ValueError(f"n_topics must be at least 2, got {self.n_topics!r}.")
-        for name in ("n_genes", "max_iter", "max_doc_update_iter", "fit_doc_update_iter"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}.")
-        for name in ("doc_topic_prior", "topic_word_prior"):
-            value = getattr(self, name)
-            if value is not None and not value > 0:
-                raise ValueError(f"{name} must be positive, got {value!r}.")
+        # for direct users of the config (and files); tl.lda applies the same rules to its keywords first
+        check_vb_options({name: getattr(self, name) for name in VB_RULES}, "a field of VBLDAConfig")
 
     @property
     def alpha(self) -> float:

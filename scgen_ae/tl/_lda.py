@@ -7,7 +7,7 @@ from anndata import AnnData
 
 from .. import _validate as v
 from ..data import train_validation_split
-from ..models.lda_vb import ClassicLDA, VBLDAConfig, VBLDAModule, fit_vb
+from ..models.lda_vb import ClassicLDA, VBLDAConfig, VBLDAModule, check_vb_options, fit_vb
 from ..models.topic import LDA, TopicConfig, TopicModule
 from ..train import TrainConfig, fit, seeded_threads, warn_interrupted
 from ._common import params_record, returned, split_kwargs, training_data, write_results
@@ -127,12 +127,13 @@ def lda(
         prodlda: options of :class:`scgen_ae.train.TrainConfig`; here the defaults are
         ``max_epochs=100``, ``batch_size=256``, ``lr=1e-2``, ``patience=15`` (others as for
         ``tl.vae``: ``seed``, ``n_threads``, ``device``, ``validation_fraction`` ...).
-        classic: ``max_iter`` (20 EM iterations, each E-step 10 sweeps from a random
-        start: a lower held-out perplexity than sklearn's 10 iterations of up to 100
-        sweeps), ``max_doc_update_iter`` (100, for transforms),
-        ``mean_change_tol`` (1e-3), ``doc_topic_prior`` / ``topic_word_prior`` (1 / k),
+        classic: ``max_iter`` (20 EM iterations, each E-step ``fit_doc_update_iter`` (10)
+        sweeps from a random start: a lower held-out perplexity than sklearn's 10 iterations
+        of up to 100 sweeps), ``max_doc_update_iter`` (100, for transforms),
+        ``mean_change_tol`` (1e-3), ``doc_topic_prior`` / ``topic_word_prior`` (None: 1 / k),
         plus ``seed``, ``n_threads``, ``validation_fraction`` (0.1), ``progress`` (False:
         True draws the progress bar of ``tl.vae``, one step per iteration, as ``sa.settings`` allow).
+        Refused before any work by the rules of :class:`~scgen_ae.models.VBLDAConfig`.
 
     Returns
     -------
@@ -168,13 +169,16 @@ def lda(
         train = {k: kwargs.pop(k) for k in ("seed", "n_threads", "validation_fraction", "progress") if k in kwargs}
         train_cfg, _ = split_kwargs({"progress": False, **train})
         rest = _classic_options(kwargs, batch_key)
+        # the config's own rules, applied here before a cell is read (the config is built after)
+        check_vb_options({"n_topics": n_topics, **rest}, "a keyword of sa.tl.lda(method='classic')")
     else:
         train_cfg, rest = split_kwargs({**PRODLDA_TRAIN_DEFAULTS, **kwargs})
         if rest:
             raise TypeError(f"lda() got unexpected keyword arguments {sorted(rest)}.")
+    v.check_anndata(adata)
+    v.check_n_latent(n_topics, adata.n_vars, "n_topics")  # the genes are counted without reading X
     check_label_key(adata, label_key)  # obs first: before a pass over X (from disk, when backed)
     data, cats = training_data(adata, layer, batch_key, None, **COUNTS_ADVICE)
-    v.check_n_latent(n_topics, adata.n_vars, "n_topics")
     with seeded_threads(train_cfg.seed, train_cfg.n_threads):
         # the same split train.fit draws: the held-out perplexity is on cells never trained on
         train_idx, val_idx = train_validation_split(data.n_cells, train_cfg.validation_fraction,
