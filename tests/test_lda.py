@@ -229,7 +229,8 @@ def test_classic_from_a_backed_file_equals_in_memory(cellbench_hvg, cellbench_fi
     (dict(method="classic", batch_key="batch"), "method='classic' is the textbook LDA without batch"),
     (dict(batch_key="no_such_column"), "batch_key='no_such_column' is not a column of adata.obs"),
     (dict(batch_key="batch", label_key="no_such_column"), "label_key='no_such_column' is not a column"),
-], ids=["classic", "batch_key", "label_key"])
+    (dict(method="classic", label_key="cell_line"), "label_key='cell_line' names the cell-type labels"),
+], ids=["classic", "batch_key", "label_key", "classic label_key"])
 def test_batch_options_on_a_backed_file_refused_before_reading_it(cellbench_file, monkeypatch, kwargs, match):
     path, digest = cellbench_file
     monkeypatch.setattr(ondisk.OnDiskCellData, "read_span", lambda *a, **k: pytest.fail("read X before refusing"))
@@ -248,6 +249,26 @@ def test_classic_with_batch_key_refused(cellbench_3protocols, snapshot):
     snap = snapshot(adata)
     with pytest.raises(sa.InputError, match="method='classic' is the textbook LDA without batch"):
         sa.tl.lda(adata, method="classic", batch_key="batch", **FAST)
+    snap.assert_unchanged(adata)
+
+
+@pytest.mark.parametrize("kwargs, why, fix", [
+    (dict(method="classic"), "method='classic' takes no batches", "method='prodlda' with batch_key="),
+    (dict(), "batch_key is None", "or batch_key= naming the obs column"),
+    (dict(backend="scvi-tools"), "backend='scvi-tools' \\(AmortizedLDA\\) takes no batches",
+     "method='prodlda' with batch_key="),
+], ids=["classic", "prodlda", "scvi-tools"])
+def test_label_key_without_batches_refused(cellbench_hvg, snapshot, monkeypatch, kwargs, why, fix):
+    """label_key only feeds the composition check of a batch-aware fit: without batches it was
+    accepted and silently unused (classic LDA refuses batch_key, so it never ran there)."""
+    from scgen_ae.spec import DataSpec
+
+    monkeypatch.setattr(DataSpec, "learn", lambda *a, **k: pytest.fail("read the cells before checking"))
+    adata = cellbench_hvg[:50].copy()
+    snap = snapshot(adata)
+    with pytest.raises(sa.InputError, match=rf"label_key='cell_line' .* but {why}: .* Pass label_key=None") as info:
+        sa.tl.lda(adata, n_topics=3, label_key="cell_line", **FAST, **kwargs)
+    assert fix in str(info.value)
     snap.assert_unchanged(adata)
 
 

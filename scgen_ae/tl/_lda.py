@@ -33,6 +33,22 @@ def _classic_options(rest: dict, batch_key: str | None) -> dict:
     return rest
 
 
+def _check_label_use(label_key, batch_key, method: str, backend: str) -> None:
+    """label_key serves only the composition check of a batch-aware fit: without batches it would be unused."""
+    if label_key is None or batch_key is not None:
+        return
+    if backend == "scvi-tools" or method == "classic":
+        why = ("backend='scvi-tools' (AmortizedLDA) takes no batches" if backend == "scvi-tools"
+               else "method='classic' takes no batches")
+        fix = "or method='prodlda' with batch_key= to check the batches' compositions by these labels"
+    else:
+        why, fix = "batch_key is None", "or batch_key= naming the obs column with the batch of each cell"
+    raise v.InputError(
+        f"label_key={label_key!r} names the cell-type labels of the composition check that follows a batch-aware "
+        f"fit (method='prodlda' with batch_key=), but {why}: there is no check, and the labels would not be used. "
+        f"Pass label_key=None, {fix}.")
+
+
 _LDA_HOLDS = "the best weights so far; use model.transform(adata) or model.save(path), or train again."
 
 
@@ -109,8 +125,10 @@ def lda(
         see :class:`~scgen_ae.models.topic.TopicConfig`).
     label_key
         Optional ``obs`` column with cell-type labels for the composition check run after a
-        batch-aware fit (see :func:`~scgen_ae.tl.batch_composition`); without it the check
-        clusters the topic proportions.
+        batch-aware fit (``method="prodlda"`` with ``batch_key``; see
+        :func:`~scgen_ae.tl.batch_composition`); without it the check clusters the topic
+        proportions. Refused without ``batch_key`` (so with ``method="classic"`` and
+        ``backend="scvi-tools"``, which take no batches): there is no check to run.
     key_added, varm_key, uns_key
         Keys of the proportions in ``obsm``, the topic-gene matrix in ``varm`` and the
         record in ``uns``.
@@ -161,6 +179,7 @@ def lda(
         raise ValueError(f"method={method!r}; choose one of {METHODS}.")
     if backend not in ("native", "scvi-tools"):
         raise ValueError(f"backend={backend!r}; choose 'native' or 'scvi-tools'.")
+    _check_label_use(label_key, batch_key, method, backend)
     if backend == "scvi-tools":
         return _lda_scvi_tools(adata, n_topics=n_topics, method=method, batch_key=batch_key, layer=layer,
                                n_hidden=n_hidden, key_added=key_added, varm_key=varm_key, uns_key=uns_key,
