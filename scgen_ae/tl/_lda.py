@@ -144,12 +144,13 @@ def lda(
     **kwargs
         prodlda: options of :class:`scgen_ae.train.TrainConfig`; here the defaults are
         ``max_epochs=100``, ``batch_size=256``, ``lr=1e-2``, ``patience=15`` (others as for
-        ``tl.vae``: ``seed``, ``n_threads``, ``device``, ``validation_fraction`` ...).
+        ``tl.vae``: ``seed``, ``n_threads`` (None: ``sa.settings.n_threads``, else every usable
+        core), ``device``, ``validation_fraction`` ...).
         classic: ``max_iter`` (20 EM iterations, each E-step ``fit_doc_update_iter`` (10)
         sweeps from a random start: a lower held-out perplexity than sklearn's 10 iterations
         of up to 100 sweeps), ``max_doc_update_iter`` (100, for transforms),
         ``mean_change_tol`` (1e-3), ``doc_topic_prior`` / ``topic_word_prior`` (None: 1 / k),
-        plus ``seed``, ``n_threads``, ``validation_fraction`` (0.1), ``progress`` (False:
+        plus ``seed``, ``n_threads`` (as for prodlda), ``validation_fraction`` (0.1), ``progress`` (False:
         True draws the progress bar of ``tl.vae``, one step per iteration, as ``sa.settings`` allow).
         Refused before any work by the rules of :class:`~scgen_ae.models.VBLDAConfig`.
 

@@ -178,8 +178,9 @@ def nmf(
         the same seed gives the in-memory result. Full-batch updates would hold all of X,
         so they are refused there (``adata.to_memory()`` first, if that is wanted).
     seed, device, n_threads
-        Random seed (initialisation), "auto"/"cpu"/"cuda", and CPU threads (None: torch's);
-        refused before any work by the rules of ``tl.vae``'s training options.
+        Random seed (initialisation), "auto"/"cpu"/"cuda", and torch's CPU threads (None:
+        ``sa.settings.n_threads``, else every usable core); refused before any work by the
+        rules of ``tl.vae``'s training options.
     progress
         Draw the progress bar of ``tl.vae``, one step per pass, as ``sa.settings`` allow
         (``progress_bar``, ``verbosity``). The fit is the same with it or without.
