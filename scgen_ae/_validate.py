@@ -390,7 +390,7 @@ _TRAIN_RULES = {
     "grad_clip": (lambda x: _is_number(x) and x > 0, "a number > 0", "pass e.g. grad_clip=50"),
     "seed": (lambda x: _is_int(x) and x >= 0, "an integer >= 0", "pass e.g. seed=0"),
     "n_threads": (lambda x: x is None or (_is_int(x) and x >= 1), "None or an integer >= 1",
-                  "pass n_threads=None to use torch's default"),
+                  "pass n_threads=None (sa.settings.n_threads, else every usable core)"),
     "checkpoint_every": (lambda x: _is_int(x) and x >= 1, "an integer >= 1", "pass e.g. checkpoint_every=1"),
     "devices": (lambda x: _is_int(x) and x >= 1, "an integer >= 1", "pass devices=1"),
     "num_nodes": (lambda x: _is_int(x) and x >= 1, "an integer >= 1", "pass num_nodes=1"),

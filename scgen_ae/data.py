@@ -57,6 +57,11 @@ class CellData:
         return sp.csr_matrix((self.X.data[lo:hi], self.X.indices[lo:hi], self.X.indptr[start:stop + 1] - lo),
                              shape=(stop - start, self.X.shape[1]))
 
+    def read_rows(self, rows: np.ndarray) -> sp.csr_matrix:
+        """Rows ``rows`` (any order) as a CSR copy: what
+        :meth:`~scgen_ae.ondisk.OnDiskCellData.read_rows` reads from disk, in memory."""
+        return self.X[rows]
+
     @cached_property
     def log_x_factorial(self) -> np.ndarray:
         """(n_cells,) float32: each cell's sum of lgamma(x + 1) over its counts, the data-only

@@ -49,7 +49,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     precision: str = "auto"  # "bf16": matmuls in bfloat16 autocast (likelihoods stay fp32); "fp32"; "auto"
-    n_threads: int | None = None
+    n_threads: int | None = None  # None: sa.settings.n_threads, else every usable core
     progress: bool = True
     # scale: checkpoint / resume and data-parallel training (scgen_ae/distributed.py)
     checkpoint_path: str | None = None  # write a checkpoint here (.npz) every checkpoint_every epochs

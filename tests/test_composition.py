@@ -351,4 +351,6 @@ def test_remove_batch_leaves_a_batch_without_pairs_where_it_is(cellbench_hvg2000
     monkeypatch.setattr(_remove_batch, "_mnn_shift", lambda *args: None)
     with pytest.warns(UserWarning, match="left where it is"):
         sa.tl.remove_batch(model, adata, batch_key="batch")
-    np.testing.assert_array_equal(adata.obsm["X_vae_corrected"], adata.obsm["X_vae"])
+    # remove_batch encodes the cells again, with every core rather than the fit's one thread:
+    # equal up to float32 rounding
+    np.testing.assert_allclose(adata.obsm["X_vae_corrected"], adata.obsm["X_vae"], rtol=1e-5, atol=1e-6)

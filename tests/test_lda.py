@@ -2,13 +2,18 @@
 pl.topics and the CLI's --model lda, on the shared real data."""
 from __future__ import annotations
 
+import hashlib
+
+import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
 import scanpy as sc
 
 import scgen_ae as sa
+from scgen_ae import ondisk
 from scgen_ae.data import to_csr32, train_validation_split
+from scgen_ae.models import lda_vb
 from scgen_ae.models.topic import perplexity_from_probs
 
 from .conftest import FAST, fit_copy
@@ -183,6 +188,60 @@ def test_files_written_with_a_likelihood_field_still_load(fixture, written, requ
         sa.LDA.load(edited)
 
 
+# ---------------------------------------------------------------- backed (on-disk) input
+
+@pytest.fixture
+def cellbench_file(cellbench_hvg, tmp_path):
+    """(path, SHA-256) of cellbench_hvg written as an .h5ad, to open backed."""
+    path = tmp_path / "cellbench_hvg.h5ad"
+    cellbench_hvg.copy().write_h5ad(path)  # a copy: writing may turn strings into categoricals
+    return path, hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_classic_from_a_backed_file_equals_in_memory(cellbench_hvg, cellbench_file, monkeypatch):
+    """The E-steps read the cells a block at a time, the same blocks from disk as in memory, so
+    the fit runs the same float operations: equal results. Blocks of 100 cells here, so that
+    the 450 training cells take several (they fit in one block of the default size)."""
+    path, digest = cellbench_file
+    monkeypatch.setattr(lda_vb, "E_STEP_CELLS", 100)
+    sizes, read_rows = [], ondisk.OnDiskCellData.read_rows
+    monkeypatch.setattr(ondisk.OnDiskCellData, "read_rows",
+                        lambda self, rows, **kw: sizes.append(len(rows)) or read_rows(self, rows, **kw))
+    backed, memory = ad.read_h5ad(path, backed="r"), cellbench_hvg.copy()
+    kw = dict(n_topics=4, method="classic", max_iter=3, seed=0, **FAST)
+    model = sa.tl.lda(backed, **kw)
+    sa.tl.lda(memory, **kw)
+    assert ondisk.is_on_disk(backed)  # X was streamed, never loaded into the AnnData
+    assert sizes.count(100) == 4 * (3 + 1)  # each EM iteration and the final E-step read 4 full blocks again
+    np.testing.assert_array_equal(backed.obsm["X_lda"], memory.obsm["X_lda"])
+    np.testing.assert_array_equal(backed.varm["lda_topics"], memory.varm["lda_topics"])
+    disk, mem = backed.uns["lda"], memory.uns["lda"]
+    np.testing.assert_array_equal(disk["history"]["train_loss"], mem["history"]["train_loss"])
+    assert (disk["perplexity"], disk["train_perplexity"]) == (mem["perplexity"], mem["train_perplexity"])
+    # the classic model applied to the file (it used to fail there with an AttributeError)
+    np.testing.assert_array_equal(model.transform(backed), model.transform(memory))
+    assert model.perplexity(backed) == model.perplexity(memory)
+    backed.file.close()
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == digest
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(method="classic", batch_key="batch"), "method='classic' is the textbook LDA without batch"),
+    (dict(batch_key="no_such_column"), "batch_key='no_such_column' is not a column of adata.obs"),
+    (dict(batch_key="batch", label_key="no_such_column"), "label_key='no_such_column' is not a column"),
+    (dict(method="classic", label_key="cell_line"), "label_key='cell_line' names the cell-type labels"),
+], ids=["classic", "batch_key", "label_key", "classic label_key"])
+def test_batch_options_on_a_backed_file_refused_before_reading_it(cellbench_file, monkeypatch, kwargs, match):
+    path, digest = cellbench_file
+    monkeypatch.setattr(ondisk.OnDiskCellData, "read_span", lambda *a, **k: pytest.fail("read X before refusing"))
+    backed = ad.read_h5ad(path, backed="r")
+    with pytest.raises(sa.InputError, match=match):
+        sa.tl.lda(backed, n_topics=3, **kwargs, **FAST)
+    assert "X_lda" not in backed.obsm and "lda" not in backed.uns
+    backed.file.close()
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == digest
+
+
 # ---------------------------------------------------------------- errors leave adata unchanged
 
 def test_classic_with_batch_key_refused(cellbench_3protocols, snapshot):
@@ -190,6 +249,26 @@ def test_classic_with_batch_key_refused(cellbench_3protocols, snapshot):
     snap = snapshot(adata)
     with pytest.raises(sa.InputError, match="method='classic' is the textbook LDA without batch"):
         sa.tl.lda(adata, method="classic", batch_key="batch", **FAST)
+    snap.assert_unchanged(adata)
+
+
+@pytest.mark.parametrize("kwargs, why, fix", [
+    (dict(method="classic"), "method='classic' takes no batches", "method='prodlda' with batch_key="),
+    (dict(), "batch_key is None", "or batch_key= naming the obs column"),
+    (dict(backend="scvi-tools"), "backend='scvi-tools' \\(AmortizedLDA\\) takes no batches",
+     "method='prodlda' with batch_key="),
+], ids=["classic", "prodlda", "scvi-tools"])
+def test_label_key_without_batches_refused(cellbench_hvg, snapshot, monkeypatch, kwargs, why, fix):
+    """label_key only feeds the composition check of a batch-aware fit: without batches it was
+    accepted and silently unused (classic LDA refuses batch_key, so it never ran there)."""
+    from scgen_ae.spec import DataSpec
+
+    monkeypatch.setattr(DataSpec, "learn", lambda *a, **k: pytest.fail("read the cells before checking"))
+    adata = cellbench_hvg[:50].copy()
+    snap = snapshot(adata)
+    with pytest.raises(sa.InputError, match=rf"label_key='cell_line' .* but {why}: .* Pass label_key=None") as info:
+        sa.tl.lda(adata, n_topics=3, label_key="cell_line", **FAST, **kwargs)
+    assert fix in str(info.value)
     snap.assert_unchanged(adata)
 
 
@@ -205,6 +284,54 @@ def test_bad_arguments_refused(cellbench_3protocols, snapshot):
     with pytest.raises(ValueError, match="n_topics must be at least 2"):
         sa.tl.lda(adata, n_topics=1, **FAST)
     snap.assert_unchanged(adata)
+
+
+BAD_CLASSIC_OPTIONS = [
+    (dict(max_iter=1.5), r"max_iter=1.5 .* an integer >= 1"),
+    (dict(max_iter=0), r"max_iter=0 .* an integer >= 1"),
+    (dict(max_iter=True), r"max_iter=True .* an integer >= 1"),
+    (dict(max_doc_update_iter=0), r"max_doc_update_iter=0 .* an integer >= 1"),
+    (dict(fit_doc_update_iter=2.0), r"fit_doc_update_iter=2.0 .* an integer >= 1"),
+    (dict(mean_change_tol=-1e-3), r"mean_change_tol=-0.001 .* a finite number >= 0"),
+    (dict(mean_change_tol=float("nan")), r"mean_change_tol=nan .* a finite number >= 0"),
+    (dict(mean_change_tol="1e-3"), r"mean_change_tol='1e-3' .* a finite number >= 0"),
+    (dict(doc_topic_prior=0), r"doc_topic_prior=0 .* None or a finite number > 0"),
+    (dict(doc_topic_prior=float("inf")), r"doc_topic_prior=inf .* None or a finite number > 0"),
+    (dict(topic_word_prior="0.1"), r"topic_word_prior='0.1' .* None or a finite number > 0"),
+    (dict(topic_word_prior=True), r"topic_word_prior=True .* None or a finite number > 0"),
+    (dict(n_topics=1), r"n_topics=1 .* an integer >= 2"),
+    (dict(n_topics=3.0), r"n_topics=3.0 .* an integer >= 2"),
+]
+
+
+@pytest.mark.parametrize("kwargs, match", BAD_CLASSIC_OPTIONS,
+                         ids=[",".join(f"{k}={x!r}" for k, x in kw.items()) for kw, _ in BAD_CLASSIC_OPTIONS])
+def test_classic_options_refused_before_any_read(cellbench_hvg, snapshot, monkeypatch, kwargs, match):
+    """The config checked them only once built, after the cells were read, with a ValueError
+    (mean_change_tol not at all): tl.lda applies the config's rules to its keywords first."""
+    from scgen_ae.spec import DataSpec
+
+    monkeypatch.setattr(DataSpec, "learn", lambda *a, **k: pytest.fail("read the cells before checking"))
+    adata = cellbench_hvg[:50].copy()
+    snap = snapshot(adata)
+    with pytest.raises(sa.InputError, match=match) as info:
+        sa.tl.lda(adata, method="classic", **{"n_topics": 3, **FAST, **kwargs})
+    snap.assert_unchanged(adata)
+    assert "(a keyword of sa.tl.lda(method='classic')) is invalid" in str(info.value) and "To fix it" in str(info.value)
+    with pytest.raises(sa.InputError, match=match):  # the config refuses by the same rules
+        lda_vb.VBLDAConfig(n_genes=adata.n_vars, **{"n_topics": 3, **kwargs})
+
+
+def test_classic_option_on_a_backed_file_refused_before_reading_it(cellbench_file, monkeypatch):
+    path, digest = cellbench_file
+    monkeypatch.setattr(ondisk.OnDiskCellData, "read_span", lambda *a, **k: pytest.fail("read X before refusing"))
+    backed = ad.read_h5ad(path, backed="r")
+    obsm, uns = set(backed.obsm), set(backed.uns)
+    with pytest.raises(sa.InputError, match=r"mean_change_tol=-1 .* a finite number >= 0"):
+        sa.tl.lda(backed, method="classic", n_topics=3, mean_change_tol=-1, **FAST)
+    assert (set(backed.obsm), set(backed.uns)) == (obsm, uns)
+    backed.file.close()
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == digest
 
 
 def test_log_normalised_input_refused(cellbench_3protocols, snapshot):

@@ -418,12 +418,68 @@ def test_too_many_components_refused(cellbench_hvg):
     (dict(loss="kl"), "loss='kl' is fitted by multiplicative updates: pass solver='mu'"),
     (dict(batch_key="batch", solver="mu"), "With batch_key, integrative NMF is fitted with loss='frobenius'"),
     (dict(batch_key="protocol_typo"), "batch_key='protocol_typo' is not a column"),
-    (dict(batch_size=0), "batch_size must be a positive integer"),
-    (dict(batch_key="batch", min_match=1.5), r"-1 <= min_match <= 1 \(a correlation\); got 50, 20, 1.5"),
-    (dict(batch_key="batch", n_quantiles=1), "The alignment needs n_quantiles >= 2"),
 ])
 def test_bad_options_refused(cellbench_hvg, kwargs, match):
     _refused(cellbench_hvg.copy(), match, **kwargs)
+
+
+BAD_TYPES_AND_RANGES = [
+    (dict(max_iter=1.5), r"max_iter=1.5 \(a keyword of sa.tl.nmf\) is invalid: it must be an integer >= 1"),
+    (dict(max_iter=True), r"max_iter=True .* an integer >= 1"),
+    (dict(max_iter=0), r"max_iter=0 .* an integer >= 1"),
+    (dict(n_components="x"), r"n_components='x' is invalid .* an integer from 1 to 1000"),
+    (dict(n_components=2.0), r"n_components=2.0 is invalid"),
+    (dict(n_components=False), r"n_components=False is invalid"),
+    (dict(n_components=0), r"n_components=0 is invalid"),
+    (dict(tol=-1e-4), r"tol=-0.0001 .* a finite number >= 0"),
+    (dict(tol=float("nan")), r"tol=nan .* a finite number >= 0"),
+    (dict(target_sum=0), r"target_sum=0 .* a finite number > 0"),
+    (dict(target_sum="1e4"), r"target_sum='1e4' .* a finite number > 0"),
+    (dict(lam=-1.0), r"lam=-1.0 .* a finite number >= 0"),
+    (dict(lam=float("inf")), r"lam=inf .* a finite number >= 0"),
+    (dict(n_quantiles=1), r"n_quantiles=1 .* an integer >= 2"),
+    (dict(n_quantiles=50.0), r"n_quantiles=50.0 .* an integer >= 2"),
+    (dict(min_cells=0), r"min_cells=0 .* an integer >= 1"),
+    (dict(min_match=1.5), r"min_match=1.5 .* a number from -1 to 1"),
+    (dict(min_match=None), r"min_match=None .* a number from -1 to 1"),
+    (dict(batch_size=0), r"batch_size=0 .* None or an integer >= 1"),
+    (dict(batch_size=128.0), r"batch_size=128.0 .* None or an integer >= 1"),
+    (dict(loss="l2"), r"loss='l2'; choose one of \('frobenius', 'kl'\)"),
+    (dict(transform="log"), r"transform='log'; choose one of \('log1p', 'none'\)"),
+    (dict(init=None), r"init=None; choose one of"),
+    (dict(key_added=5), r"key_added=5 .* a non-empty str .* key_added='X_nmf'"),
+    (dict(uns_key=""), r"uns_key='' .* a non-empty str"),
+    (dict(copy="no"), r"copy='no' .* True or False"),
+]
+
+
+@pytest.mark.parametrize("kwargs, match", BAD_TYPES_AND_RANGES,
+                         ids=[",".join(f"{k}={x!r}" for k, x in kw.items()) for kw, _ in BAD_TYPES_AND_RANGES])
+def test_options_refused_by_type_and_range_before_any_read(cellbench_hvg, monkeypatch, kwargs, match):
+    """Options are checked, not converted (max_iter=1.5 ran as 1, n_components="x" was a bare
+    ValueError, loss / transform / target_sum were checked only after reading the cells)."""
+    from scgen_ae.spec import DataSpec
+
+    monkeypatch.setattr(DataSpec, "learn", lambda *a, **k: pytest.fail("read the cells before checking"))
+    _refused(cellbench_hvg[:50].copy(), match, **kwargs)
+
+
+def test_bad_option_on_a_backed_file_refused_before_reading_it(cellbench_hvg, tmp_path, monkeypatch):
+    import hashlib
+
+    from scgen_ae import ondisk
+
+    path = tmp_path / "cells.h5ad"
+    cellbench_hvg[:50].copy().write_h5ad(path)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    monkeypatch.setattr(ondisk.OnDiskCellData, "read_span", lambda *a, **k: pytest.fail("read X before refusing"))
+    backed = ad.read_h5ad(path, backed="r")
+    obsm, uns = set(backed.obsm), set(backed.uns)
+    with pytest.raises(sa.InputError, match=r"max_iter=1.5 .* an integer >= 1"):
+        sa.tl.nmf(backed, **{**NMF_KW, "batch_size": 16, "max_iter": 1.5})
+    assert (set(backed.obsm), set(backed.uns)) == (obsm, uns)
+    backed.file.close()
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == digest
 
 
 # ---------------------------------------------------------------- solver internals

@@ -14,6 +14,11 @@ assignments and ended about 1 % above sklearn's held-out perplexity on Kang (mea
 seeds), more sweeps per iteration made it worse still; random restarts with 10 sweeps
 end below sklearn's on all four shared data sets (BENCHMARKS.md). The training cells'
 final proportions come from an E-step run to convergence from the last gamma.
+
+Every E-step runs over blocks of :data:`E_STEP_CELLS` cells, read through the cells'
+``read_rows`` (in memory or from a backed file, the same blocks): each EM iteration is one
+pass over the cells, so the counts on disk are streamed, never held whole, and a fit from
+disk runs the float operations of the fit in memory.
 """
 from __future__ import annotations
 
@@ -27,9 +32,42 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data import CellData, transpose_pattern
+from .. import _validate as v
+from ..data import ROW_BLOCK, CellData, transpose_pattern
 from ..train import History, progress_bar
 from .topic import LDA
+
+
+# name -> (accepts the value, the rule, how to fix): one rule set for the config and for tl.lda,
+# which applies it to its keywords before reading a cell
+VB_RULES = {
+    "n_genes": (lambda x: v._is_int(x) and x >= 1, "an integer >= 1", "pass the number of genes"),
+    "n_batches": (lambda x: v._is_int(x) and x >= 1, "an integer >= 1", "pass n_batches=1"),
+    "n_topics": (lambda x: v._is_int(x) and x >= 2, "an integer >= 2 (one topic explains nothing)",
+                 "pass e.g. n_topics=20 (the default)"),
+    "doc_topic_prior": (lambda x: x is None or (v._is_number(x) and x > 0), "None or a finite number > 0",
+                        "pass e.g. doc_topic_prior=None (1 / n_topics, the default)"),
+    "topic_word_prior": (lambda x: x is None or (v._is_number(x) and x > 0), "None or a finite number > 0",
+                         "pass e.g. topic_word_prior=None (1 / n_topics, the default)"),
+    "max_iter": (lambda x: v._is_int(x) and x >= 1, "an integer >= 1 (EM iterations)",
+                 "pass e.g. max_iter=20 (the default)"),
+    "max_doc_update_iter": (lambda x: v._is_int(x) and x >= 1, "an integer >= 1 (E-step sweeps of a transform)",
+                            "pass e.g. max_doc_update_iter=100 (the default)"),
+    "mean_change_tol": (lambda x: v._is_number(x) and x >= 0,
+                        "a finite number >= 0 (mean absolute change of a cell's gamma below which it is frozen)",
+                        "pass e.g. mean_change_tol=1e-3 (the default)"),
+    "fit_doc_update_iter": (lambda x: v._is_int(x) and x >= 1, "an integer >= 1 (E-step sweeps per EM iteration)",
+                            "pass e.g. fit_doc_update_iter=10 (the default)"),
+}
+
+
+def check_vb_options(options: dict, where: str) -> None:
+    """Refuse classic LDA options (names of :data:`VB_RULES`) with :class:`~scgen_ae.InputError`;
+    ``where`` says which call took them."""
+    for name, value in options.items():
+        ok, rule, fix = VB_RULES[name]
+        if not ok(value):
+            raise v.InputError(f"{name}={value!r} ({where}) is invalid: it must be {rule}. To fix it, {fix}.")
 
 
 @dataclass(frozen=True)
@@ -53,15 +91,8 @@ class VBLDAConfig:
     LEGACY_DROPPED: ClassVar[dict] = {"likelihood": "counts"}
 
     def __post_init__(self):
-        if int(self.n_topics) < 2:
-            raise ValueError(f"n_topics must be at least 2, got {self.n_topics!r}.")
-        for name in ("n_genes", "max_iter", "max_doc_update_iter", "fit_doc_update_iter"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}.")
-        for name in ("doc_topic_prior", "topic_word_prior"):
-            value = getattr(self, name)
-            if value is not None and not value > 0:
-                raise ValueError(f"{name} must be positive, got {value!r}.")
+        # for direct users of the config (and files); tl.lda applies the same rules to its keywords first
+        check_vb_options({name: getattr(self, name) for name in VB_RULES}, "a field of VBLDAConfig")
 
     @property
     def alpha(self) -> float:
@@ -129,8 +160,9 @@ def e_step(X: sp.csr_matrix | _Sparse, exp_elog_beta: torch.Tensor, alpha: float
 
     Returns gamma ``(n, k)``, the sufficient statistics ``(k, g)`` (before the
     multiplication by exp(E[log beta]) that the M-step applies) and the data term of the
-    variational bound per cell, - sum_g x log sum_k exp(E[log theta_k] + E[log beta_kg])
-    (sklearn's first ``_approx_bound`` term; a training curve that costs nothing extra).
+    variational bound summed over the cells, sum_c sum_g x log sum_k exp(E[log theta_k] +
+    E[log beta_kg]) (sklearn's first ``_approx_bound`` term; minus its mean per cell is a
+    training curve that costs nothing extra). A sum, so that blocks of cells add up.
     Converged cells are dropped from the sweeps: the working set shrinks as the cells settle.
     """
     full = X if isinstance(X, _Sparse) else _Sparse(X)
@@ -152,19 +184,48 @@ def e_step(X: sp.csr_matrix | _Sparse, exp_elog_beta: torch.Tensor, alpha: float
             sub = _Sparse(full.X[idx])
     et = _exp_dirichlet_expectation(gamma)
     norm = full.normaliser(et, exp_elog_beta)
-    data_term = -float((full.vals.double() * norm.double().log()).sum() / max(n, 1))
+    data_term = float((full.vals.double() * norm.double().log()).sum())
     # sufficient statistics: (w^T @ et)^T with w = x / norm, via the transposed pattern
     return gamma, (full.transposed(full.vals / norm) @ et).T, data_term
 
 
-def fit_vb(module: VBLDAModule, data: CellData, seed: int, progress: bool = False) -> tuple[History, torch.Tensor]:
-    """Batch variational Bayes EM on all cells of ``data`` (in place); returns the History
-    and the cells' gamma ``(n_cells, k)`` from the last E-step (a start for their final
-    proportions). ``progress``: the progress bar of :func:`scgen_ae.train.progress_bar`.
-    Ctrl-C ends the fit on the topics of the last finished iteration (``History.interrupted``)."""
+E_STEP_CELLS = ROW_BLOCK  # cells per E-step: O(block x nnz per cell) memory for the counts
+
+
+def _blocks(data, rows: np.ndarray):
+    """``(start, stop, counts of cells rows[start:stop])`` per block of :data:`E_STEP_CELLS`
+    cells of a :class:`~scgen_ae.data.CellData` or an :class:`~scgen_ae.ondisk.OnDiskCellData`."""
+    for start in range(0, len(rows), E_STEP_CELLS):
+        stop = min(start + E_STEP_CELLS, len(rows))
+        yield start, stop, _Sparse(data.read_rows(rows[start:stop]))
+
+
+def e_step_blocks(blocks, n: int, exp_elog_beta: torch.Tensor, alpha: float, gamma: torch.Tensor | None,
+                  max_iter: int, tol: float) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """:func:`e_step` over ``blocks`` (of :func:`_blocks`) of ``n`` cells: gamma ``(n, k)``,
+    the sufficient statistics summed over the blocks and the data term per cell."""
+    out, sstats, data_sum = torch.empty(n, exp_elog_beta.shape[0]), None, 0.0
+    for start, stop, X in blocks:
+        part, stats, data_term = e_step(X, exp_elog_beta, alpha, None if gamma is None else gamma[start:stop],
+                                        max_iter, tol)
+        out[start:stop] = part
+        sstats = stats if sstats is None else sstats.add_(stats)
+        data_sum += data_term
+    return out, sstats, -data_sum / max(n, 1)
+
+
+def fit_vb(module: VBLDAModule, data, rows: np.ndarray, seed: int,
+           progress: bool = False) -> tuple[History, torch.Tensor]:
+    """Batch variational Bayes EM on the cells ``rows`` of ``data`` (a CellData or an
+    OnDiskCellData; in place); returns the History and their gamma ``(len(rows), k)`` from
+    the last E-step (a start for their final proportions). ``progress``: the progress bar of
+    :func:`scgen_ae.train.progress_bar`. Ctrl-C ends the fit on the topics of the last
+    finished iteration (``History.interrupted``)."""
     cfg = module.cfg
     start = time.perf_counter()
-    X = _Sparse(data.X)
+    n = len(rows)
+    # in memory the blocks are built once for all iterations; on disk each iteration reads them again
+    kept = list(_blocks(data, rows)) if isinstance(data, CellData) else None
     gen = torch.Generator().manual_seed(seed)
     # sklearn's initialisation: lambda ~ Gamma(100, 1/100)
     lam = torch.distributions.Gamma(torch.full((cfg.n_topics, cfg.n_genes), 100.0), torch.full((1,), 100.0))
@@ -178,9 +239,10 @@ def fit_vb(module: VBLDAModule, data: CellData, seed: int, progress: bool = Fals
         for _ in bar:
             exp_elog_beta = _exp_dirichlet_expectation(lam)
             # sklearn's random start of every E-step: gamma ~ Gamma(100, 1/100)
-            start_gamma = torch.from_numpy(restarts.gamma(100.0, 0.01, (X.shape[0], cfg.n_topics)).astype(np.float32))
-            gamma, sstats, data_term = e_step(X, exp_elog_beta, cfg.alpha, start_gamma, cfg.fit_doc_update_iter,
-                                              cfg.mean_change_tol)
+            start_gamma = torch.from_numpy(restarts.gamma(100.0, 0.01, (n, cfg.n_topics)).astype(np.float32))
+            blocks = kept if kept is not None else _blocks(data, rows)
+            gamma, sstats, data_term = e_step_blocks(blocks, n, exp_elog_beta, cfg.alpha, start_gamma,
+                                                     cfg.fit_doc_update_iter, cfg.mean_change_tol)
             lam = cfg.eta + exp_elog_beta * sstats
             history.train_loss.append(data_term)
             history.kl_weight.append(1.0)
@@ -208,13 +270,14 @@ class ClassicLDA(LDA):
         return (lam / lam.sum(1, keepdim=True)).T.numpy()
 
     def _proportions(self, data: CellData, batch_size: int = 1024, init: torch.Tensor | None = None,
-                     max_iter: int | None = None) -> np.ndarray:
-        """E-step with the topics fixed (``max_doc_update_iter`` sweeps unless ``max_iter``);
-        ``init`` warm-starts gamma."""
+                     max_iter: int | None = None, rows: np.ndarray | None = None) -> np.ndarray:
+        """E-step with the topics fixed (``max_doc_update_iter`` sweeps unless ``max_iter``) of
+        the cells ``rows`` (default all), in blocks, in memory or on disk; ``init`` warm-starts gamma."""
         lam = self.module.topic_word.detach().cpu()
         cfg = self.config
-        gamma, _, _ = e_step(data.X, _exp_dirichlet_expectation(lam), cfg.alpha, init,
-                          max_iter or cfg.max_doc_update_iter, cfg.mean_change_tol)
+        rows = np.arange(data.n_cells) if rows is None else np.asarray(rows)
+        gamma, _, _ = e_step_blocks(_blocks(data, rows), len(rows), _exp_dirichlet_expectation(lam), cfg.alpha, init,
+                                    max_iter or cfg.max_doc_update_iter, cfg.mean_change_tol)
         return (gamma / gamma.sum(1, keepdim=True)).numpy()
 
     def _log_probs(self, theta: torch.Tensor, batch: torch.Tensor) -> torch.Tensor:

@@ -6,9 +6,8 @@ import numpy as np
 from anndata import AnnData
 
 from .. import _validate as v
-from .. import ondisk
-from ..data import CellData, train_validation_split
-from ..models.lda_vb import ClassicLDA, VBLDAConfig, VBLDAModule, fit_vb
+from ..data import train_validation_split
+from ..models.lda_vb import ClassicLDA, VBLDAConfig, VBLDAModule, check_vb_options, fit_vb
 from ..models.topic import LDA, TopicConfig, TopicModule
 from ..train import TrainConfig, fit, seeded_threads, warn_interrupted
 from ._common import params_record, split_kwargs, training_data, write_and_return
@@ -34,26 +33,39 @@ def _classic_options(rest: dict, batch_key: str | None) -> dict:
     return rest
 
 
-def _subset(data: CellData, idx: np.ndarray) -> CellData:
-    return CellData(data.X[idx], data.batch[idx], data.library[idx])
+def _check_label_use(label_key, batch_key, method: str, backend: str) -> None:
+    """label_key serves only the composition check of a batch-aware fit: without batches it would be unused."""
+    if label_key is None or batch_key is not None:
+        return
+    if backend == "scvi-tools" or method == "classic":
+        why = ("backend='scvi-tools' (AmortizedLDA) takes no batches" if backend == "scvi-tools"
+               else "method='classic' takes no batches")
+        fix = "or method='prodlda' with batch_key= to check the batches' compositions by these labels"
+    else:
+        why, fix = "batch_key is None", "or batch_key= naming the obs column with the batch of each cell"
+    raise v.InputError(
+        f"label_key={label_key!r} names the cell-type labels of the composition check that follows a batch-aware "
+        f"fit (method='prodlda' with batch_key=), but {why}: there is no check, and the labels would not be used. "
+        f"Pass label_key=None, {fix}.")
 
 
 _LDA_HOLDS = "the best weights so far; use model.transform(adata) or model.save(path), or train again."
 
 
 def _fit_classic(config, data, cats, adata, layer, train_cfg, train_idx, val_idx):
-    """Batch VB on the training cells; proportions of every cell: the held-out ones from a
-    full E-step, the training ones continued to convergence from their last fitted gamma.
-    Ctrl-C: (the model with the topics of the last finished iteration, None)."""
+    """Batch VB on the training cells (in memory or streamed from disk); proportions of every
+    cell: the held-out ones from a full E-step, the training ones continued to convergence
+    from their last fitted gamma. Ctrl-C: (the model with the topics of the last finished
+    iteration, None)."""
     module = VBLDAModule(config)
-    history, gamma = fit_vb(module, _subset(data, train_idx), train_cfg.seed, train_cfg.progress)
+    history, gamma = fit_vb(module, data, train_idx, train_cfg.seed, train_cfg.progress)
     model = ClassicLDA(config, adata.var_names, None, cats, layer, history.as_dict(), module)
     if history.interrupted:
         return model, None
     proportions = np.zeros((data.n_cells, config.n_topics), dtype=np.float32)
-    proportions[train_idx] = model._proportions(_subset(data, train_idx), init=gamma)
+    proportions[train_idx] = model._proportions(data, init=gamma, rows=train_idx)
     if len(val_idx):
-        proportions[val_idx] = model._proportions(_subset(data, val_idx))
+        proportions[val_idx] = model._proportions(data, rows=val_idx)
     return model, proportions
 
 
@@ -91,7 +103,10 @@ def lda(
     Parameters
     ----------
     adata
-        Cells x genes; raw counts in ``X`` or ``layers[layer]`` (sparse or dense).
+        Cells x genes; raw counts in ``X`` or ``layers[layer]`` (sparse or dense). A backed ``X``
+        (``anndata.read_h5ad(path, backed="r")``, :func:`~scgen_ae.read_backed`) is streamed
+        from disk, never read whole: prodlda in shuffled chunks of cells; classic in blocks of
+        cells, one pass per EM iteration, with the results of the same cells in memory.
     n_topics
         Number of topics k.
     method
@@ -110,8 +125,10 @@ def lda(
         see :class:`~scgen_ae.models.topic.TopicConfig`).
     label_key
         Optional ``obs`` column with cell-type labels for the composition check run after a
-        batch-aware fit (see :func:`~scgen_ae.tl.batch_composition`); without it the check
-        clusters the topic proportions.
+        batch-aware fit (``method="prodlda"`` with ``batch_key``; see
+        :func:`~scgen_ae.tl.batch_composition`); without it the check clusters the topic
+        proportions. Refused without ``batch_key`` (so with ``method="classic"`` and
+        ``backend="scvi-tools"``, which take no batches): there is no check to run.
     key_added, varm_key, uns_key
         Keys of the proportions in ``obsm``, the topic-gene matrix in ``varm`` and the
         record in ``uns``.
@@ -127,13 +144,15 @@ def lda(
     **kwargs
         prodlda: options of :class:`scgen_ae.train.TrainConfig`; here the defaults are
         ``max_epochs=100``, ``batch_size=256``, ``lr=1e-2``, ``patience=15`` (others as for
-        ``tl.vae``: ``seed``, ``n_threads``, ``device``, ``validation_fraction`` ...).
-        classic: ``max_iter`` (20 EM iterations, each E-step 10 sweeps from a random
-        start: a lower held-out perplexity than sklearn's 10 iterations of up to 100
-        sweeps), ``max_doc_update_iter`` (100, for transforms),
-        ``mean_change_tol`` (1e-3), ``doc_topic_prior`` / ``topic_word_prior`` (1 / k),
-        plus ``seed``, ``n_threads``, ``validation_fraction`` (0.1), ``progress`` (False:
+        ``tl.vae``: ``seed``, ``n_threads`` (None: ``sa.settings.n_threads``, else every usable
+        core), ``device``, ``validation_fraction`` ...).
+        classic: ``max_iter`` (20 EM iterations, each E-step ``fit_doc_update_iter`` (10)
+        sweeps from a random start: a lower held-out perplexity than sklearn's 10 iterations
+        of up to 100 sweeps), ``max_doc_update_iter`` (100, for transforms),
+        ``mean_change_tol`` (1e-3), ``doc_topic_prior`` / ``topic_word_prior`` (None: 1 / k),
+        plus ``seed``, ``n_threads`` (as for prodlda), ``validation_fraction`` (0.1), ``progress`` (False:
         True draws the progress bar of ``tl.vae``, one step per iteration, as ``sa.settings`` allow).
+        Refused before any work by the rules of :class:`~scgen_ae.models.VBLDAConfig`.
 
     Returns
     -------
@@ -161,6 +180,7 @@ def lda(
         raise ValueError(f"method={method!r}; choose one of {METHODS}.")
     if backend not in ("native", "scvi-tools"):
         raise ValueError(f"backend={backend!r}; choose 'native' or 'scvi-tools'.")
+    _check_label_use(label_key, batch_key, method, backend)
     if backend == "scvi-tools":
         return _lda_scvi_tools(adata, n_topics=n_topics, method=method, batch_key=batch_key, layer=layer,
                                n_hidden=n_hidden, key_added=key_added, varm_key=varm_key, uns_key=uns_key,
@@ -169,17 +189,16 @@ def lda(
         train = {k: kwargs.pop(k) for k in ("seed", "n_threads", "validation_fraction", "progress") if k in kwargs}
         train_cfg, _ = split_kwargs({"progress": False, **train})
         rest = _classic_options(kwargs, batch_key)
+        # the config's own rules, applied here before a cell is read (the config is built after)
+        check_vb_options({"n_topics": n_topics, **rest}, "a keyword of sa.tl.lda(method='classic')")
     else:
         train_cfg, rest = split_kwargs({**PRODLDA_TRAIN_DEFAULTS, **kwargs})
         if rest:
             raise TypeError(f"lda() got unexpected keyword arguments {sorted(rest)}.")
-    if method == "classic" and ondisk.is_on_disk(adata, layer):
-        # batch VB revisits every cell's counts in each of its E-steps: it is not a streaming method
-        raise v.InputError("adata.X is on disk (a backed .h5ad / zarr store), but method='classic' needs X in "
-                           "memory: call adata.to_memory() first, or use method='prodlda', which streams it.")
+    v.check_anndata(adata)
+    v.check_n_latent(n_topics, adata.n_vars, "n_topics")  # the genes are counted without reading X
+    check_label_key(adata, label_key)  # obs first: before a pass over X (from disk, when backed)
     data, cats = training_data(adata, layer, batch_key, None, **COUNTS_ADVICE)
-    check_label_key(adata, label_key)
-    v.check_n_latent(n_topics, adata.n_vars, "n_topics")
     with seeded_threads(train_cfg.seed, train_cfg.n_threads):
         # the same split train.fit draws: the held-out perplexity is on cells never trained on
         train_idx, val_idx = train_validation_split(data.n_cells, train_cfg.validation_fraction,

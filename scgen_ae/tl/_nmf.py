@@ -7,8 +7,8 @@ from .. import _validate as v
 from .. import ondisk
 from ..models import _nmf_solver
 from ..models._nmf_data import StreamedChunks
-from ..models.nmf import (NMF, NMFConfig, apply_alignment, check_nonnegative, fit_alignment, input_kind, preprocess,
-                          split_by_batch)
+from ..models.nmf import (LOSSES, NMF, TRANSFORMS, NMFConfig, apply_alignment, check_nonnegative, fit_alignment,
+                          input_kind, preprocess, split_by_batch)
 from ..spec import DataSpec
 from ..train import resolve_device, seeded_threads, warn_interrupted
 from ._common import params_record, write_and_return
@@ -17,25 +17,54 @@ SOLVERS = ("hals", "mu")
 INITS = ("nndsvda", "nndsvd", "random")
 
 
-def _check_options(loss, solver_name, init, batch_key, n_components, max_iter, tol, batch_size,
-                   n_quantiles, min_cells, min_match) -> None:
-    if solver_name not in SOLVERS:
-        raise v.InputError(f"solver={solver_name!r}; choose one of {SOLVERS}.")
-    if init not in INITS:
-        raise v.InputError(f"init={init!r}; choose one of {INITS}.")
-    if loss == "kl" and solver_name != "mu":
+# name -> (accepts the value, the rule, how to fix); by type, not int() / float(), which take 1.5 as 1
+_RULES = {
+    "max_iter": (lambda x: v._is_int(x) and x >= 1, "an integer >= 1 (passes over the cells)",
+                 "pass e.g. max_iter=200 (the default)"),
+    "tol": (lambda x: v._is_number(x) and x >= 0, "a finite number >= 0 (a relative improvement)",
+            "pass e.g. tol=1e-4 (the default)"),
+    "target_sum": (lambda x: v._is_number(x) and x > 0, "a finite number > 0 (counts per cell after normalising)",
+                   "pass e.g. target_sum=1e4 (the default)"),
+    "lam": (lambda x: v._is_number(x) and x >= 0, "a finite number >= 0 (iNMF's penalty)",
+            "pass e.g. lam=20 (the default)"),
+    "n_quantiles": (lambda x: v._is_int(x) and x >= 2,
+                    "an integer >= 2 (one quantile, probability 0, would map every cell to the minimum)",
+                    "pass e.g. n_quantiles=50 (the default)"),
+    "min_cells": (lambda x: v._is_int(x) and x >= 1, "an integer >= 1", "pass e.g. min_cells=20 (the default)"),
+    "min_match": (lambda x: v._is_number(x) and -1 <= x <= 1, "a number from -1 to 1 (a correlation)",
+                  "pass e.g. min_match=0.5 (the default)"),
+    "batch_size": (lambda x: x is None or (v._is_int(x) and x >= 1), "None or an integer >= 1 (cells per chunk)",
+                   "pass e.g. batch_size=4096, or batch_size=None for full-batch updates"),
+    "copy": (v._is_bool, "True or False (a truthy 'no' would copy)",
+             "pass copy=True for an annotated copy, or copy=False"),
+}
+
+
+def _check_options(adata, *, loss, solver, init, transform, batch_key, n_components, keys, **options) -> None:
+    """Every option of tl.nmf by type and range, before any work (before X is read)."""
+    for name, value in options.items():
+        ok, rule, fix = _RULES[name]
+        if not ok(value):
+            raise v.InputError(f"{name}={value!r} (a keyword of sa.tl.nmf) is invalid: it must be {rule}. "
+                               f"To fix it, {fix}.")
+    for name, value, choices in (("loss", loss, LOSSES), ("solver", solver, SOLVERS), ("init", init, INITS),
+                                 ("transform", transform, TRANSFORMS)):
+        if not isinstance(value, str) or value not in choices:
+            raise v.InputError(f"{name}={value!r}; choose one of {choices}.")
+    for name, (value, default) in keys.items():
+        # anndata takes any key, and one that is not a str fails only when the AnnData is written to a file
+        if not isinstance(value, str) or not value:
+            raise v.InputError(f"{name}={value!r} (a keyword of sa.tl.nmf) is invalid: it must be a non-empty str "
+                               f"(where the results go). To fix it, pass e.g. {name}={default!r} (the default).")
+    if loss == "kl" and solver != "mu":
         raise v.InputError("loss='kl' is fitted by multiplicative updates: pass solver='mu'.")
-    if batch_key is not None and (loss != "frobenius" or solver_name != "hals"):
+    if batch_key is not None and (loss != "frobenius" or solver != "hals"):
         raise v.InputError("With batch_key, integrative NMF is fitted with loss='frobenius' and solver='hals'; "
-                         f"got loss={loss!r}, solver={solver_name!r}. Pass those, or batch_key=None.")
-    if int(n_components) < 1 or int(max_iter) < 1 or tol < 0:
-        raise v.InputError(f"n_components and max_iter must be positive and tol >= 0; got {n_components!r}, "
-                         f"{max_iter!r}, {tol!r}.")
-    if batch_size is not None and int(batch_size) < 1:
-        raise v.InputError(f"batch_size must be a positive integer or None, got {batch_size!r}.")
-    if int(n_quantiles) < 2 or int(min_cells) < 1 or not -1.0 <= float(min_match) <= 1.0:
-        raise v.InputError(f"The alignment needs n_quantiles >= 2, min_cells >= 1 and -1 <= min_match <= 1 "
-                           f"(a correlation); got {n_quantiles!r}, {min_cells!r}, {min_match!r}.")
+                           f"got loss={loss!r}, solver={solver!r}. Pass those, or batch_key=None.")
+    v.check_n_latent(n_components, adata.n_vars, "n_components")
+    if n_components > adata.n_obs:  # the cells are counted without reading X
+        raise v.InputError(f"n_components={n_components} is more than min(n_cells, n_genes) = {min(adata.shape)}; "
+                           "choose fewer components.")
 
 
 def _check_values(X, layer, transform) -> None:
@@ -149,8 +178,9 @@ def nmf(
         the same seed gives the in-memory result. Full-batch updates would hold all of X,
         so they are refused there (``adata.to_memory()`` first, if that is wanted).
     seed, device, n_threads
-        Random seed (initialisation), "auto"/"cpu"/"cuda", and CPU threads (None: torch's);
-        refused before any work by the rules of ``tl.vae``'s training options.
+        Random seed (initialisation), "auto"/"cpu"/"cuda", and torch's CPU threads (None:
+        ``sa.settings.n_threads``, else every usable core); refused before any work by the
+        rules of ``tl.vae``'s training options.
     progress
         Draw the progress bar of ``tl.vae``, one step per pass, as ``sa.settings`` allow
         (``progress_bar``, ``verbosity``). The fit is the same with it or without.
@@ -190,14 +220,18 @@ def nmf(
     - ``adata.uns[uns_key]["key_added"]``, ``["varm_key"]``: the keys above (read by
       the generic top-genes / loadings plots); with ``batch_key`` also ``["reference_batch"]``.
     """
+    v.check_anndata(adata)  # n_components is checked against its shape
+    _check_options(adata, loss=loss, solver=solver, init=init, transform=transform, batch_key=batch_key,
+                   n_components=n_components, max_iter=max_iter, tol=tol, target_sum=target_sum, lam=lam,
+                   n_quantiles=n_quantiles, min_cells=min_cells, min_match=min_match, batch_size=batch_size,
+                   copy=copy, keys=dict(key_added=(key_added, "X_nmf"), varm_key=(varm_key, "nmf_loadings"),
+                             uns_key=(uns_key, "nmf")))
     v.check_target(adata, copy, "sa.tl.nmf")
     # tl.nmf takes these as its own arguments, not through a TrainConfig that would check them:
     # n_threads=0 meant every core and seed=1.5 seed 1, and a bad device failed after reading the cells
     for name, value in (("seed", seed), ("n_threads", n_threads), ("progress", progress)):
         v.check_train_option(name, value, "a keyword of sa.tl.nmf")
     v.check_device(device)
-    _check_options(loss, solver, init, batch_key, n_components, max_iter, tol, batch_size, n_quantiles, min_cells,
-                   min_match)
     if isinstance(adata, AnnData):
         v.check_unique_genes(adata)  # before the advice on backed data
     on_disk = ondisk.is_on_disk(adata, layer)
@@ -210,10 +244,7 @@ def nmf(
     codes, cats = data.batch, list(spec.batch_categories)
     if not on_disk:
         X = data.X
-    k = int(n_components)
-    if k > min(adata.shape):
-        raise v.InputError(f"n_components={k} is more than min(n_cells, n_genes) = {min(adata.shape)}; "
-                           "choose fewer components.")
+    k = int(n_components)  # checked: an integer; a plain int for the config and the file
     config = NMFConfig(n_genes=adata.n_vars, n_components=k, n_batches=len(cats), loss=loss, transform=transform,
                        target_sum=target_sum, lam=lam if batch_key is not None else 0.0,
                        aligned=batch_key is not None, n_quantiles=int(n_quantiles), min_cells=int(min_cells),

@@ -211,7 +211,8 @@ def vae(
         heuristic, 400 epochs up to 20k cells, fewer beyond), ``batch_size`` (128), ``lr``
         (1e-3), ``validation_fraction`` (0.1), ``early_stopping`` (True), ``patience`` (30),
         ``kl_warmup_epochs``, ``seed`` (0), ``device`` ("auto"), ``precision`` ("auto": bf16 matmuls
-        where the hardware has them, else fp32), ``n_threads``, ``progress``.
+        where the hardware has them, else fp32), ``n_threads`` (torch's CPU threads; None:
+        ``sa.settings.n_threads``, else every usable core), ``progress``.
 
     Returns
     -------
