@@ -411,15 +411,23 @@ _TRAIN_RULES = {
 _TRAIN_FLAGS = {"max_epochs": "--max-epochs", "seed": "--seed", "n_threads": "--threads", "progress": "--quiet"}
 
 
+def check_by_rules(rules: dict, options: dict, where: str, *, kind: str = "", flags: dict | None = None) -> None:
+    """Refuse the first of ``options`` that breaks its rule in ``rules`` (name -> (accepts the
+    value, the rule, how to fix)) with :class:`InputError`; ``where`` says which call took it,
+    ``kind`` prefixes the message ("Training option "), ``flags`` names command-line flags."""
+    for name, value in options.items():
+        ok, rule, fix = rules[name]
+        if not ok(value):
+            flag = f"; {flags[name]} on the command line" if flags and name in flags else ""
+            raise InputError(f"{kind}{name}={value!r} ({where}{flag}) is invalid: it must be {rule}. "
+                             f"To fix it, {fix}.")
+
+
 def check_train_option(name: str, value, where: str = "a keyword of the sa.tl training fronts and "
                                                        "VAE.map_query") -> None:
     """Refuse one training option by its rule in :data:`_TRAIN_RULES`; ``where`` says which
     calls take it (for fronts that take the option as their own argument, e.g. tl.nmf's)."""
-    ok, rule, fix = _TRAIN_RULES[name]
-    if not ok(value):
-        flag = f"; {_TRAIN_FLAGS[name]} on the command line" if name in _TRAIN_FLAGS else ""
-        raise InputError(f"Training option {name}={value!r} ({where}{flag}) is invalid: it must be {rule}. "
-                         f"To fix it, {fix}.")
+    check_by_rules(_TRAIN_RULES, {name: value}, where, kind="Training option ", flags=_TRAIN_FLAGS)
 
 
 def check_train_options(config) -> None:

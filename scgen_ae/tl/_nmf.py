@@ -42,11 +42,7 @@ _RULES = {
 
 def _check_options(adata, *, loss, solver, init, transform, batch_key, n_components, keys, **options) -> None:
     """Every option of tl.nmf by type and range, before any work (before X is read)."""
-    for name, value in options.items():
-        ok, rule, fix = _RULES[name]
-        if not ok(value):
-            raise v.InputError(f"{name}={value!r} (a keyword of sa.tl.nmf) is invalid: it must be {rule}. "
-                               f"To fix it, {fix}.")
+    v.check_by_rules(_RULES, options, "a keyword of sa.tl.nmf")
     for name, value, choices in (("loss", loss, LOSSES), ("solver", solver, SOLVERS), ("init", init, INITS),
                                  ("transform", transform, TRANSFORMS)):
         if not isinstance(value, str) or value not in choices:
