@@ -64,10 +64,7 @@ VB_RULES = {
 def check_vb_options(options: dict, where: str) -> None:
     """Refuse classic LDA options (names of :data:`VB_RULES`) with :class:`~scgen_ae.InputError`;
     ``where`` says which call took them."""
-    for name, value in options.items():
-        ok, rule, fix = VB_RULES[name]
-        if not ok(value):
-            raise v.InputError(f"{name}={value!r} ({where}) is invalid: it must be {rule}. To fix it, {fix}.")
+    v.check_by_rules(VB_RULES, options, where)
 
 
 @dataclass(frozen=True)
