@@ -15,7 +15,7 @@ from ..likelihoods import get_likelihood, likelihood_names
 from ..models.vae import VAE
 from ..train import fit, seeded_threads, warn_interrupted
 from ._common import params_record, split_kwargs, training_data, write_and_return
-from ._composition import composition as composition_report, warn_if_unbalanced
+from ._composition import check_label_key, composition as composition_report, warn_if_unbalanced
 
 DAE_FIELDS = {f.name for f in dataclasses.fields(DAEConfig)} - {"n_genes", "n_batches", "likelihood", "input_scale",
                                                                "n_covariate_categories", "n_continuous_covariates"}
@@ -148,7 +148,8 @@ def _train_vae(adata, layer, batch_key, likelihood, kwargs, covariates: Covariat
     # var["highly_variable"] for tl.vae's default mask_var)
     columns = ([batch_key] if batch_key is not None else []) + list(covariates.categorical_keys
                                                                    + covariates.continuous_keys)
-    if kwargs.get("label_key") in adata.obs:  # tl.vae's labels (classifier, "auto"'s check) travel too
+    if kwargs.get("label_key") is not None:  # tl.vae's labels (classifier, "auto"'s check) travel too
+        check_label_key(adata, kwargs["label_key"])  # here: the light AnnData's error would list its columns only
         columns.append(kwargs["label_key"])
     light = AnnData(X=adata.X if layer is None else None, obs=adata.obs[columns],
                     var=pd.DataFrame(index=adata.var_names),
