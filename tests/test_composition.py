@@ -354,3 +354,28 @@ def test_remove_batch_leaves_a_batch_without_pairs_where_it_is(cellbench_hvg2000
     # remove_batch encodes the cells again, with every core rather than the fit's one thread:
     # equal up to float32 rounding
     np.testing.assert_allclose(adata.obsm["X_vae_corrected"], adata.obsm["X_vae"], rtol=1e-5, atol=1e-6)
+
+
+def test_denoise_vae_warns_only_about_its_own_outputs(cellbench_3protocols, monkeypatch):
+    """denoise(method="vae") trains through tl.vae but writes no uns['composition']: no tl.vae warning
+    pointing there, "auto"'s check during training still runs, and the one warning left is about
+    transform_batch decoding cells as a batch that lacks their type."""
+    import scgen_ae.tl._vae as vae_front
+
+    calls = []
+    report = vae_front.composition_report
+    monkeypatch.setattr(vae_front, "composition_report", lambda *a, **k: calls.append(k) or report(*a, **k))
+    adata = _remove(cellbench_3protocols, "Drop-seq", "HCC827")
+    fast = dict(batch_key="batch", n_latent=4, n_hidden=32, max_epochs=6, seed=0, n_threads=1, progress=False)
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        sa.tl.denoise(adata.copy(), method="vae", mmd_mnn_k="auto", **fast)
+    assert [k["label_key"] for k in calls] == [None]  # the check of the latent during training, once
+    assert not [w for w in record if "composition" in str(w.message) or "tl.vae" in str(w.message)]
+    with pytest.warns(sa.tl.CompositionWarning, match=r"^tl\.denoise: .*HCC827 \(\d+ cells\) has almost no cells "
+                      r"of batch 'Drop-seq'.*transform_batch='Drop-seq'") as record:
+        sa.tl.denoise(adata, method="vae", mmd_mnn_k="auto", label_key="cell_type", transform_batch="Drop-seq",
+                      **fast)
+    assert not [w for w in record if "uns[" in str(w.message)]
+    assert {w.filename for w in record if w.category is sa.tl.CompositionWarning} == {__file__}
+    assert adata.uns["denoise"]["params"]["label_key"] == "cell_type" and "composition" not in adata.uns["denoise"]

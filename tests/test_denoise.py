@@ -237,6 +237,8 @@ def test_overwrite_counts_when_asked(sim):
     (dict(max_epoch=3), TypeError, r"max_epoch"),
     (dict(corruption="dropout"), ValueError, r"corruption='dropout'"),
     (dict(batch_key="donor"), sa.InputError, r"batch_key='donor' is not a column"),
+    # the columns listed are adata's, not those of the light AnnData the VAE trains on
+    (dict(method="vae", label_key="celltype"), sa.InputError, r"label_key='celltype' is not a column.*'batch'.*, "),
 ], ids=lambda x: x if isinstance(x, str) else None)
 def test_refused_cleanly(sim, snapshot, kwargs, exc, match):
     snap = snapshot(sim)

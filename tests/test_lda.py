@@ -13,7 +13,7 @@ import scanpy as sc
 import scgen_ae as sa
 from scgen_ae import ondisk
 from scgen_ae.data import to_csr32, train_validation_split
-from scgen_ae.models import lda_vb
+from scgen_ae.models import lda_vb, topic
 from scgen_ae.models.topic import perplexity_from_probs
 
 from .conftest import FAST, fit_copy
@@ -281,7 +281,7 @@ def test_bad_arguments_refused(cellbench_3protocols, snapshot):
         sa.tl.lda(adata, max_epoch=3, **FAST)
     with pytest.raises(TypeError, match="max_epochs"):  # an EM method has no epochs
         sa.tl.lda(adata, method="classic", max_epochs=3, **FAST)
-    with pytest.raises(ValueError, match="n_topics must be at least 2"):
+    with pytest.raises(ValueError, match=r"n_topics=1 .* an integer >= 2"):  # an InputError, a ValueError
         sa.tl.lda(adata, n_topics=1, **FAST)
     snap.assert_unchanged(adata)
 
@@ -320,6 +320,42 @@ def test_classic_options_refused_before_any_read(cellbench_hvg, snapshot, monkey
     assert "(a keyword of sa.tl.lda(method='classic')) is invalid" in str(info.value) and "To fix it" in str(info.value)
     with pytest.raises(sa.InputError, match=match):  # the config refuses by the same rules
         lda_vb.VBLDAConfig(n_genes=adata.n_vars, **{"n_topics": 3, **kwargs})
+
+
+BAD_PRODLDA_OPTIONS = [
+    (dict(n_topics=1), r"n_topics=1 .* an integer >= 2"),
+    (dict(n_topics=3.0), r"n_topics=3.0 .* an integer >= 2"),
+    (dict(n_hidden=0), r"n_hidden=0 .* an integer >= 1"),
+    (dict(n_hidden=64.5), r"n_hidden=64.5 .* an integer >= 1"),
+    (dict(n_hidden=True), r"n_hidden=True .* an integer >= 1"),
+    (dict(topic_prior=0), r"topic_prior=0 .* a finite number > 0"),
+    (dict(topic_prior=float("nan")), r"topic_prior=nan .* a finite number > 0"),
+    (dict(topic_prior="1"), r"topic_prior='1' .* a finite number > 0"),
+    (dict(mmd_weight=-1), r"mmd_weight=-1 .* a finite number >= 0"),
+    (dict(mmd_weight=float("inf")), r"mmd_weight=inf .* a finite number >= 0"),
+    (dict(mmd_mnn_k=-1), r"mmd_mnn_k=-1 .* an integer >= 0"),
+    (dict(mmd_mnn_k=2.5), r"mmd_mnn_k=2.5 .* an integer >= 0"),
+    (dict(mmd_mnn_k="auto"), r"mmd_mnn_k='auto' .* an integer >= 0"),
+    (dict(encode_batch="no"), r"encode_batch='no' .* True or False"),
+    (dict(batch_background=1), r"batch_background=1 .* True or False"),
+]
+
+
+@pytest.mark.parametrize("kwargs, match", BAD_PRODLDA_OPTIONS, ids=lambda x: str(x) if isinstance(x, dict) else "")
+def test_prodlda_options_refused_before_any_read(cellbench_hvg, snapshot, monkeypatch, kwargs, match):
+    """TopicConfig checked them only once built, after the cells were read, with a ValueError and
+    int() (which took 1.5 as 1): tl.lda applies the config's rules to its keywords first."""
+    from scgen_ae.spec import DataSpec
+
+    monkeypatch.setattr(DataSpec, "learn", lambda *a, **k: pytest.fail("read the cells before checking"))
+    adata = cellbench_hvg[:50].copy()
+    snap = snapshot(adata)
+    with pytest.raises(sa.InputError, match=match) as info:
+        sa.tl.lda(adata, batch_key="batch", **{"n_topics": 3, **FAST, **kwargs})
+    snap.assert_unchanged(adata)
+    assert "(a keyword of sa.tl.lda(method='prodlda')) is invalid" in str(info.value) and "To fix it" in str(info.value)
+    with pytest.raises(sa.InputError, match=match):  # the config refuses by the same rules
+        topic.TopicConfig(n_genes=adata.n_vars, **{"n_topics": 3, **kwargs})
 
 
 def test_classic_option_on_a_backed_file_refused_before_reading_it(cellbench_file, monkeypatch):

@@ -21,12 +21,45 @@ import torch.nn.functional as F
 from anndata import AnnData
 from torch import nn
 
+from .. import _validate as v
 from ..data import CellData, iter_row_blocks
 from ..likelihoods import Minibatch, get_likelihood
 from ..losses import LossRecord
 from ..nn import GaussianEncoder
 from ._base import BaseModel
 from .vae import batch_alignment
+
+
+# name -> (accepts the value, the rule, how to fix); by type, not int(), which takes 1.5 as 1
+TOPIC_RULES = {
+    "n_genes": (lambda x: v._is_int(x) and x >= 1, "an integer >= 1", "pass the number of genes"),
+    "n_batches": (lambda x: v._is_int(x) and x >= 1, "an integer >= 1", "pass n_batches=1"),
+    "n_topics": (lambda x: v._is_int(x) and x >= 2, "an integer >= 2 (one topic explains nothing)",
+                 "pass e.g. n_topics=20 (the default)"),
+    "n_hidden": (lambda x: v._is_int(x) and x >= 1, "an integer >= 1 (units of the encoder's hidden layer)",
+                 "pass e.g. n_hidden=128 (the default)"),
+    "n_layers": (lambda x: v._is_int(x) and x >= 1, "an integer >= 1", "pass e.g. n_layers=1 (the default)"),
+    "dropout_rate": (lambda x: v._is_number(x) and 0 <= x < 1, "a number in [0, 1)",
+                     "pass e.g. dropout_rate=0.1 (the default)"),
+    "topic_prior": (lambda x: v._is_number(x) and x > 0,
+                    "a finite number > 0 (the Dirichlet concentration of the topic proportions)",
+                    "pass e.g. topic_prior=1.0 (the default; below 1 favours fewer topics per cell)"),
+    "encode_batch": (v._is_bool, "True or False (a truthy 'no' would inject the batch)",
+                     "pass encode_batch=True (the default) or False"),
+    "batch_background": (v._is_bool, "True or False (a truthy 'no' would add the background)",
+                         "pass batch_background=True (the default) or False"),
+    "mmd_weight": (lambda x: v._is_number(x) and x >= 0, "a finite number >= 0 (0 turns the alignment off)",
+                   "pass e.g. mmd_weight=1.0 (the default), or 0 for no alignment"),
+    "mmd_mnn_k": (lambda x: v._is_int(x) and x >= 0,
+                  "an integer >= 0 (mutual nearest neighbours per batch; 0 aligns whole batches)",
+                  "pass e.g. mmd_mnn_k=3 (the default)"),
+}
+
+
+def check_topic_options(options: dict, where: str) -> None:
+    """Refuse ProdLDA options (names of :data:`TOPIC_RULES`) with :class:`~scgen_ae.InputError`;
+    ``where`` says which call took them."""
+    v.check_by_rules(TOPIC_RULES, options, where)
 
 
 @dataclass(frozen=True)
@@ -68,17 +101,8 @@ class TopicConfig:
     LEGACY_DROPPED: ClassVar[dict] = {"likelihood": "poisson"}
 
     def __post_init__(self):
-        for name in ("n_genes", "n_topics", "n_hidden", "n_layers", "n_batches"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}.")
-        if self.n_topics < 2:
-            raise ValueError(f"n_topics must be at least 2, got {self.n_topics!r}.")
-        if not 0 <= self.dropout_rate < 1:
-            raise ValueError(f"dropout_rate must be in [0, 1), got {self.dropout_rate!r}.")
-        if not self.topic_prior > 0:
-            raise ValueError(f"topic_prior must be positive, got {self.topic_prior!r}.")
-        if self.mmd_weight < 0:
-            raise ValueError(f"mmd_weight must be >= 0, got {self.mmd_weight!r}.")
+        # for direct users of the config (and files); tl.lda applies the same rules to its keywords first
+        check_topic_options({name: getattr(self, name) for name in TOPIC_RULES}, "a field of TopicConfig")
 
 
 def logistic_normal_prior(alpha: float, k: int) -> tuple[float, float]:

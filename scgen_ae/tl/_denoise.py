@@ -15,6 +15,7 @@ from ..likelihoods import get_likelihood, likelihood_names
 from ..models.vae import VAE
 from ..train import fit, seeded_threads, warn_interrupted
 from ._common import params_record, split_kwargs, training_data, write_and_return
+from ._composition import check_label_key, composition as composition_report, warn_if_unbalanced
 
 DAE_FIELDS = {f.name for f in dataclasses.fields(DAEConfig)} - {"n_genes", "n_batches", "likelihood", "input_scale",
                                                                "n_covariate_categories", "n_continuous_covariates"}
@@ -147,6 +148,9 @@ def _train_vae(adata, layer, batch_key, likelihood, kwargs, covariates: Covariat
     # var["highly_variable"] for tl.vae's default mask_var)
     columns = ([batch_key] if batch_key is not None else []) + list(covariates.categorical_keys
                                                                    + covariates.continuous_keys)
+    if kwargs.get("label_key") is not None:  # tl.vae's labels (classifier, "auto"'s check) travel too
+        check_label_key(adata, kwargs["label_key"])  # here: the light AnnData's error would list its columns only
+        columns.append(kwargs["label_key"])
     light = AnnData(X=adata.X if layer is None else None, obs=adata.obs[columns],
                     var=pd.DataFrame(index=adata.var_names),
                     layers={layer: adata.layers[layer]} if layer is not None and layer in adata.layers else None)
@@ -222,7 +226,10 @@ def denoise(
         :func:`~scgen_ae.tl.vae` for what they do and what is refused.
     transform_batch
         Decode every cell as if it came from this batch (denoised *and* batch-corrected);
-        None decodes each cell in its own batch.
+        None decodes each cell in its own batch. With a VAE trained here, a
+        :class:`~scgen_ae.tl.CompositionWarning` names the cells of groups this batch lacks
+        (labels with ``label_key=``, else clusters of the latent): their values are decoded
+        in a batch the decoder never saw them in.
     transform_covariates
         Decode every cell as if its covariates had these values, e.g. ``{"donor": "d1",
         "percent_mito": 0.0}`` (raw values, as in ``obs``); covariates not named keep each
@@ -336,6 +343,7 @@ def denoise(
                    known_batches=model.batch_categories if model else None, chunk_size=chunk_size)
     if model is not None:
         _check_model_genes(adata, model.var_names, genes)
+    trained_here = model is None
     if model is None:
         model = (_train_vae if method == "vae" else _train_dae)(adata, layer, batch_key, likelihood, kwargs,
                                                                 covariates)
@@ -362,6 +370,8 @@ def denoise(
                                    outputs=outputs, dtype=out_dtype, **apply)
     if out_dtype == np.float16:
         _check_float16(values)
+    if method == "vae" and trained_here and transform_batch is not None:
+        _warn_missing_in_target(adata, batch_key, transform_batch, values["latent"], key_added, kwargs)
     base = layer_added or "denoised"
     per_gene = {(layer_added if k == "mean" else f"{base}_{k}"): a for k, a in values.items() if k != "latent"}
     layers, obsm = {}, {key_added: values["latent"]}
@@ -387,6 +397,23 @@ def denoise(
         dt = value.dtypes.iloc[0] if isinstance(value, pd.DataFrame) else value.dtype
         logger.info("sa.tl.denoise wrote %s: %d x %d %s, %.1f MB", where, *value.shape, dt, nbytes / 1e6)
     return out
+
+
+def _warn_missing_in_target(adata, batch_key, transform_batch, latent, key_added, kwargs) -> None:
+    """Warn where ``transform_batch`` lacks some cells' group: the decoder never saw that group in
+    that batch, so their values decoded "as" it are an extrapolation. Other batches' gaps do not
+    touch these outputs (each cell is decoded in the target batch only)."""
+    if adata.obs[batch_key].nunique() < 2:
+        return
+    # unlabelled cells would be one "type" of their own: clusters of the latent then, as tl.vae
+    labels = kwargs.get("label_key") if kwargs.get("unlabeled_category") is None else None
+    report = composition_report(adata, adata.obs[batch_key].astype(str).to_numpy(), label_key=labels,
+                                embedding=latent, use_rep=key_added, seed=split_kwargs(dict(kwargs))[0].seed)
+    report = dataclasses.replace(report, missing=report.missing[report.missing["batch"] == str(transform_batch)])
+    warn_if_unbalanced(report, front="tl.denoise", stacklevel=4, control=(
+        f"transform_batch={transform_batch!r} decodes these cells as a batch that holds none of their kind, which "
+        "the decoder never learned: check their denoised values before use, or leave transform_batch out (each "
+        "cell decoded in its own batch)."))
 
 
 def _uns_values(values: dict | None) -> dict | str:

@@ -8,7 +8,7 @@ from anndata import AnnData
 from .. import _validate as v
 from ..data import train_validation_split
 from ..models.lda_vb import ClassicLDA, VBLDAConfig, VBLDAModule, check_vb_options, fit_vb
-from ..models.topic import LDA, TopicConfig, TopicModule
+from ..models.topic import LDA, TopicConfig, TopicModule, check_topic_options
 from ..train import TrainConfig, fit, seeded_threads, warn_interrupted
 from ._common import params_record, split_kwargs, training_data, write_and_return
 from ._composition import check_label_key, composition_record
@@ -122,7 +122,8 @@ def lda(
         prodlda only: encoder width; Dirichlet concentration approximated by the
         logistic-normal prior; where batch enters and which cells the MMD aligns (only those
         with mutual nearest neighbours in other batches, as in :func:`~scgen_ae.tl.vae`;
-        see :class:`~scgen_ae.models.topic.TopicConfig`).
+        see :class:`~scgen_ae.models.topic.TopicConfig`). Checked by the config's rules
+        before a cell is read.
     label_key
         Optional ``obs`` column with cell-type labels for the composition check run after a
         batch-aware fit (``method="prodlda"`` with ``batch_key``; see
@@ -195,6 +196,11 @@ def lda(
         train_cfg, rest = split_kwargs({**PRODLDA_TRAIN_DEFAULTS, **kwargs})
         if rest:
             raise TypeError(f"lda() got unexpected keyword arguments {sorted(rest)}.")
+        # the config's own rules, applied here before a cell is read (the config is built after)
+        check_topic_options(dict(n_topics=n_topics, n_hidden=n_hidden, topic_prior=topic_prior,
+                                 encode_batch=encode_batch, batch_background=batch_background,
+                                 mmd_weight=mmd_weight, mmd_mnn_k=mmd_mnn_k),
+                            "a keyword of sa.tl.lda(method='prodlda')")
     v.check_anndata(adata)
     v.check_n_latent(n_topics, adata.n_vars, "n_topics")  # the genes are counted without reading X
     check_label_key(adata, label_key)  # obs first: before a pass over X (from disk, when backed)

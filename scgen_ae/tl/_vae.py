@@ -308,15 +308,18 @@ def fit_only(adata: AnnData, *, stacklevel: int, **options) -> VAE:
     """:func:`vae`'s checks and fit, for a front that trains a VAE as one step of its own.
 
     Nothing is written into ``adata``, and an interrupted fit is not warned about: the front
-    says so itself, with its own advice (``model.history["interrupted"]`` tells).
+    says so itself, with its own advice (``model.history["interrupted"]`` tells). Nor is the
+    latent computed or the composition checked after training: the front encodes the cells it
+    needs itself, and a warning pointing at ``uns[uns_key]["composition"]`` would name a record
+    the front does not write (``mmd_mnn_k="auto"``'s check during training still runs).
 
     Parameters
     ----------
     adata
         The training cells (an AnnData the front built, or the caller's: it is only read).
     stacklevel
-        Where :func:`vae`'s other warnings (a single batch, the composition check) point, as
-        :func:`warnings.warn`'s counted from here.
+        Where :func:`vae`'s other warnings (a single batch) point, as :func:`warnings.warn`'s
+        counted from here.
     **options
         Keywords of :func:`vae`, which gives the others their defaults; the native backend only.
     """
@@ -326,7 +329,7 @@ def fit_only(adata: AnnData, *, stacklevel: int, **options) -> VAE:
     if given["backend"] != "native":  # the scvi-tools backend writes its results itself
         raise ValueError(f"backend={given['backend']!r}: this front trains the native VAE; leave backend out.")
     covariates = _check_options(adata, **_arguments_of(_check_options, given))
-    return _fit(adata, covariates, **_arguments_of(_fit, given), stacklevel=stacklevel + 1).model
+    return _fit(adata, covariates, **_arguments_of(_fit, given), stacklevel=stacklevel + 1, apply=False).model
 
 
 def _arguments_of(function, given: dict) -> dict:
@@ -347,9 +350,10 @@ def _check_options(adata, batch_key, categorical_covariate_keys, continuous_cova
 def _fit(adata, covariates, *, batch_key, layer, label_key, unlabeled_category, classification_weight, likelihood,
          n_latent, n_hidden, n_layers, dropout_rate, dispersion, beta, encode_batch, batch_gene_offsets, mmd_weight,
          mmd_mnn_k, mnn_bandwidth, covariate_independence_weight, key_added, linear_decoder, mask_var, train_kwargs,
-         stacklevel) -> _Fitted:
+         stacklevel, apply: bool = True) -> _Fitted:
     """The native :func:`vae` after the checks of :func:`_check_options`, all but writing and the
-    warning of an interrupted fit; ``stacklevel``: its warnings', counted from here."""
+    warning of an interrupted fit; ``stacklevel``: its warnings', counted from here;
+    ``apply=False``: the fit alone (latent and record None), as :func:`fit_only`."""
     if linear_decoder:
         raise ValueError("linear_decoder=True needs backend='scvi-tools' (scvi-tools' LinearSCVI); "
                          "the native VAE has no linear decoder.")
@@ -400,7 +404,7 @@ def _fit(adata, covariates, *, batch_key, layer, label_key, unlabeled_category, 
     with seeded_threads(train_cfg.seed, train_cfg.n_threads):
         model = _train(config, data, train_cfg, train_on, batch_key, cats, layer, classes, label_key, covariates,
                        check)
-        if model.history.get("interrupted"):
+        if model.history.get("interrupted") or not apply:
             return _Fitted(model, None, None)
         latent = model.get_latent(adata)
     config = model.config  # the check may have switched the alignment
