@@ -368,15 +368,6 @@ def _is_file_name(x) -> bool:
     return isinstance(x, str) and os.path.basename(os.path.normpath(x)) not in ("", ".", "..")
 
 
-def check_by_rules(rules: dict, options: dict, where: str) -> None:
-    """Refuse each option in ``options`` that fails its rule in ``rules`` (name -> (accepts the
-    value, the rule, how to fix)) with :class:`InputError`; ``where`` says which call took it."""
-    for name, value in options.items():
-        ok, rule, fix = rules[name]
-        if not ok(value):
-            raise InputError(f"{name}={value!r} ({where}) is invalid: it must be {rule}. To fix it, {fix}.")
-
-
 # name -> (accepts the value, the rule, how to fix); None is accepted only where the rule says so
 _TRAIN_RULES = {
     "max_epochs": (lambda x: x is None or (_is_int(x) and x >= 1),
