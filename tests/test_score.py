@@ -69,8 +69,9 @@ def test_metrics_subset_equals_the_full_calls_columns(scored):
     part = sa.tl.score_integration(adata.copy(), bases=["X_pca", "X_vae"], batch_key="batch", label_key="cell_type",
                                    metrics=wanted)
     assert list(part.columns) == wanted  # no aggregates: an average of three metrics is not scIB's score
-    # the same implementation on the same neighbours; float32 rounding apart (jax kernels run again)
-    np.testing.assert_allclose(part.to_numpy(), table[wanted].to_numpy(), rtol=1e-6)
+    # the same implementation on the same neighbours; float32 rounding apart (jax kernels run again,
+    # a few ulp: 1e-6 relative failed once at 1.04e-6 on iLISI)
+    np.testing.assert_allclose(part.to_numpy(), table[wanted].to_numpy(), rtol=1e-5)
 
 
 def test_quick_metrics_are_not_named_like_scibs(scored):
