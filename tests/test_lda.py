@@ -304,24 +304,6 @@ BAD_CLASSIC_OPTIONS = [
 ]
 
 
-@pytest.mark.parametrize("kwargs, match", BAD_CLASSIC_OPTIONS,
-                         ids=[",".join(f"{k}={x!r}" for k, x in kw.items()) for kw, _ in BAD_CLASSIC_OPTIONS])
-def test_classic_options_refused_before_any_read(cellbench_hvg, snapshot, monkeypatch, kwargs, match):
-    """The config checked them only once built, after the cells were read, with a ValueError
-    (mean_change_tol not at all): tl.lda applies the config's rules to its keywords first."""
-    from scgen_ae.spec import DataSpec
-
-    monkeypatch.setattr(DataSpec, "learn", lambda *a, **k: pytest.fail("read the cells before checking"))
-    adata = cellbench_hvg[:50].copy()
-    snap = snapshot(adata)
-    with pytest.raises(sa.InputError, match=match) as info:
-        sa.tl.lda(adata, method="classic", **{"n_topics": 3, **FAST, **kwargs})
-    snap.assert_unchanged(adata)
-    assert "(a keyword of sa.tl.lda(method='classic')) is invalid" in str(info.value) and "To fix it" in str(info.value)
-    with pytest.raises(sa.InputError, match=match):  # the config refuses by the same rules
-        lda_vb.VBLDAConfig(n_genes=adata.n_vars, **{"n_topics": 3, **kwargs})
-
-
 BAD_PRODLDA_OPTIONS = [
     (dict(n_topics=1), r"n_topics=1 .* an integer >= 2"),
     (dict(n_topics=3.0), r"n_topics=3.0 .* an integer >= 2"),
@@ -340,22 +322,32 @@ BAD_PRODLDA_OPTIONS = [
     (dict(batch_background=1), r"batch_background=1 .* True or False"),
 ]
 
+# (method, extra keywords, the config that applies the same rules): tl.lda checks them before any read
+_CONFIGS = {"classic": ({}, lambda n_genes, **kw: lda_vb.VBLDAConfig(n_genes=n_genes, **kw)),
+            "prodlda": ({"batch_key": "batch"}, lambda n_genes, **kw: topic.TopicConfig(n_genes=n_genes, **kw))}
 
-@pytest.mark.parametrize("kwargs, match", BAD_PRODLDA_OPTIONS, ids=lambda x: str(x) if isinstance(x, dict) else "")
-def test_prodlda_options_refused_before_any_read(cellbench_hvg, snapshot, monkeypatch, kwargs, match):
-    """TopicConfig checked them only once built, after the cells were read, with a ValueError and
-    int() (which took 1.5 as 1): tl.lda applies the config's rules to its keywords first."""
+
+@pytest.mark.parametrize("method, kwargs, match",
+                         [("classic", kw, m) for kw, m in BAD_CLASSIC_OPTIONS]
+                         + [("prodlda", kw, m) for kw, m in BAD_PRODLDA_OPTIONS],
+                         ids=lambda x: str(x) if isinstance(x, (str, dict)) else "")
+def test_model_options_refused_before_any_read(cellbench_hvg, snapshot, monkeypatch, method, kwargs, match):
+    """The configs checked them only once built, after the cells were read, with a ValueError
+    (int() took 1.5 as 1; classic's mean_change_tol was not checked at all): tl.lda applies the
+    config's rules to its keywords first."""
     from scgen_ae.spec import DataSpec
 
     monkeypatch.setattr(DataSpec, "learn", lambda *a, **k: pytest.fail("read the cells before checking"))
     adata = cellbench_hvg[:50].copy()
     snap = snapshot(adata)
+    extra, config = _CONFIGS[method]
     with pytest.raises(sa.InputError, match=match) as info:
-        sa.tl.lda(adata, batch_key="batch", **{"n_topics": 3, **FAST, **kwargs})
+        sa.tl.lda(adata, method=method, **extra, **{"n_topics": 3, **FAST, **kwargs})
     snap.assert_unchanged(adata)
-    assert "(a keyword of sa.tl.lda(method='prodlda')) is invalid" in str(info.value) and "To fix it" in str(info.value)
+    assert f"(a keyword of sa.tl.lda(method='{method}')) is invalid" in str(info.value)
+    assert "To fix it" in str(info.value)
     with pytest.raises(sa.InputError, match=match):  # the config refuses by the same rules
-        topic.TopicConfig(n_genes=adata.n_vars, **{"n_topics": 3, **kwargs})
+        config(adata.n_vars, **{"n_topics": 3, **kwargs})
 
 
 def test_classic_option_on_a_backed_file_refused_before_reading_it(cellbench_file, monkeypatch):
