@@ -35,16 +35,13 @@ from torch import nn
 from .. import _validate as v
 from ..data import ROW_BLOCK, CellData, transpose_pattern
 from ..train import History, progress_bar
-from .topic import LDA
+from .topic import LDA, SHAPE_RULES
 
 
 # name -> (accepts the value, the rule, how to fix): one rule set for the config and for tl.lda,
 # which applies it to its keywords before reading a cell
 VB_RULES = {
-    "n_genes": (lambda x: v._is_int(x) and x >= 1, "an integer >= 1", "pass the number of genes"),
-    "n_batches": (lambda x: v._is_int(x) and x >= 1, "an integer >= 1", "pass n_batches=1"),
-    "n_topics": (lambda x: v._is_int(x) and x >= 2, "an integer >= 2 (one topic explains nothing)",
-                 "pass e.g. n_topics=20 (the default)"),
+    **SHAPE_RULES,
     "doc_topic_prior": (lambda x: x is None or (v._is_number(x) and x > 0), "None or a finite number > 0",
                         "pass e.g. doc_topic_prior=None (1 / n_topics, the default)"),
     "topic_word_prior": (lambda x: x is None or (v._is_number(x) and x > 0), "None or a finite number > 0",

@@ -31,11 +31,15 @@ from .vae import batch_alignment
 
 
 # name -> (accepts the value, the rule, how to fix); by type, not int(), which takes 1.5 as 1
-TOPIC_RULES = {
+# the fields every topic model has (classic LDA's rules extend them too)
+SHAPE_RULES = {
     "n_genes": (lambda x: v._is_int(x) and x >= 1, "an integer >= 1", "pass the number of genes"),
     "n_batches": (lambda x: v._is_int(x) and x >= 1, "an integer >= 1", "pass n_batches=1"),
     "n_topics": (lambda x: v._is_int(x) and x >= 2, "an integer >= 2 (one topic explains nothing)",
                  "pass e.g. n_topics=20 (the default)"),
+}
+TOPIC_RULES = {
+    **SHAPE_RULES,
     "n_hidden": (lambda x: v._is_int(x) and x >= 1, "an integer >= 1 (units of the encoder's hidden layer)",
                  "pass e.g. n_hidden=128 (the default)"),
     "n_layers": (lambda x: v._is_int(x) and x >= 1, "an integer >= 1", "pass e.g. n_layers=1 (the default)"),
