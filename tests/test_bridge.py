@@ -120,6 +120,21 @@ def test_amortized_lda_refuses_non_counts(cellbench_hvg, snapshot):
     snap.assert_unchanged(adata)
 
 
+@pytest.mark.parametrize("kwargs, match", [(dict(n_topics=1), r"n_topics=1 .* an integer >= 2"),
+                                           (dict(n_topics=2.5), r"n_topics=2.5 .* an integer >= 2"),
+                                           (dict(n_hidden=0), r"n_hidden=0 .* an integer >= 1")])
+def test_lda_backend_refuses_the_model_options_before_any_read(cellbench_hvg, monkeypatch, kwargs, match):
+    """The native model's rules, before the cells are read and before scvi-tools sees them."""
+    from scgen_ae.spec import DataSpec
+
+    monkeypatch.setattr(DataSpec, "learn", lambda *a, **k: pytest.fail("read the cells before checking"))
+    adata = cellbench_hvg[:50].copy()
+    with pytest.raises(sa.InputError, match=match) as info:
+        sa.tl.lda(adata, backend="scvi-tools", **{"n_topics": 3, **FAST, **kwargs})
+    assert "(a keyword of sa.tl.lda(backend='scvi-tools')) is invalid" in str(info.value)
+    assert not adata.obsm and "lda" not in adata.uns
+
+
 def test_lda_backend_writes_the_native_keys(cellbench_hvg):
     adata, model = fit_copy(sa.tl.lda, cellbench_hvg, n_topics=4, backend="scvi-tools", max_epochs=3, **FAST)
     native, _ = fit_copy(sa.tl.lda, cellbench_hvg, n_topics=4, max_epochs=2, **FAST)

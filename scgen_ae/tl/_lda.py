@@ -271,6 +271,8 @@ def _lda_scvi_tools(adata: AnnData, *, n_topics, method, batch_key, layer, n_hid
     # handed to scvi-tools as they are, so checked here by the rules a TrainConfig applies
     # before the cells are read (max_epochs and device were checked only after them, the rest not at all)
     TrainConfig(**train_kwargs)
+    # scvi-tools would take n_topics=1 or n_hidden=64.5 and fail (or not) deep inside torch
+    check_topic_options(dict(n_topics=n_topics, n_hidden=n_hidden), "a keyword of sa.tl.lda(backend='scvi-tools')")
     training_data(adata, layer, None, None, **COUNTS_ADVICE)  # the native checks and errors, before scvi-tools
     v.check_n_latent(n_topics, adata.n_vars, "n_topics")
     result = bridge.fit_amortized_lda(adata, n_topics=n_topics, layer=layer, n_hidden=n_hidden, **train_kwargs)
