@@ -15,6 +15,11 @@ class CompositionWarning(UserWarning):
     """The batches do not hold the same cell types (see :func:`scgen_ae.tl.batch_composition`)."""
 
 
+def batch_names(adata: AnnData, batch_key: str):
+    """(n_cells,) batch name of every cell, as the composition check counts them."""
+    return adata.obs[batch_key].astype(str).to_numpy()
+
+
 def composition(adata: AnnData, batches, *, label_key: str | None, embedding=None, use_rep: str | None = None,
                 seed: int = 0) -> Composition:
     """Composition by ``obs[label_key]`` when given, else by the clusters of each batch in
@@ -40,7 +45,7 @@ def composition_record(adata: AnnData, *, batch_key: str | None, label_key: str 
     if batch_key is None or adata.obs[batch_key].nunique() < 2:
         return None
     if report is None:
-        report = composition(adata, adata.obs[batch_key].astype(str).to_numpy(), label_key=label_key,
+        report = composition(adata, batch_names(adata, batch_key), label_key=label_key,
                              embedding=embedding, use_rep=use_rep, seed=seed)
     warn_if_unbalanced(report, front=front, control=control, stacklevel=stacklevel)
     return report.to_uns()

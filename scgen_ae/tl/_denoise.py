@@ -15,7 +15,7 @@ from ..likelihoods import get_likelihood, likelihood_names
 from ..models.vae import VAE
 from ..train import fit, seeded_threads, warn_interrupted
 from ._common import params_record, split_kwargs, training_data, write_and_return
-from ._composition import check_label_key, composition as composition_report, warn_if_unbalanced
+from ._composition import batch_names, check_label_key, composition as composition_report, warn_if_unbalanced
 
 DAE_FIELDS = {f.name for f in dataclasses.fields(DAEConfig)} - {"n_genes", "n_batches", "likelihood", "input_scale",
                                                                "n_covariate_categories", "n_continuous_covariates"}
@@ -407,7 +407,7 @@ def _warn_missing_in_target(adata, batch_key, transform_batch, latent, key_added
         return
     # unlabelled cells would be one "type" of their own: clusters of the latent then, as tl.vae
     labels = kwargs.get("label_key") if kwargs.get("unlabeled_category") is None else None
-    report = composition_report(adata, adata.obs[batch_key].astype(str).to_numpy(), label_key=labels,
+    report = composition_report(adata, batch_names(adata, batch_key), label_key=labels,
                                 embedding=latent, use_rep=key_added, seed=split_kwargs(dict(kwargs))[0].seed)
     report = dataclasses.replace(report, missing=report.missing[report.missing["batch"] == str(transform_batch)])
     warn_if_unbalanced(report, front="tl.denoise", stacklevel=4, control=(

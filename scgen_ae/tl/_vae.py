@@ -16,7 +16,7 @@ from ..models.vae import VAE, VAEConfig, VAEModule, check_mnn_bandwidth
 from ..train import fit, kl_warmup, seeded_threads, warn_interrupted
 from ._common import (HVG_IF_PRESENT, mask_name, params_record, split_kwargs, training_data, var_mask,
                       write_and_return)
-from ._composition import check_label_key, composition as composition_report, composition_record
+from ._composition import batch_names, check_label_key, composition as composition_report, composition_record
 
 _COMPOSITION_CONTROL = (
     "The default alignment (mmd_mnn_k > 0) only moves cells near mutual nearest neighbours of different "
@@ -388,7 +388,7 @@ def _fit(adata, covariates, *, batch_key, layer, label_key, unlabeled_category, 
         alignment = {"requested": "auto", "decided_by": "no alignment (one batch or mmd_weight=0)"}
         mmd_mnn_k = AUTO_MNN_K
         if aligns and groups_key is not None:
-            mmd_mnn_k = _auto_choice(composition_report(adata, _batch_names(adata, batch_key), label_key=groups_key),
+            mmd_mnn_k = _auto_choice(composition_report(adata, batch_names(adata, batch_key), label_key=groups_key),
                                      alignment, f"labels '{groups_key}' before training")
     config = VAEConfig(
         n_genes=train_on.n_vars, n_batches=len(cats), likelihood=likelihood, n_latent=n_latent,
@@ -400,7 +400,7 @@ def _fit(adata, covariates, *, batch_key, layer, label_key, unlabeled_category, 
     )
     check = None
     if auto and aligns and groups_key is None:
-        check = _MidRunCheck(adata, _batch_names(adata, batch_key), key_added, train_cfg, data, cats)
+        check = _MidRunCheck(adata, batch_names(adata, batch_key), key_added, train_cfg, data, cats)
     with seeded_threads(train_cfg.seed, train_cfg.n_threads):
         model = _train(config, data, train_cfg, train_on, batch_key, cats, layer, classes, label_key, covariates,
                        check)
@@ -436,11 +436,6 @@ def _alignment_name(config: VAEConfig) -> str:
     if config.mnn_bandwidth > 0:
         return f"MNN correction (k={config.mmd_mnn_k}, bandwidth={config.mnn_bandwidth:g})"
     return f"MNN attraction (k={config.mmd_mnn_k})"
-
-
-def _batch_names(adata: AnnData, batch_key: str):
-    """(n_cells,) batch name of every cell, as the composition check counts them."""
-    return adata.obs[batch_key].astype(str).to_numpy()
 
 
 def _auto_choice(report, alignment: dict, decided_by: str) -> int:
